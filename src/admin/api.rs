@@ -1,0 +1,112 @@
+//! The admin API's data: the `/status` document (a contract other tools read, DESIGN.md
+//! "Admin API and metrics") and the control requests the supervisor carries out.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Lifecycle state of an instance, as `/status` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    Provisioning,
+    Starting,
+    Ready,
+    Unhealthy,
+    Draining,
+    Backoff,
+    Failed,
+    Stopped,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Provisioning => "provisioning",
+            InstanceState::Starting => "starting",
+            InstanceState::Ready => "ready",
+            InstanceState::Unhealthy => "unhealthy",
+            InstanceState::Draining => "draining",
+            InstanceState::Backoff => "backoff",
+            InstanceState::Failed => "failed",
+            InstanceState::Stopped => "stopped",
+        }
+    }
+}
+
+/// One instance in `/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub id: u32,
+    pub state: InstanceState,
+    pub pid: Option<u32>,
+    pub port: u16,
+    pub eport: u16,
+    pub home: String,
+    pub restarts: u64,
+    pub connections_active: u64,
+    pub connections_total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connect_failures: u64,
+    pub busy_total: u64,
+    pub cpu_percent: f32,
+    pub rss_bytes: u64,
+    pub uptime_s: u64,
+    /// Files waiting in the instance's `inputqueue/`.
+    pub queued_blocks: u64,
+}
+
+/// The `/status` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub site: Option<String>,
+    pub listen: String,
+    pub instances: Vec<InstanceStatus>,
+    /// Clients turned away because no instance could take them.
+    pub rejected_total: u64,
+    /// Client connections currently open on the public port.
+    pub connections_active: u64,
+}
+
+/// A control request from the admin API to the supervisor.
+#[derive(Debug)]
+pub enum Request {
+    Scale(u32),
+    Add(u32),
+    Remove { id: u32, now: bool },
+    Restart(u32),
+    RollingRestart,
+    Reload,
+}
+
+/// The supervisor's answer: a human-readable message, or an error with its HTTP status.
+pub type Answer = Result<String, ControlError>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    #[error("no instance {0}")]
+    NoSuchInstance(u32),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("supervisor is shutting down")]
+    ShuttingDown,
+}
+
+/// What the admin server holds: the latest status and a way to send requests.
+#[derive(Clone)]
+pub struct Handle {
+    pub status: watch::Receiver<Status>,
+    pub requests: mpsc::Sender<(Request, oneshot::Sender<Answer>)>,
+}
+
+impl Handle {
+    /// Sends a request and waits for the supervisor's answer.
+    pub async fn request(&self, req: Request) -> Answer {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send((req, tx))
+            .await
+            .map_err(|_| ControlError::ShuttingDown)?;
+        rx.await.map_err(|_| ControlError::ShuttingDown)?
+    }
+}

@@ -1,0 +1,3 @@
+//! HTTP admin API server, its client, and metrics.
+
+pub mod api;

@@ -1,0 +1,237 @@
+//! The command line: argument types (clap) and one module per command. This is the CLI edge,
+//! the only place where errors become `anyhow` and where results are printed on stdout.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod bench;
+pub mod check;
+pub mod control;
+pub mod logging;
+pub mod store;
+pub mod up;
+
+/// Exit status of a command that ran (errors exit 1 through `main`).
+pub type Outcome = anyhow::Result<std::process::ExitCode>;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "storeherd",
+    version,
+    about = "Runs many Confidant Mail store servers behind one port"
+)]
+pub struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors in the log.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the supervisor, its instances and the proxy in the foreground.
+    Up(UpArgs),
+    /// Validate a topology file and print the resolved plan; exit 1 on error.
+    Check(CheckArgs),
+    /// Show instances, health, pids, ports, connections, CPU and RSS.
+    Status(StatusArgs),
+    /// Set the number of instances.
+    Scale(ScaleArgs),
+    /// Add instances.
+    Add(AddArgs),
+    /// Drain and remove one instance.
+    Remove(RemoveArgs),
+    /// Restart one instance, or all of them one at a time with --rolling.
+    Restart(RestartArgs),
+    /// Manage accounts across every instance.
+    Accounts(AccountsArgs),
+    /// Create the first-level links of a sharded store.
+    Shards(ShardsArgs),
+    /// Run the built-in single-threaded store server.
+    Store(StoreArgs),
+    /// Load generator speaking the store protocol.
+    Bench(BenchArgs),
+}
+
+/// Where the topology comes from (shared by `up`, `check` and the control commands).
+#[derive(Debug, Clone, Args, Default)]
+pub struct TopologyArgs {
+    /// Topology file (YAML). Without it, the built-in default.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Which site of a two-site topology this is.
+    #[arg(long)]
+    pub site: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    /// Number of instances, or `auto` (one per logical core).
+    #[arg(long)]
+    pub instances: Option<String>,
+    /// Public proxy address.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (store, homes, ledger).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Admin API address.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    /// Print the plan as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How a control command finds the admin API.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ControlArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    /// Admin API address (overrides the one from the topology).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// File holding the admin bearer token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// The new number of instances.
+    pub instances: u32,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// How many instances to add.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// Instance id.
+    pub id: u32,
+    /// Do not wait for connections to drain (the input queue is still emptied first).
+    #[arg(long)]
+    pub now: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// Instance id (also clears a `failed` state).
+    #[arg(required_unless_present = "rolling", conflicts_with = "rolling")]
+    pub id: Option<u32>,
+    /// Restart every instance, one at a time.
+    #[arg(long)]
+    pub rolling: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AccountsArgs {
+    #[command(subcommand)]
+    pub action: AccountsAction,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsAction {
+    /// Add an account USERHASH with AUTHKEY on every instance.
+    Add { userhash: String, authkey: String },
+    /// Add a free key (`undefined`) that the first LOGIN binds.
+    AddKey { authkey: String },
+    /// Disable a key everywhere.
+    Rm { authkey: String },
+    /// Generate N free keys and print them, one per line.
+    Gen { n: u32 },
+    /// List the ledger.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct ShardsArgs {
+    #[command(subcommand)]
+    pub action: ShardsAction,
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShardsAction {
+    /// Create the first-level links; with --move, move existing data into place.
+    Apply {
+        #[arg(long = "move")]
+        move_data: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Home directory holding config.txt (also accepted as `-homedir`).
+    #[arg(long)]
+    pub homedir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Target address(es), comma-separated; several = the client spreads connections itself.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8081")]
+    pub target: Vec<SocketAddr>,
+    /// Operation.
+    #[arg(long, default_value = "ping")]
+    pub op: String,
+    /// Concurrent connections.
+    #[arg(short = 'c', long = "connections", default_value_t = 16)]
+    pub connections: usize,
+    /// Duration in seconds.
+    #[arg(short = 'd', long = "duration", default_value_t = 10.0)]
+    pub duration: f64,
+    /// Payload size of stored blocks.
+    #[arg(long, default_value_t = 4096)]
+    pub size: usize,
+    /// Use STARTTLS on every connection.
+    #[arg(long)]
+    pub tls: bool,
+    /// Log in as USER:KEY on every connection.
+    #[arg(long)]
+    pub login: Option<String>,
+    /// Wait until every stored block is readable and report blocks/s processed.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,13 @@
+//! storeherd: runs many Confidant Mail store servers behind one public port.
+//!
+//! See `../shared/DESIGN.md` for the product contract and `../shared/PROTOCOL.md` for the
+//! store protocol that the built-in server ([`server`]) implements.
+
+pub mod admin;
+pub mod cli;
+pub mod proxy;
+pub mod server;
+pub mod store;
+pub mod supervisor;
+pub mod topology;
+pub mod wire;

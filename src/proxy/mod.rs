@@ -1,0 +1,1 @@
+//! The public round-robin TCP proxy: accept loop, backend pool, relay.

@@ -1,0 +1,1 @@
+//! Proof of work (PROTOCOL.md §8).

@@ -1,0 +1,1 @@
+//! The `GET … SINCE d` filter (PROTOCOL.md §4.3).

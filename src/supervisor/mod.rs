@@ -1,0 +1,1 @@
+//! The supervisor: reconcile loop, instance lifecycle, home provisioning, processes.

@@ -1,0 +1,1 @@
+//! The topology file: YAML model, defaults, validation and the resolved plan.
