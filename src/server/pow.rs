@@ -115,9 +115,12 @@ fn agreeing_bits(a: &[u8; 32], b: &[u8; 32]) -> u32 {
 mod tests {
     use super::*;
 
+    /// (PoW data, nbits, nmatches, generated proof, verify score)
+    type Vector = (&'static [u8], u32, u32, &'static str, (u32, i64));
+
     #[test]
     fn generation_vectors() {
-        let cases: [(&[u8], u32, u32, &str, (u32, i64)); 5] = [
+        let cases: [Vector; 5] = [
             (b"hello", 8, 2, "bd,000000005,00000000b", (8, 2)),
             (b"hello", 12, 3, "bd,000000079,0000000b3,0000000c1", (14, 3)),
             (
