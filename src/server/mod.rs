@@ -4,6 +4,7 @@
 //! the original (PROTOCOL.md §1, §6).
 
 pub mod compose;
+pub mod dt;
 pub mod identity;
 pub mod pow;
 pub mod since;
