@@ -23,7 +23,10 @@ pub async fn check(addr: SocketAddr, timeout: Duration) -> Result<(), HealthErro
         let mut client = Client::connect(addr, timeout).await?;
         let lines = client.selftest().await?;
         // Closing without QUIT is fine; the server treats EOF as the end of the session.
-        if lines.first().is_some_and(|l| l.eq_ignore_ascii_case("PASS")) {
+        if lines
+            .first()
+            .is_some_and(|l| l.eq_ignore_ascii_case("PASS"))
+        {
             Ok(())
         } else {
             Err(HealthError::SelfTestFailed(lines))

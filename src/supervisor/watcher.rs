@@ -25,16 +25,15 @@ pub fn watch(file: &Path) -> notify::Result<(FileWatcher, mpsc::Receiver<()>)> {
         .unwrap_or_else(|| PathBuf::from("."));
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
     let target = file.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        match res {
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(ev) if ev.kind.is_access() => {}
             Ok(ev) if ev.paths.iter().any(|p| p == &target) => {
                 let _ = raw_tx.send(());
             }
             Ok(_) => {}
             Err(e) => warn!("watching the topology file: {e}"),
-        }
-    })?;
+        })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
