@@ -5,6 +5,7 @@
 
 pub mod compose;
 pub mod dt;
+pub mod header;
 pub mod identity;
 pub mod pow;
 pub mod since;
