@@ -174,3 +174,140 @@ fn poll_idle(
         sleep.as_mut().reset(deadline);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Two connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let outer = TcpStream::connect(listener.local_addr().unwrap());
+        let (outer, inner) = tokio::join!(outer, listener.accept());
+        (outer.unwrap(), inner.unwrap().0)
+    }
+
+    struct Rig {
+        client: TcpStream,
+        server: TcpStream,
+        task: tokio::task::JoinHandle<io::Result<End>>,
+        bytes_in: std::sync::Arc<AtomicU64>,
+        bytes_out: std::sync::Arc<AtomicU64>,
+    }
+
+    async fn rig(idle: Duration) -> Rig {
+        let (client, mut client_side) = pair().await;
+        let (mut server_side, server) = pair().await;
+        let bytes_in = std::sync::Arc::new(AtomicU64::new(0));
+        let bytes_out = std::sync::Arc::new(AtomicU64::new(0));
+        let (i, o) = (bytes_in.clone(), bytes_out.clone());
+        let task =
+            tokio::spawn(
+                async move { relay(&mut client_side, &mut server_side, idle, &i, &o).await },
+            );
+        Rig {
+            client,
+            server,
+            task,
+            bytes_in,
+            bytes_out,
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bulk_both_ways_with_a_slow_reader_arrives_intact() {
+        let r = rig(Duration::from_secs(30)).await;
+        let up = pattern(3 << 20, 1);
+        let down = pattern(2 << 20, 7);
+        let (mut cr, mut cw) = r.client.into_split();
+        let (mut sr, mut sw) = r.server.into_split();
+        let (up2, down2) = (up.clone(), down.clone());
+        let writers = tokio::spawn(async move {
+            let a = async {
+                cw.write_all(&up2).await.unwrap();
+                cw.shutdown().await.unwrap();
+            };
+            let b = async {
+                sw.write_all(&down2).await.unwrap();
+                sw.shutdown().await.unwrap();
+            };
+            tokio::join!(a, b);
+        });
+        // The server side reads in small, delayed steps so the relay's writes back up.
+        let slow = async {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            for step in 0u64.. {
+                let n = sr.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                if step % 64 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            got
+        };
+        let fast = async {
+            let mut got = Vec::new();
+            cr.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let (at_server, at_client) = tokio::join!(slow, fast);
+        writers.await.unwrap();
+        assert!(at_server == up, "client → server bytes differ");
+        assert!(at_client == down, "server → client bytes differ");
+        assert_eq!(r.task.await.unwrap().unwrap(), End::Closed);
+        assert_eq!(r.bytes_in.load(Relaxed), up.len() as u64);
+        assert_eq!(r.bytes_out.load(Relaxed), down.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn half_close_passes_eof_and_keeps_the_other_way_open() {
+        let mut r = rig(Duration::from_secs(30)).await;
+        r.client.write_all(b"QUIT\r\n").await.unwrap();
+        r.client.shutdown().await.unwrap();
+        let mut at_server = Vec::new();
+        r.server.read_to_end(&mut at_server).await.unwrap();
+        assert_eq!(at_server, b"QUIT\r\n");
+        // The server still talks after the client's EOF.
+        r.server.write_all(b"GOODBYE\r\n").await.unwrap();
+        let mut line = [0u8; 9];
+        r.client.read_exact(&mut line).await.unwrap();
+        assert_eq!(&line, b"GOODBYE\r\n");
+        assert!(!r.task.is_finished());
+        drop(r.server);
+        let mut rest = Vec::new();
+        r.client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(r.task.await.unwrap().unwrap(), End::Closed);
+    }
+
+    #[tokio::test]
+    async fn idle_session_is_closed_and_traffic_keeps_it_open() {
+        let mut r = rig(Duration::from_secs(1)).await;
+        // Traffic for twice the idle timeout, in steps well inside it.
+        for _ in 0..10 {
+            r.client.write_all(b"PING\r\n").await.unwrap();
+            let mut got = [0u8; 6];
+            r.server.read_exact(&mut got).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(!r.task.is_finished());
+        let end = tokio::time::timeout(Duration::from_secs(10), r.task)
+            .await
+            .expect("idle timeout fired")
+            .unwrap()
+            .unwrap();
+        assert_eq!(end, End::Idle);
+    }
+}
