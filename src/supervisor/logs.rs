@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 /// Size limits of one home's `server.log` family.
@@ -143,7 +143,14 @@ pub enum Level {
 /// Clones share the writer; it ends (and closes the file) when every clone is dropped.
 #[derive(Debug, Clone)]
 pub struct LogSink {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Entry>,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Line(Vec<u8>),
+    /// Answered once every entry queued before it is written.
+    Flush(oneshot::Sender<()>),
 }
 
 impl LogSink {
@@ -151,14 +158,21 @@ impl LogSink {
     /// through tracing (once per kind of failure streak) and do not stop the instance.
     pub fn open(id: u32, path: &Path, limits: LogLimits) -> io::Result<LogSink> {
         let mut log = RotatingLog::open(path, limits)?;
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE_LINES);
+        let (tx, mut rx) = mpsc::channel::<Entry>(QUEUE_LINES);
         // A plain thread, not the runtime's blocking pool: file writes may stall on a slow
         // disk, and the thread must outlive no runtime.
         std::thread::Builder::new()
             .name(format!("log-{id}"))
             .spawn(move || {
                 let mut failing = false;
-                while let Some(line) = rx.blocking_recv() {
+                while let Some(entry) = rx.blocking_recv() {
+                    let line = match entry {
+                        Entry::Line(line) => line,
+                        Entry::Flush(done) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                    };
                     match log.write_line(&line) {
                         Ok(()) => failing = false,
                         Err(e) if !failing => {
@@ -176,13 +190,21 @@ impl LogSink {
     /// Queues one line for the file (waits while the queue is full).
     pub async fn write(&self, line: Vec<u8>) {
         // An error only means the writer thread is gone (it never stops on its own).
-        let _ = self.tx.send(line).await;
+        let _ = self.tx.send(Entry::Line(line)).await;
+    }
+
+    /// Returns once every line queued so far is in the file (written, not fsynced).
+    pub async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.tx.send(Entry::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
     }
 
     /// Queues a line without waiting; dropped if the queue is full. For the supervisor's own
     /// notes (start, exit), which must never block the caller.
     pub fn note(&self, line: String) {
-        let _ = self.tx.try_send(line.into_bytes());
+        let _ = self.tx.try_send(Entry::Line(line.into_bytes()));
     }
 }
 

@@ -27,6 +27,8 @@ pub const SERVER_LOG: &str = "server.log";
 const STALE_WAIT: Duration = Duration::from_secs(3);
 /// How often a stale process or a stopping group is checked for.
 const POLL: Duration = Duration::from_millis(25);
+/// How long a reaped instance's last output may take to reach its log.
+const LOG_DRAIN: Duration = Duration::from_secs(2);
 
 /// What to start for one instance. `argv` is final (placeholders already filled in).
 #[derive(Debug, Clone)]
@@ -108,6 +110,8 @@ pub struct Child {
     inner: tokio::process::Child,
     pidfile: PathBuf,
     sink: LogSink,
+    /// The stdout/stderr readers, awaited after reaping so the log is complete.
+    captures: Vec<tokio::task::JoinHandle<()>>,
     exit: Option<Exit>,
 }
 
@@ -133,7 +137,9 @@ impl Child {
             return exit;
         }
         let status = self.inner.wait().await;
-        self.reaped(status)
+        let exit = self.reaped(status);
+        self.finish_log(exit).await;
+        exit
     }
 
     /// SIGTERM to the process group; SIGKILL to the group when anything of it is still alive
@@ -162,7 +168,9 @@ impl Child {
                 self.inner.wait().await
             }
         };
-        self.reaped(status)
+        let exit = self.reaped(status);
+        self.finish_log(exit).await;
+        exit
     }
 
     /// SIGKILL to the whole process group, now. Does not reap: `wait` does.
@@ -193,6 +201,7 @@ impl Child {
             }
         };
         self.exit = Some(exit);
+        live_instances().retain(|&p| p != self.pid);
         // Leftovers of the group (children the server forked) must not hold the port or
         // the store for the next start. The group still exists if any member is alive, so
         // its id has not been reused.
@@ -202,12 +211,26 @@ impl Child {
             }
         }
         remove_pidfile(&self.pidfile, self.pid);
-        self.sink.note(format!(
-            "storeherd: {} pid {} ended: {exit}",
-            now(),
-            self.pid
-        ));
         exit
+    }
+
+    /// Lets the readers take the last lines (the group is dead, so the pipes are closing),
+    /// adds the end note, and waits for the file. Bounded: a process outside the group
+    /// (one that called setsid) may keep a pipe open for ever.
+    async fn finish_log(&mut self, exit: Exit) {
+        let captures = std::mem::take(&mut self.captures);
+        let _ = tokio::time::timeout(LOG_DRAIN, async {
+            for capture in captures {
+                let _ = capture.await;
+            }
+        })
+        .await;
+        let note = format!("storeherd: {} pid {} ended: {exit}", now(), self.pid);
+        let _ = tokio::time::timeout(LOG_DRAIN, async {
+            self.sink.write(note.into_bytes()).await;
+            self.sink.flush().await;
+        })
+        .await;
     }
 }
 
@@ -217,6 +240,7 @@ impl Drop for Child {
             // tokio reaps it in the background (kill_on_drop).
             self.signal_group(Signal::SIGKILL);
             remove_pidfile(&self.pidfile, self.pid);
+            live_instances().retain(|&p| p != self.pid);
         }
     }
 }
@@ -282,16 +306,18 @@ pub async fn spawn(spec: &Spawn) -> Result<Child, ProcessError> {
             source,
         })?;
     let pid = inner.id().unwrap_or(0);
+    live_instances().push(pid);
     sink.note(format!(
         "storeherd: {} instance {id} started pid {pid}: {}",
         now(),
         spec.argv.join(" ")
     ));
+    let mut captures = Vec::with_capacity(2);
     if let Some(out) = inner.stdout.take() {
-        logs::capture(id, Stream::Stdout, out, sink.clone());
+        captures.push(logs::capture(id, Stream::Stdout, out, sink.clone()));
     }
     if let Some(err) = inner.stderr.take() {
-        logs::capture(id, Stream::Stderr, err, sink.clone());
+        captures.push(logs::capture(id, Stream::Stderr, err, sink.clone()));
     }
     let pidfile = spec.home.join(PIDFILE);
     let mut child = Child {
@@ -300,6 +326,7 @@ pub async fn spawn(spec: &Spawn) -> Result<Child, ProcessError> {
         inner,
         pidfile: pidfile.clone(),
         sink,
+        captures,
         exit: None,
     };
     if let Err(source) = write_pidfile(&pidfile, pid) {
@@ -413,11 +440,9 @@ pub fn kill_stale(home: &Path, port: u16) -> Result<Option<u32>, ProcessError> {
             return Ok(None);
         }
     };
-    if let Some(info) = proc_stat(pid) {
-        if info.ppid == getpid().as_raw() as u32 && !info.dead {
-            // One of ours, running now: not stale.
-            return Ok(None);
-        }
+    if is_live_instance(pid) {
+        // Started by this supervisor and not yet reaped: not stale.
+        return Ok(None);
     }
 
     let home_canon = fs::canonicalize(home).unwrap_or_else(|_| home.to_owned());
@@ -480,10 +505,21 @@ fn wait_until(mut done: impl FnMut() -> bool, limit: Duration) -> bool {
     }
 }
 
+/// Pids of the instances this process started and has not reaped yet.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn live_instances() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    // The list stays consistent even if a holder panicked: each change is one push/retain.
+    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn is_live_instance(pid: u32) -> bool {
+    live_instances().contains(&pid)
+}
+
 /// The fields of `/proc/<pid>/stat` used here.
 #[derive(Debug, Clone, Copy)]
 struct ProcStat {
-    ppid: u32,
     pgrp: u32,
     /// Zombie or dead: no longer runs, holds nothing.
     dead: bool,
@@ -495,10 +531,9 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?;
-    let ppid = fields.next()?.parse().ok()?;
+    let _ppid = fields.next()?;
     let pgrp = fields.next()?.parse().ok()?;
     Some(ProcStat {
-        ppid,
         pgrp,
         dead: matches!(state, "Z" | "X" | "x"),
     })
