@@ -7,6 +7,7 @@ pub mod compose;
 pub mod dt;
 pub mod header;
 pub mod identity;
+pub mod keyannounce;
 pub mod pow;
 pub mod since;
 pub mod validate;

@@ -1,0 +1,390 @@
+//! Key announcements (PROTOCOL.md §7.5): the verifier the original ran through GnuPG, done
+//! in-process with sequoia-openpgp (pure-Rust crypto), and the `validate_merge` checks after
+//! it.
+//!
+//! Every input is untrusted: nothing here may panic. The block is stored as sent, so all
+//! this decides is accept or reject (with a reason for the log).
+
+use std::borrow::Cow;
+use std::io;
+use std::sync::LazyLock;
+use std::time::SystemTime;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sequoia_openpgp as openpgp;
+
+use openpgp::cert::amalgamation::ValidAmalgamation;
+use openpgp::cert::CertParser;
+use openpgp::parse::stream::{MessageLayer, MessageStructure, VerificationHelper, VerifierBuilder};
+use openpgp::parse::Parse;
+use openpgp::policy::{AsymmetricAlgorithm, HashAlgoSecurity, StandardPolicy};
+use openpgp::types::{HashAlgorithm, RevocationStatus};
+use openpgp::{Cert, Fingerprint, KeyHandle};
+
+use super::dt::parse_dt;
+use super::header::without_cr;
+use super::pow;
+
+/// Proof of work a key announcement needs (bits, nonces) (PROTOCOL.md §7.1).
+pub const POW_KEY: (u32, i64) = (24, 2);
+
+const BEGIN_MESSAGE: &[u8] = b"-----BEGIN PGP SIGNED MESSAGE-----";
+const END_SIGNATURE: &[u8] = b"-----END PGP SIGNATURE-----";
+const BEGIN_SIGNATURE: &[u8] = b"-----BEGIN PGP SIGNATURE-----";
+const BEGIN_KEY_ESCAPED: &[u8] = b"- -----BEGIN PGP PUBLIC KEY BLOCK-----";
+const END_KEY_ESCAPED: &[u8] = b"- -----END PGP PUBLIC KEY BLOCK-----";
+
+/// Why a key announcement was not stored. Logged, never told to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRejection {
+    /// Verifier step 4: a part of the signed message is missing.
+    #[error("key announcement: no {0}")]
+    Missing(&'static str),
+    /// The first `Date: ` value is not a well-formed `DT`.
+    #[error("key announcement: bad Date")]
+    BadDate,
+    /// A header the checks rely on lies outside the signed text (e.g. in an armour header),
+    /// so the signature would not cover it. GnuPG refuses such armour; we reject it too.
+    #[error("key announcement: {0} is not in the signed text")]
+    Unsigned(&'static str),
+    #[error("key announcement: PoW too weak: {bits} bits, {n} nonces")]
+    PowTooWeak { bits: u32, n: i64 },
+    /// The key block does not parse as OpenPGP certificates.
+    #[error("key announcement: unreadable public key: {0}")]
+    KeyUnreadable(String),
+    /// The key block must hold exactly one certificate.
+    #[error("key announcement: {0} public keys in the block, want 1")]
+    KeyCount(usize),
+    /// No good signature by the announced key (bad, missing, other signer, unusable key).
+    #[error("key announcement: bad signature: {0}")]
+    BadSignature(String),
+    /// The signing key (or its certificate) is revoked now (GnuPG's REVKEYSIG).
+    #[error("key announcement: signing key revoked")]
+    KeyRevoked,
+    /// The signing key (or its certificate) is expired now (GnuPG's EXPKEYSIG).
+    #[error("key announcement: signing key expired")]
+    KeyExpired,
+    #[error("Fingerprint does not match key")]
+    FingerprintMismatch,
+    #[error("Key does not match logged in user hash")]
+    NotOwner,
+    #[error("Key too old")]
+    TooOld,
+    /// The announcement's own `Expires` date has passed.
+    #[error("Key expired")]
+    Expired,
+    #[error("Key not newer")]
+    NotNewer,
+}
+
+/// A key announcement that passed the verifier (§7.5 steps 1–7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// F: the announced certificate's primary fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The first `Date: ` value.
+    pub date: DateTime<Utc>,
+    /// A well-formed `Expires: ` in the past.
+    pub expired: bool,
+}
+
+/// GnuPG-like acceptance: sequoia's standard policy, plus what GnuPG still verifies by
+/// default — SHA-1 (checked by sequoia with collision detection) and 1024-bit RSA/DSA keys,
+/// which long-lived Confidant Mail keys may be.
+static POLICY: LazyLock<StandardPolicy<'static>> = LazyLock::new(|| {
+    let mut p = StandardPolicy::new();
+    p.accept_hash_property(HashAlgorithm::SHA1, HashAlgoSecurity::CollisionResistance);
+    p.accept_hash_property(
+        HashAlgorithm::SHA1,
+        HashAlgoSecurity::SecondPreImageResistance,
+    );
+    p.accept_asymmetric_algo(AsymmetricAlgorithm::RSA1024);
+    p.accept_asymmetric_algo(AsymmetricAlgorithm::DSA1024);
+    p
+});
+
+/// The `validate_merge` part of §7.5 after the type check: runs the verifier on `new`, then
+/// checks, in order, the fingerprint against `key`, the posting user (`None` in the DHT),
+/// the age (< `max_age_key` seconds) and expiry, and that `new` is newer than `existing`.
+pub fn check(
+    key: &[u8; 20],
+    existing: Option<&[u8]>,
+    new: &[u8],
+    posting_user: Option<&str>,
+    max_age_key: i64,
+    now: DateTime<Utc>,
+) -> Result<Verified, KeyRejection> {
+    let v = verify(new, now)?;
+    if v.fingerprint.as_bytes() != key.as_slice() {
+        return Err(KeyRejection::FingerprintMismatch);
+    }
+    if let Some(user) = posting_user {
+        if !user.eq_ignore_ascii_case(&v.fingerprint.to_hex()) {
+            return Err(KeyRejection::NotOwner);
+        }
+    }
+    // A limit beyond chrono's range is never reached.
+    let too_old = TimeDelta::try_seconds(max_age_key)
+        .is_some_and(|max| now.signed_duration_since(v.date) >= max);
+    if too_old {
+        return Err(KeyRejection::TooOld);
+    }
+    if v.expired {
+        return Err(KeyRejection::Expired);
+    }
+    // Same age rule as "strictly later date". An old block without a readable date (it
+    // could only come from outside validation) does not block the update, as for the other
+    // stored-as-sent types.
+    if let Some(old) = existing.and_then(first_date) {
+        if v.date <= old {
+            return Err(KeyRejection::NotNewer);
+        }
+    }
+    Ok(v)
+}
+
+/// The verifier (§7.5 steps 1–7): the announcement's parts, date, expiry, proof of work,
+/// the single public key in it and a good clear-signature by that key at `now`.
+pub fn verify(block: &[u8], now: DateTime<Utc>) -> Result<Verified, KeyRejection> {
+    let parts = Parts::find(block)?;
+    let date = parse_dt(&parts.date).ok_or(KeyRejection::BadDate)?;
+    let expired = parts
+        .expires
+        .as_deref()
+        .and_then(parse_dt)
+        .is_some_and(|exp| exp < now);
+    let (bits, n) = pow::verify_parts(&[&parts.pow_text], &parts.proof);
+    if bits < POW_KEY.0 || n < POW_KEY.1 {
+        return Err(KeyRejection::PowTooWeak { bits, n });
+    }
+    let cert = single_cert(&parts.key)?;
+    verify_signature(&parts.message, cert, now).map(|fingerprint| Verified {
+        fingerprint,
+        date,
+        expired,
+    })
+}
+
+/// The first `Date: ` line of a stored block, if it is a real date.
+fn first_date(block: &[u8]) -> Option<DateTime<Utc>> {
+    block
+        .split(|&c| c == b'\n')
+        .find_map(|l| without_cr(l).strip_prefix(b"Date: ").map(<[u8]>::to_vec))
+        .and_then(|v| parse_dt(&v))
+}
+
+/// The pieces of the signed message §7.5 steps 1–4 name.
+struct Parts {
+    /// The signed message, BEGIN line to END line, LF-terminated: what is verified.
+    message: Vec<u8>,
+    date: Vec<u8>,
+    expires: Option<Vec<u8>>,
+    proof: Vec<u8>,
+    /// The lines after the ProofOfWork line up to the signature, joined with no separators,
+    /// the two key armour lines unescaped.
+    pow_text: Vec<u8>,
+    /// The public key block, unescaped, LF-terminated lines.
+    key: Vec<u8>,
+}
+
+impl Parts {
+    fn find(block: &[u8]) -> Result<Parts, KeyRejection> {
+        use KeyRejection::{Missing, Unsigned};
+        let lines: Vec<Cow<'_, [u8]>> = block.split(|&c| c == b'\n').map(without_cr).collect();
+        let pos = |from: usize, pred: &dyn Fn(&[u8]) -> bool| {
+            lines
+                .iter()
+                .skip(from)
+                .position(|l| pred(l))
+                .map(|i| i + from)
+        };
+        let start = pos(0, &|l| l == BEGIN_MESSAGE).ok_or(Missing("signed message start"))?;
+        let end = pos(start, &|l| l == END_SIGNATURE).ok_or(Missing("signed message end"))?;
+        let msg = &lines[start..=end];
+        let at = |from: usize, pred: &dyn Fn(&[u8]) -> bool| {
+            msg.iter()
+                .skip(from)
+                .position(|l| pred(l))
+                .map(|i| i + from)
+        };
+        let key_start = at(0, &|l| l == BEGIN_KEY_ESCAPED).ok_or(Missing("public key start"))?;
+        let key_end = at(key_start, &|l| l == END_KEY_ESCAPED).ok_or(Missing("public key end"))?;
+        let pow_line = at(0, &|l| l.starts_with(b"ProofOfWork: ")).ok_or(Missing("ProofOfWork"))?;
+        let pow_end = at(pow_line, &|l| l == BEGIN_SIGNATURE).ok_or(Missing("signature"))?;
+        let date_line = at(0, &|l| l.starts_with(b"Date: ")).ok_or(Missing("Date"))?;
+        let expires_line = at(0, &|l| l.starts_with(b"Expires: "));
+
+        // The signed text runs from after the armour headers' blank line to the signature.
+        // Everything checked must lie inside it, or a valid signature would not cover it.
+        let body = at(1, &|l| l.is_empty())
+            .map(|blank| (blank + 1, at(blank, &|l| l == BEGIN_SIGNATURE).unwrap_or(0)))
+            .unwrap_or((0, 0));
+        let signed = |i: usize| body.0 <= i && i < body.1;
+        for (what, i) in [
+            ("ProofOfWork", pow_line),
+            ("Date", date_line),
+            ("public key", key_start),
+            ("public key", key_end),
+        ] {
+            if !signed(i) {
+                return Err(Unsigned(what));
+            }
+        }
+        if expires_line.is_some_and(|i| !signed(i)) {
+            return Err(Unsigned("Expires"));
+        }
+
+        let unescape = |l: &[u8]| -> Vec<u8> {
+            if l == BEGIN_KEY_ESCAPED || l == END_KEY_ESCAPED {
+                l[2..].to_vec()
+            } else {
+                l.to_vec()
+            }
+        };
+        let mut message = Vec::new();
+        for l in msg {
+            message.extend_from_slice(l);
+            message.push(b'\n');
+        }
+        let mut key = Vec::new();
+        for l in &msg[key_start..=key_end] {
+            key.extend_from_slice(l.strip_prefix(b"- ").unwrap_or(l));
+            key.push(b'\n');
+        }
+        Ok(Parts {
+            message,
+            date: msg[date_line][b"Date: ".len()..].to_vec(),
+            expires: expires_line.map(|i| msg[i][b"Expires: ".len()..].to_vec()),
+            proof: msg[pow_line][b"ProofOfWork: ".len()..].to_vec(),
+            pow_text: msg[pow_line + 1..pow_end]
+                .iter()
+                .flat_map(|l| unescape(l))
+                .collect(),
+            key,
+        })
+    }
+}
+
+/// The only certificate in `armoured` (§7.5 step 6: the import must yield one fingerprint).
+fn single_cert(armoured: &[u8]) -> Result<Cert, KeyRejection> {
+    let parser = CertParser::from_bytes(armoured)
+        .map_err(|e| KeyRejection::KeyUnreadable(format!("{e:#}")))?;
+    let mut certs = Vec::new();
+    for cert in parser {
+        certs.push(cert.map_err(|e| KeyRejection::KeyUnreadable(format!("{e:#}")))?);
+    }
+    if certs.len() != 1 {
+        return Err(KeyRejection::KeyCount(certs.len()));
+    }
+    certs.pop().ok_or(KeyRejection::KeyCount(0))
+}
+
+/// Checks the clear-signature on `message` against `cert` (§7.5 step 7) and returns F.
+///
+/// Like GnuPG's GOODSIG without a later EXPKEYSIG/REVKEYSIG: every signature must be good,
+/// made by the primary key or a signing subkey of `cert`, and that key and `cert` must be
+/// alive and not revoked both when it signed (sequoia's rule) and at `now` (GnuPG's).
+fn verify_signature(
+    message: &[u8],
+    cert: Cert,
+    now: DateTime<Utc>,
+) -> Result<Fingerprint, KeyRejection> {
+    let t = SystemTime::from(now);
+    let fingerprint = cert.fingerprint();
+    let mut verdict: Option<KeyRejection> = None;
+    let mut signers: Vec<Fingerprint> = Vec::new();
+    let helper = Helper {
+        cert: &cert,
+        verdict: &mut verdict,
+        signers: &mut signers,
+    };
+    let bad = |e: openpgp::anyhow::Error| KeyRejection::BadSignature(format!("{e:#}"));
+    let outcome = VerifierBuilder::from_bytes(message)
+        .and_then(|b| b.with_policy(&*POLICY, t, helper))
+        .and_then(|mut v| {
+            io::copy(&mut v, &mut io::sink())?;
+            if v.message_processed() {
+                Ok(())
+            } else {
+                Err(openpgp::Error::InvalidOperation("message not fully processed".into()).into())
+            }
+        });
+    if let Some(reason) = verdict {
+        return Err(reason);
+    }
+    outcome.map_err(bad)?;
+    if signers.is_empty() {
+        return Err(KeyRejection::BadSignature("no signature".into()));
+    }
+    let vc = cert
+        .with_policy(&*POLICY, t)
+        .map_err(|e| KeyRejection::BadSignature(format!("key not valid now: {e:#}")))?;
+    if matches!(vc.revocation_status(), RevocationStatus::Revoked(_)) {
+        return Err(KeyRejection::KeyRevoked);
+    }
+    if vc.alive().is_err() {
+        return Err(KeyRejection::KeyExpired);
+    }
+    for signer in &signers {
+        let Some(ka) = vc.keys().key_handle(signer.clone()).next() else {
+            return Err(KeyRejection::BadSignature(
+                "signing key not valid now".into(),
+            ));
+        };
+        if matches!(ka.revocation_status(), RevocationStatus::Revoked(_)) {
+            return Err(KeyRejection::KeyRevoked);
+        }
+        if ka.alive().is_err() {
+            return Err(KeyRejection::KeyExpired);
+        }
+    }
+    Ok(fingerprint)
+}
+
+/// Hands sequoia the announced certificate and judges the signatures it found.
+struct Helper<'h> {
+    cert: &'h Cert,
+    /// Set when `check` rejects for a reason more specific than "bad signature".
+    verdict: &'h mut Option<KeyRejection>,
+    /// The fingerprints of the (sub)keys that made good signatures.
+    signers: &'h mut Vec<Fingerprint>,
+}
+
+impl VerificationHelper for Helper<'_> {
+    fn get_certs(&mut self, _ids: &[KeyHandle]) -> openpgp::Result<Vec<Cert>> {
+        Ok(vec![self.cert.clone()])
+    }
+
+    fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
+        use openpgp::parse::stream::VerificationError as E;
+        for layer in structure {
+            let MessageLayer::SignatureGroup { results } = layer else {
+                return Err(
+                    openpgp::Error::BadSignature("not a plain signed message".into()).into(),
+                );
+            };
+            for result in results {
+                match result {
+                    Ok(good) => self.signers.push(good.ka.key().fingerprint()),
+                    Err(E::BadKey { ka, error, .. }) => {
+                        // Map GnuPG's REVKEYSIG / EXPKEYSIG cases to their own reasons.
+                        let revoked =
+                            matches!(ka.revocation_status(), RevocationStatus::Revoked(_))
+                                || matches!(
+                                    ka.valid_cert().revocation_status(),
+                                    RevocationStatus::Revoked(_)
+                                );
+                        if revoked {
+                            *self.verdict = Some(KeyRejection::KeyRevoked);
+                        } else if ka.alive().is_err() || ka.valid_cert().alive().is_err() {
+                            *self.verdict = Some(KeyRejection::KeyExpired);
+                        }
+                        return Err(error);
+                    }
+                    Err(e) => return Err(openpgp::Error::BadSignature(e.to_string()).into()),
+                }
+            }
+        }
+        Ok(())
+    }
+}
