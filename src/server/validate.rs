@@ -1080,4 +1080,34 @@ mod tests {
         // The mutations are mild enough that some blocks stay valid.
         assert!(accepted > 0);
     }
+
+    /// Throughput of the data path on 4 KiB blocks (a benchmark, not a check):
+    /// `cargo test --release --lib server::validate::tests::data_throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn data_throughput() {
+        let blocks: Vec<(String, Vec<u8>)> = (0u32..2000)
+            .map(|i| {
+                let payload: Vec<u8> = (0..4096u32)
+                    .map(|j| (i.wrapping_mul(31) ^ j) as u8)
+                    .collect();
+                compose::data_block(&payload, ago(60))
+            })
+            .collect();
+        let rounds = 10;
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            for (key, block) in &blocks {
+                let m = server(key, None, block).unwrap();
+                std::hint::black_box(m);
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let n = (rounds * blocks.len()) as f64;
+        eprintln!(
+            "validate_merge, 4 KiB data: {:.0} blocks/s on one core ({:.1} µs each)",
+            n / secs,
+            secs / n * 1e6
+        );
+    }
 }
