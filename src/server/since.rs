@@ -159,6 +159,9 @@ mod tests {
             b"Junk\ntype: Message-Announcement\n",
             b"Type: acknowledgment\n",
             b"Type: acknowledgement\n",
+            // CRs do not make a private block public.
+            b"Type: data\r\nData: 1\nx",
+            b"Type: da\rta\n",
         ] {
             assert!(
                 hidden_from_anonymous(hidden),
