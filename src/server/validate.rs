@@ -814,6 +814,14 @@ mod tests {
         );
         let (_, later) = ack_key_block([9; 20], 30);
         assert_eq!(server(&key, Some(&block), &later).unwrap().block, later);
+        // Configured ages apply on the server only; the DHT uses the fixed constants.
+        let short = Limits {
+            max_age_ack: 30,
+            ..Limits::default()
+        };
+        let with = |entangled| validate_merge(&key, None, &block, entangled, None, &short, now());
+        assert_eq!(with(false), Err(Reject::TooOld));
+        assert!(with(true).is_ok());
         // Any impossible Date line rejects (the original raised on each one it parsed).
         let mut twice = block.clone();
         twice.extend_from_slice(b"Date: 2026-04-31T00:00:00Z\n");
