@@ -281,6 +281,8 @@ pub async fn spawn(spec: &Spawn) -> Result<Child, ProcessError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Python block-buffers a piped stdout: lines would reach the log minutes late.
+        .env("PYTHONUNBUFFERED", "1")
         .process_group(0)
         .kill_on_drop(true);
     let parent = getpid();
