@@ -16,7 +16,8 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::{getpid, getppid, Pid};
 use tokio::sync::oneshot;
 
-use super::logs::{self, LogLimits, LogSink, Stream};
+pub use super::logs::LogLimits;
+use super::logs::{self, LogSink, Stream};
 
 /// File name of the pidfile in a home.
 pub const PIDFILE: &str = "storeherd.pid";
