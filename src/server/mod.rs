@@ -4,6 +4,8 @@
 //! the original (PROTOCOL.md §1, §6).
 
 pub mod compose;
+pub mod dt;
+pub mod header;
 pub mod identity;
 pub mod pow;
 pub mod since;
