@@ -444,6 +444,49 @@ async fn spawn_clears_a_stale_server_first() {
     child.stop(Duration::from_secs(10)).await;
 }
 
+/// Kills a process group when the test ends, also on panic.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+    }
+}
+
+/// The pidfile's leader is gone, but a process it forked (same group, same home) still
+/// holds the port: PDEATHSIG reaches only direct children, so this is how a stale server
+/// survives a killed supervisor when its command is a wrapper that forks.
+#[test]
+fn kill_stale_finds_an_orphan_of_the_old_group() {
+    let home = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let portfile = scratch.path().join("port");
+    let exe = std::env::current_exe().unwrap();
+    let mut wrapper = std::process::Command::new("/bin/sh")
+        .args([
+            "-c",
+            "\"$0\" --exact helper_listener --ignored --test-threads=1 >/dev/null &",
+        ])
+        .arg(&exe)
+        .env(LISTENER_ENV, &portfile)
+        .current_dir(home.path())
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let leader = wrapper.id();
+    let _group = GroupGuard(leader);
+    assert!(wrapper.wait().unwrap().success());
+    let port = wait_for("the orphan's port", PATIENCE, || {
+        read(&portfile).trim().parse::<u16>().ok()
+    });
+    fs::write(home.path().join(PIDFILE), format!("{leader}\n")).unwrap();
+
+    assert_eq!(kill_stale(home.path(), port).unwrap(), Some(leader));
+    std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    assert!(!home.path().join(PIDFILE).exists());
+}
+
 /// Helper process: a tiny supervisor that starts one instance and waits to be killed.
 #[test]
 #[ignore = "helper process, run by the pdeathsig test"]
