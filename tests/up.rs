@@ -32,7 +32,10 @@ fn three_instances_share_one_store_and_spread_connections() {
     let st = up.wait_ready(3);
     let list = instances(&st);
     assert_eq!(list.len(), 3);
-    let homes: BTreeSet<String> = list.iter().map(|i| i["home"].as_str().unwrap().into()).collect();
+    let homes: BTreeSet<String> = list
+        .iter()
+        .map(|i| i["home"].as_str().unwrap().into())
+        .collect();
     let ports: BTreeSet<u64> = list.iter().map(|i| i["port"].as_u64().unwrap()).collect();
     let pids: BTreeSet<u64> = list.iter().map(|i| i["pid"].as_u64().unwrap()).collect();
     assert_eq!((homes.len(), ports.len(), pids.len()), (3, 3, 3));
@@ -40,9 +43,16 @@ fn three_instances_share_one_store_and_spread_connections() {
         let id = k as u64 + 1;
         assert_eq!(i["port"].as_u64().unwrap(), up.sport as u64 + id - 1);
         assert_eq!(i["eport"].as_u64().unwrap(), up.eport as u64 + id - 1);
-        let config = std::fs::read_to_string(format!("{}/config.txt", i["home"].as_str().unwrap())).unwrap();
-        assert!(config.contains(&format!("sport: {}\n", up.sport as u64 + id - 1)), "{config}");
-        assert!(config.contains(&format!("eport: {}\n", up.eport as u64 + id - 1)), "{config}");
+        let config =
+            std::fs::read_to_string(format!("{}/config.txt", i["home"].as_str().unwrap())).unwrap();
+        assert!(
+            config.contains(&format!("sport: {}\n", up.sport as u64 + id - 1)),
+            "{config}"
+        );
+        assert!(
+            config.contains(&format!("eport: {}\n", up.eport as u64 + id - 1)),
+            "{config}"
+        );
         let store = up.data().join("store");
         assert!(
             config.contains(&format!("alt_localstore: {}\n", store.display())),
@@ -51,7 +61,10 @@ fn three_instances_share_one_store_and_spread_connections() {
         assert!(i["pid"].as_u64().is_some_and(|p| alive(p as u32)));
     }
     // Counters start after the health checks, which do not go through the proxy.
-    let before: Vec<u64> = list.iter().map(|i| i["connections_total"].as_u64().unwrap()).collect();
+    let before: Vec<u64> = list
+        .iter()
+        .map(|i| i["connections_total"].as_u64().unwrap())
+        .collect();
     rt().block_on(async {
         for _ in 0..30 {
             let c = Client::connect(up.listen, T).await.unwrap();
@@ -99,7 +112,8 @@ fn killed_instance_is_replaced_without_client_failures() {
     let rt = rt();
     let clients: Vec<_> = (0..8)
         .map(|_| {
-            let (failures, ok, stop, addr) = (failures.clone(), ok.clone(), stop.clone(), up.listen);
+            let (failures, ok, stop, addr) =
+                (failures.clone(), ok.clone(), stop.clone(), up.listen);
             rt.spawn(async move {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -118,8 +132,11 @@ fn killed_instance_is_replaced_without_client_failures() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     // Back and ready, with one restart.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -129,7 +146,10 @@ fn killed_instance_is_replaced_without_client_failures() {
             assert_eq!(i["restarts"], 1, "{st:#}");
             break;
         }
-        assert!(Instant::now() < deadline, "instance 2 never came back: {st:#}");
+        assert!(
+            Instant::now() < deadline,
+            "instance 2 never came back: {st:#}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -140,7 +160,11 @@ fn killed_instance_is_replaced_without_client_failures() {
         }
     });
     assert!(ok.load(Ordering::Relaxed) > 50);
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "client failures through the proxy");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "client failures through the proxy"
+    );
 }
 
 #[test]
@@ -155,7 +179,11 @@ fn instance_that_exits_at_once_backs_off_then_fails() {
         if i["state"] == "failed" {
             break;
         }
-        assert!(Instant::now() < deadline, "never failed: {st:#}\n{}", up.log());
+        assert!(
+            Instant::now() < deadline,
+            "never failed: {st:#}\n{}",
+            up.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(saw_backoff, "no backoff seen before failed");
@@ -200,12 +228,20 @@ fn scale_up_and_down_under_store_load_loses_nothing() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let out = up.ctl(&["scale", "5"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     up.wait_ready(5);
     std::thread::sleep(Duration::from_millis(500));
     let pids_before: Vec<u32> = up.pids();
     let out = up.ctl(&["scale", "2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     up.wait_ready_ids(&[1, 2], Duration::from_secs(60));
     stop.store(true, Ordering::Relaxed);
     rt.block_on(async {
@@ -213,10 +249,17 @@ fn scale_up_and_down_under_store_load_loses_nothing() {
             w.await.unwrap();
         }
     });
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "failed client operations");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "failed client operations"
+    );
     // Removed instances exited.
     let remaining: BTreeSet<u32> = up.pids().into_iter().collect();
-    let gone: Vec<u32> = pids_before.into_iter().filter(|p| !remaining.contains(p)).collect();
+    let gone: Vec<u32> = pids_before
+        .into_iter()
+        .filter(|p| !remaining.contains(p))
+        .collect();
     assert_eq!(gone.len(), 3);
     assert!(wait_dead(&gone, Duration::from_secs(5)).is_empty());
     // Every block answered DONE is readable.
@@ -250,10 +293,18 @@ fn editing_the_watched_file_applies_live_and_broken_edits_are_refused() {
     std::fs::write(&up.file, text.replace("instances: 2", "instances: 3")).unwrap();
     up.wait_ready_ids(&[1, 2, 3], Duration::from_secs(30));
     // A broken edit: refused, the running set stays.
-    std::fs::write(&up.file, text.replace("instances: 2", "instances: 1\nbogus_key: 1")).unwrap();
+    std::fs::write(
+        &up.file,
+        text.replace("instances: 2", "instances: 1\nbogus_key: 1"),
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !up.log().contains("bogus_key") {
-        assert!(Instant::now() < deadline, "broken edit not reported:\n{}", up.log());
+        assert!(
+            Instant::now() < deadline,
+            "broken edit not reported:\n{}",
+            up.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -279,7 +330,10 @@ fn busy_instance_is_routed_around() {
         drop(held);
     });
     let st = up.status();
-    assert!(instances(&st)[0]["busy_total"].as_u64().unwrap() >= 1, "{st:#}");
+    assert!(
+        instances(&st)[0]["busy_total"].as_u64().unwrap() >= 1,
+        "{st:#}"
+    );
 }
 
 #[test]
@@ -292,8 +346,18 @@ fn status_and_metrics_follow_the_contract() {
     }
     for i in instances(&st) {
         for key in [
-            "id", "state", "pid", "port", "eport", "home", "restarts", "connections_active",
-            "connections_total", "cpu_percent", "rss_bytes", "uptime_s",
+            "id",
+            "state",
+            "pid",
+            "port",
+            "eport",
+            "home",
+            "restarts",
+            "connections_active",
+            "connections_total",
+            "cpu_percent",
+            "rss_bytes",
+            "uptime_s",
         ] {
             assert!(i.get(key).is_some(), "missing {key}: {i:#}");
         }
@@ -316,7 +380,11 @@ fn status_and_metrics_follow_the_contract() {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
     let out = up.ctl(&["status", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(instances(&doc).len(), 2);
 }
@@ -351,7 +419,9 @@ fn sigterm_drains_and_exits_zero_with_no_child_left() {
     up.wait_ready(2);
     let pids = up.pids();
     assert_eq!(pids.len(), 2);
-    let status = up.terminate(Duration::from_secs(30)).expect("exit after SIGTERM");
+    let status = up
+        .terminate(Duration::from_secs(30))
+        .expect("exit after SIGTERM");
     assert!(status.success(), "{status:?}\n{}", up.log());
     assert!(wait_dead(&pids, Duration::from_secs(2)).is_empty());
 }
@@ -365,5 +435,8 @@ fn sigkill_of_the_supervisor_leaves_no_instance() {
     child.kill().unwrap();
     child.wait().unwrap();
     let left = wait_dead(&pids, Duration::from_secs(2));
-    assert!(left.is_empty(), "instances outlived the supervisor: {left:?}");
+    assert!(
+        left.is_empty(),
+        "instances outlived the supervisor: {left:?}"
+    );
 }
