@@ -15,6 +15,7 @@ use sequoia_openpgp as openpgp;
 
 use openpgp::cert::amalgamation::ValidAmalgamation;
 use openpgp::cert::CertParser;
+use openpgp::packet::signature::subpacket::CLOCK_SKEW_TOLERANCE;
 use openpgp::parse::stream::{MessageLayer, MessageStructure, VerificationHelper, VerifierBuilder};
 use openpgp::parse::Parse;
 use openpgp::policy::{AsymmetricAlgorithm, HashAlgoSecurity, StandardPolicy};
@@ -290,6 +291,10 @@ fn verify_signature(
     now: DateTime<Utc>,
 ) -> Result<Fingerprint, KeyRejection> {
     let t = SystemTime::from(now);
+    // GnuPG accepts a signature made after "now" (a client clock running ahead); sequoia
+    // does not once given an explicit time, so it checks the signature at now + its usual
+    // clock-skew tolerance. The key checks below still use `now`.
+    let sig_time = t + CLOCK_SKEW_TOLERANCE;
     let fingerprint = cert.fingerprint();
     let mut verdict: Option<KeyRejection> = None;
     let mut signers: Vec<Fingerprint> = Vec::new();
@@ -300,7 +305,7 @@ fn verify_signature(
     };
     let bad = |e: openpgp::anyhow::Error| KeyRejection::BadSignature(format!("{e:#}"));
     let outcome = VerifierBuilder::from_bytes(message)
-        .and_then(|b| b.with_policy(&*POLICY, t, helper))
+        .and_then(|b| b.with_policy(&*POLICY, sig_time, helper))
         .and_then(|mut v| {
             io::copy(&mut v, &mut io::sink())?;
             if v.message_processed() {

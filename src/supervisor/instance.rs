@@ -211,7 +211,7 @@ impl Runner {
             argv: ip.argv.clone(),
             home: ip.home.clone(),
             port: ip.port,
-            log: process::LogLimits::default(),
+            log: super::logs::LogLimits::default(),
         })
         .await
         .map_err(|e| e.to_string())
