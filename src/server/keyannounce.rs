@@ -166,12 +166,14 @@ pub fn verify(block: &[u8], now: DateTime<Utc>) -> Result<Verified, KeyRejection
     })
 }
 
-/// The first `Date: ` line of a stored block, if it is a real date.
+/// The first `Date: ` line inside a stored announcement's signed message (where the
+/// verifier took it from), if it is a real date.
 fn first_date(block: &[u8]) -> Option<DateTime<Utc>> {
-    block
-        .split(|&c| c == b'\n')
-        .find_map(|l| without_cr(l).strip_prefix(b"Date: ").map(<[u8]>::to_vec))
-        .and_then(|v| parse_dt(&v))
+    let mut lines = block.split(|&c| c == b'\n').map(without_cr);
+    lines.find(|l| **l == *BEGIN_MESSAGE)?;
+    lines
+        .take_while(|l| **l != *END_SIGNATURE)
+        .find_map(|l| l.strip_prefix(b"Date: ").and_then(parse_dt))
 }
 
 /// The pieces of the signed message §7.5 steps 1–4 name.
@@ -391,5 +393,133 @@ impl VerificationHelper for Helper<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    const KEY: &str = "- -----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ\n=abcd\n\
+                       - -----END PGP PUBLIC KEY BLOCK-----\n";
+
+    fn signed(body: &str) -> String {
+        format!(
+            "junk before\n-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n{body}\
+             -----BEGIN PGP SIGNATURE-----\n\nwnUE\n=AAAA\n-----END PGP SIGNATURE-----\n"
+        )
+    }
+
+    fn body() -> String {
+        format!(
+            "ProofOfWork: bd,1,2\nType: key-announcement\nDate: 2026-11-24T05:00:00Z\n\
+             Expires: 2026-12-01T05:00:00Z\n\n{KEY}"
+        )
+    }
+
+    #[test]
+    fn parts_as_section_7_5_defines_them() {
+        let text = signed(&body()).replace('\n', "\r\n");
+        let p = Parts::find(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.date, b"2026-11-24T05:00:00Z");
+        assert_eq!(p.expires.as_deref(), Some(&b"2026-12-01T05:00:00Z"[..]));
+        assert_eq!(p.proof, b"bd,1,2");
+        // Every line after the PoW line, no separators, armour lines unescaped.
+        assert_eq!(
+            String::from_utf8(p.pow_text).unwrap(),
+            "Type: key-announcementDate: 2026-11-24T05:00:00ZExpires: 2026-12-01T05:00:00Z\
+             -----BEGIN PGP PUBLIC KEY BLOCK-----mDMEZ=abcd-----END PGP PUBLIC KEY BLOCK-----"
+        );
+        assert_eq!(
+            String::from_utf8(p.key).unwrap(),
+            "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ\n=abcd\n\
+             -----END PGP PUBLIC KEY BLOCK-----\n"
+        );
+        // The verified message is BEGIN..END only, CRs removed.
+        let m = String::from_utf8(p.message).unwrap();
+        assert!(m.starts_with("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n"));
+        assert!(m.ends_with("-----END PGP SIGNATURE-----\n"));
+        assert!(!m.contains('\r') && !m.contains("junk"));
+    }
+
+    #[test]
+    fn missing_parts_in_order() {
+        let full = signed(&body());
+        let without = |what: &str| -> String {
+            full.lines()
+                .filter(|l| !l.starts_with(what))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        for (line, part) in [
+            ("-----BEGIN PGP SIGNED", "signed message start"),
+            ("-----END PGP SIGNATURE", "signed message end"),
+            ("- -----BEGIN PGP PUBLIC", "public key start"),
+            ("- -----END PGP PUBLIC", "public key end"),
+            ("ProofOfWork: ", "ProofOfWork"),
+            ("-----BEGIN PGP SIGNATURE", "signature"),
+            ("Date: ", "Date"),
+        ] {
+            let r = Parts::find(without(line).as_bytes()).err();
+            assert_eq!(r, Some(KeyRejection::Missing(part)), "{line}");
+        }
+        // Expires is optional.
+        assert!(Parts::find(without("Expires: ").as_bytes()).is_ok());
+        // Parts before the message start do not count.
+        let outside = format!("{KEY}Date: 2026-11-24T05:00:00Z\n");
+        let r = Parts::find(outside.as_bytes()).err();
+        assert_eq!(r, Some(KeyRejection::Missing("signed message start")));
+    }
+
+    #[test]
+    fn checked_lines_must_be_signed() {
+        // A Date armour header comes before the signed Date.
+        let hdr = signed(&body()).replace(
+            "Hash: SHA256\n",
+            "Hash: SHA256\nDate: 2030-01-01T00:00:00Z\n",
+        );
+        let r = Parts::find(hdr.as_bytes()).err();
+        assert_eq!(r, Some(KeyRejection::Unsigned("Date")));
+        // No blank line ending the armour headers: nothing is signed text.
+        let no_body = signed(&body()).replacen("Hash: SHA256\n\n", "Hash: SHA256\n", 1);
+        let no_body = no_body.replace("\n\n- -----BEGIN", "\n- -----BEGIN");
+        let r = Parts::find(no_body.as_bytes()).err();
+        assert_eq!(r, Some(KeyRejection::Unsigned("ProofOfWork")));
+    }
+
+    #[test]
+    fn verify_rejects_before_and_at_the_crypto() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 24, 6, 0, 0).unwrap();
+        let bad_date = signed(&body().replace("2026-11-24T05:00:00Z", "2026-02-30T05:00:00Z"));
+        assert_eq!(verify(bad_date.as_bytes(), now), Err(KeyRejection::BadDate));
+        // The score is over the lines after the PoW line, armour lines unescaped.
+        let b = body();
+        let rest: String = b
+            .lines()
+            .skip(1)
+            .map(|l| l.replace("- -----", "-----"))
+            .collect();
+        let (bits, n) = pow::verify(rest.as_bytes(), "bd,1,2");
+        assert!(bits < 24);
+        assert_eq!(
+            verify(signed(&b).as_bytes(), now),
+            Err(KeyRejection::PowTooWeak { bits, n })
+        );
+        // A sufficient proof reaches the key block, which is not a certificate.
+        let proof = pow::generate(rest.as_bytes(), 24, 2);
+        let good_pow = signed(&b.replace("bd,1,2", &proof));
+        assert!(matches!(
+            verify(good_pow.as_bytes(), now),
+            Err(KeyRejection::KeyUnreadable(_) | KeyRejection::KeyCount(0))
+        ));
+    }
+
+    #[test]
+    fn first_date_is_inside_the_message() {
+        let block = format!("Date: 2030-01-01T00:00:00Z\n{}", signed(&body()));
+        let want = Utc.with_ymd_and_hms(2026, 11, 24, 5, 0, 0).unwrap();
+        assert_eq!(first_date(block.as_bytes()), Some(want));
+        assert_eq!(first_date(b"Date: 2026-11-24T05:00:00Z\n"), None);
     }
 }
