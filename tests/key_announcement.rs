@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sequoia_openpgp::types::ReasonForRevocation;
 
 use common::{Options, TestServer};
 use storeherd::server::compose;
@@ -274,6 +275,16 @@ fn valid_announcement_is_stored_as_sent_and_updates_must_be_newer() {
         crlf
     );
 
+    // Two copies of the same key are one key (GnuPG merges them on import).
+    let twice = armour_twice(&gpg.run(&["--export", &fpr], b"").stdout);
+    let ann = announce(&gpg, &fpr, &Fields::new(&twice, ago(7000)));
+    assert_eq!(
+        validate(&fpr, None, &ann, Some(&fpr), Utc::now())
+            .unwrap()
+            .block,
+        ann
+    );
+
     // An update must be strictly newer.
     let m = validate(&fpr, Some(&first), &second, Some(&fpr), now).unwrap();
     assert_eq!(m.block, second);
@@ -503,21 +514,50 @@ fn signing_subkeys_and_unusable_signing_keys() {
     // A revoked key (GnuPG's REVKEYSIG). gpg will not sign with a key it knows is revoked,
     // so the revocation is added with sequoia to the copy that goes into the announcement.
     let erin = gpg.gen_key("Erin", "ed25519", "never");
-    let revoked = revoked_key_block(&gpg.export_secret(&erin));
+    let secret = gpg.export_secret(&erin);
+    let revoked = revoked_key_block(&secret, ReasonForRevocation::KeyCompromised, None);
     let ann = announce(&gpg, &erin, &Fields::new(&revoked, ago(60)));
     assert_eq!(
         rejected(validate(&erin, None, &ann, Some(&erin), Utc::now())),
         KeyRejection::KeyRevoked
     );
+    // A soft revocation (key superseded) counts from its own date: the announcement is good
+    // until then and rejected after it, as GnuPG judges it when it verifies.
+    let from = Utc::now() + TimeDelta::seconds(600);
+    let superseded = revoked_key_block(&secret, ReasonForRevocation::KeySuperseded, Some(from));
+    let ann = announce(&gpg, &erin, &Fields::new(&superseded, ago(60)));
+    let now = Utc::now();
+    assert!(validate(&erin, None, &ann, Some(&erin), now).is_ok());
+    let later = from + TimeDelta::seconds(60);
+    assert_eq!(
+        rejected(validate(&erin, None, &ann, Some(&erin), later)),
+        KeyRejection::KeyRevoked
+    );
+}
+
+/// `binary` (an exported key) twice in one armoured public key block.
+fn armour_twice(binary: &[u8]) -> String {
+    use sequoia_openpgp::armor::{Kind, Writer};
+    let mut w = Writer::new(Vec::new(), Kind::PublicKey).unwrap();
+    w.write_all(binary).unwrap();
+    w.write_all(binary).unwrap();
+    let mut text = String::from_utf8(w.finalize().unwrap()).unwrap();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
 }
 
 /// The armoured public certificate of `secret` (an unprotected transferable secret key),
-/// with a hard revocation added.
-fn revoked_key_block(secret: &[u8]) -> String {
+/// with a revocation for `reason` added, dated `at` (default: now).
+fn revoked_key_block(
+    secret: &[u8],
+    reason: ReasonForRevocation,
+    at: Option<DateTime<Utc>>,
+) -> String {
     use openpgp::cert::CertRevocationBuilder;
     use openpgp::parse::Parse;
     use openpgp::serialize::SerializeInto;
-    use openpgp::types::ReasonForRevocation;
     use sequoia_openpgp as openpgp;
 
     let cert = openpgp::Cert::from_bytes(secret).unwrap();
@@ -529,11 +569,13 @@ fn revoked_key_block(secret: &[u8]) -> String {
         .unwrap()
         .into_keypair()
         .unwrap();
-    let rev = CertRevocationBuilder::new()
-        .set_reason_for_revocation(ReasonForRevocation::KeyCompromised, b"test")
-        .unwrap()
-        .build(&mut signer, &cert, None)
+    let mut builder = CertRevocationBuilder::new()
+        .set_reason_for_revocation(reason, b"test")
         .unwrap();
+    if let Some(at) = at {
+        builder = builder.set_signature_creation_time(at.into()).unwrap();
+    }
+    let rev = builder.build(&mut signer, &cert, None).unwrap();
     let (cert, _) = cert.insert_packets(rev).unwrap();
     let public = cert.strip_secret_key_material();
     let armoured = public.armored().to_vec().unwrap();
@@ -657,6 +699,12 @@ fn stored_through_a_real_server_and_read_back() {
         );
         assert!(server.wait_queue_empty(Duration::from_secs(20)));
         assert_eq!(anon.get(&fpr, None).await.unwrap(), None);
+        // Logged in as another user: not stored either.
+        let mut other = server.client().await;
+        assert!(other.login(common::USER, common::USER_KEY).await.unwrap());
+        assert!(other.store(&fpr, &ann).await.unwrap());
+        assert!(server.wait_queue_empty(Duration::from_secs(20)));
+        assert_eq!(other.get(&fpr, None).await.unwrap(), None);
         // Logged in as the fingerprint: stored and read back byte-identical.
         let mut c = server.client().await;
         assert!(c.login(&fpr, "GRACEKEY0123456").await.unwrap());

@@ -270,11 +270,22 @@ impl Parts {
 
 /// The only certificate in `armoured` (§7.5 step 6: the import must yield one fingerprint).
 fn single_cert(armoured: &[u8]) -> Result<Cert, KeyRejection> {
-    let parser = CertParser::from_bytes(armoured)
-        .map_err(|e| KeyRejection::KeyUnreadable(format!("{e:#}")))?;
-    let mut certs = Vec::new();
+    let unreadable = |e: openpgp::anyhow::Error| KeyRejection::KeyUnreadable(format!("{e:#}"));
+    let parser = CertParser::from_bytes(armoured).map_err(unreadable)?;
+    let mut certs: Vec<Cert> = Vec::new();
     for cert in parser {
-        certs.push(cert.map_err(|e| KeyRejection::KeyUnreadable(format!("{e:#}")))?);
+        let cert = cert.map_err(unreadable)?;
+        // GnuPG merges copies of one key on import: they count as one fingerprint.
+        match certs
+            .iter()
+            .position(|c| c.fingerprint() == cert.fingerprint())
+        {
+            Some(i) => {
+                let first = std::mem::replace(&mut certs[i], cert.clone());
+                certs[i] = first.merge_public(cert).map_err(unreadable)?;
+            }
+            None => certs.push(cert),
+        }
     }
     if certs.len() != 1 {
         return Err(KeyRejection::KeyCount(certs.len()));
