@@ -9,6 +9,8 @@ pub mod command;
 pub mod compose;
 pub mod config;
 pub mod conn;
+pub mod dt;
+pub mod header;
 pub mod identity;
 pub mod ingest;
 pub mod pow;
