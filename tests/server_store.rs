@@ -32,15 +32,24 @@ fn payload(i: usize, size: usize) -> Vec<u8> {
 fn assert_clean_tree(root: &Path) {
     for l1 in std::fs::read_dir(root).unwrap() {
         let l1 = l1.unwrap();
-        assert!(l1.file_type().unwrap().is_dir(), "file in level 1: {:?}", l1.path());
+        assert!(
+            l1.file_type().unwrap().is_dir(),
+            "file in level 1: {:?}",
+            l1.path()
+        );
         for l2 in std::fs::read_dir(l1.path()).unwrap() {
             let l2 = l2.unwrap();
-            assert!(l2.file_type().unwrap().is_dir(), "file in level 2: {:?}", l2.path());
+            assert!(
+                l2.file_type().unwrap().is_dir(),
+                "file in level 2: {:?}",
+                l2.path()
+            );
             for f in std::fs::read_dir(l2.path()).unwrap() {
                 let f = f.unwrap();
                 let name = f.file_name().into_string().unwrap();
                 assert!(
-                    name == "LOCKFILE" || (name.len() == 40 && name.chars().all(|c| c.is_ascii_hexdigit())),
+                    name == "LOCKFILE"
+                        || (name.len() == 40 && name.chars().all(|c| c.is_ascii_hexdigit())),
                     "stray file {:?}",
                     f.path()
                 );
@@ -59,7 +68,10 @@ async fn store_then_get_data_block() {
     // Stored, but data blocks look absent to anonymous sessions.
     assert_eq!(anon.get(&key, None).await.unwrap(), None);
     let mut c = user_client(&s).await;
-    assert_eq!(c.get(&key, None).await.unwrap().as_deref(), Some(&block[..]));
+    assert_eq!(
+        c.get(&key, None).await.unwrap().as_deref(),
+        Some(&block[..])
+    );
     // Replay: unchanged. A block whose key does not match is not stored.
     assert!(c.store(&key, &block).await.unwrap());
     let (_, other) = compose::data_block(b"other", Utc::now());
@@ -67,7 +79,10 @@ async fn store_then_get_data_block() {
     assert!(c.store(wrong, &other).await.unwrap());
     assert!(s.wait_queue_empty(WAIT));
     assert_eq!(c.get(wrong, None).await.unwrap(), None);
-    assert_eq!(c.get(&key, None).await.unwrap().as_deref(), Some(&block[..]));
+    assert_eq!(
+        c.get(&key, None).await.unwrap().as_deref(),
+        Some(&block[..])
+    );
     assert_clean_tree(&s.home().join("localstore"));
 }
 
@@ -245,7 +260,13 @@ async fn two_servers_share_one_store() {
         let mut mh = [0u8; 20];
         mh[..4].copy_from_slice(&i.to_be_bytes());
         mh[19] = 0x99;
-        blocks.push(compose::message_announcement(recipient, "inbox", mh, &[], now));
+        blocks.push(compose::message_announcement(
+            recipient,
+            "inbox",
+            mh,
+            &[],
+            now,
+        ));
     }
     let mkey = blocks[0].0.clone();
     assert!(blocks.iter().all(|(k, _)| *k == mkey));
@@ -254,7 +275,9 @@ async fn two_servers_share_one_store() {
         let addr = if n % 2 == 0 { a.addr() } else { b.addr() };
         let chunk: Vec<_> = chunk.to_vec();
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(addr, Duration::from_secs(20)).await.unwrap();
+            let mut c = Client::connect(addr, Duration::from_secs(20))
+                .await
+                .unwrap();
             for (k, bl) in chunk {
                 assert!(c.store(&k, &bl).await.unwrap());
             }
@@ -264,7 +287,12 @@ async fn two_servers_share_one_store() {
         t.await.unwrap();
     }
     assert!(a.wait_queue_empty(WAIT) && b.wait_queue_empty(WAIT));
-    let stored = user_client(&a).await.get(&mkey, None).await.unwrap().unwrap();
+    let stored = user_client(&a)
+        .await
+        .get(&mkey, None)
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8(stored).unwrap();
     let hashes: HashSet<&str> = text
         .lines()
@@ -312,8 +340,13 @@ async fn kill9_during_stores_loses_no_done_block() {
     }
     let acked = done.lock().unwrap().clone();
     assert!(acked.len() >= 150, "only {} acknowledged", acked.len());
-    let left = std::fs::read_dir(s.home().join("inputqueue")).unwrap().count();
-    eprintln!("{} of 500 acknowledged before kill -9; {left} queue files left", acked.len());
+    let left = std::fs::read_dir(s.home().join("inputqueue"))
+        .unwrap()
+        .count();
+    eprintln!(
+        "{} of 500 acknowledged before kill -9; {left} queue files left",
+        acked.len()
+    );
     s.restart();
     assert!(s.wait_queue_empty(WAIT));
     let mut c = user_client(&s).await;
