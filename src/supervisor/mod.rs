@@ -1,1 +1,3 @@
 //! The supervisor: reconcile loop, instance lifecycle, home provisioning, processes.
+
+pub mod provision;
