@@ -226,7 +226,7 @@ fn unknown_keys_name_the_position_and_the_accepted_keys() {
 fn type_and_value_errors() {
     let e = err("ports:\n  server: abc\n");
     assert!(
-        e.starts_with("t.yaml:2:11: ports.server: invalid type: string \"abc\", expected u16"),
+        e.starts_with("t.yaml:2:11: ports.server: invalid type: string \"abc\", expected a port number from 1 to 65535"),
         "{e}"
     );
     let e = err("health: { interval: 10 }\n");
