@@ -4,6 +4,7 @@
 //! store protocol that the built-in server ([`server`]) implements.
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod proxy;
 pub mod server;

@@ -102,11 +102,18 @@ pub struct Handle {
 impl Handle {
     /// Sends a request and waits for the supervisor's answer.
     pub async fn request(&self, req: Request) -> Answer {
+        let rx = self.submit(req).await?;
+        rx.await.map_err(|_| ControlError::ShuttingDown)?
+    }
+
+    /// Hands a request to the supervisor and returns where its answer will arrive, so a
+    /// caller can stop waiting (a rolling restart takes minutes) knowing it was queued.
+    pub async fn submit(&self, req: Request) -> Result<oneshot::Receiver<Answer>, ControlError> {
         let (tx, rx) = oneshot::channel();
         self.requests
             .send((req, tx))
             .await
             .map_err(|_| ControlError::ShuttingDown)?;
-        rx.await.map_err(|_| ControlError::ShuttingDown)?
+        Ok(rx)
     }
 }

@@ -1,3 +1,10 @@
 //! HTTP admin API server, its client, and metrics.
 
 pub mod api;
+pub mod client;
+mod layers;
+pub mod metrics;
+mod routes;
+pub mod server;
+
+pub use server::{check_listen, serve, serve_with, AdminError, Limits};

@@ -1,24 +1,306 @@
-//! Control commands: thin clients of the admin API.
-use super::*;
+//! Control commands: thin clients of the admin API (`status`, `scale`, `add`, `remove`,
+//! `restart`). They find the API from `--admin`, else from the topology, else the default.
 
-pub fn status(_a: StatusArgs) -> Outcome {
-    anyhow::bail!("not built yet")
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+
+use super::*;
+use crate::admin::api::{InstanceState, Status};
+use crate::admin::client::{AdminClient, ControlReply};
+
+/// Where `storeherd up` puts the admin API when nothing says otherwise.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8089";
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
-pub fn scale(_a: ScaleArgs) -> Outcome {
-    anyhow::bail!("not built yet")
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the admin token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the admin token file {} is empty", path.display());
+    }
+    Ok(token.to_owned())
 }
-pub fn add(_a: AddArgs) -> Outcome {
-    anyhow::bail!("not built yet")
+
+/// The admin address and token file: flags first, then the topology file, then defaults.
+fn endpoint(args: &ControlArgs) -> anyhow::Result<(SocketAddr, Option<PathBuf>)> {
+    let (file_admin, file_token) = match &args.topology.file {
+        Some(file) => admin_from_topology(file, args.topology.site.as_deref(), args)?,
+        None => (None, None),
+    };
+    let addr = match args.admin.or(file_admin) {
+        Some(addr) => addr,
+        None => DEFAULT_ADMIN.parse().expect("the default address parses"),
+    };
+    Ok((addr, args.token_file.clone().or(file_token)))
 }
-pub fn remove(_a: RemoveArgs) -> Outcome {
-    anyhow::bail!("not built yet")
+
+/// `admin.listen` and `admin.token_file` of the topology (after the site's overrides).
+fn admin_from_topology(
+    file: &Path,
+    _site: Option<&str>,
+    args: &ControlArgs,
+) -> anyhow::Result<(Option<SocketAddr>, Option<PathBuf>)> {
+    // TODO(topology): read them with `topology::Plan::load` once it exists; until then
+    // only an explicit --admin makes a file-based command work.
+    if args.admin.is_some() {
+        return Ok((None, None));
+    }
+    bail!(
+        "reading the admin address from {} is not available in this build yet; pass --admin ADDR",
+        file.display()
+    )
 }
-pub fn restart(_a: RestartArgs) -> Outcome {
-    anyhow::bail!("not built yet")
+
+fn client(args: &ControlArgs) -> anyhow::Result<AdminClient> {
+    let (addr, token_file) = endpoint(args)?;
+    let token = token_file.as_deref().map(read_token).transpose()?;
+    Ok(AdminClient::new(addr, token))
 }
-pub fn accounts(_a: AccountsArgs) -> Outcome {
-    anyhow::bail!("not built yet")
+
+/// The supervisor's message on stdout. A pending (`202`) answer already says that the
+/// change goes on; it is a success, since the request was queued.
+fn print_reply(reply: ControlReply) -> Outcome {
+    if reply.pending {
+        tracing::info!("the supervisor is still working on it");
+    }
+    println!("{}", reply.message);
+    Ok(ExitCode::SUCCESS)
 }
-pub fn shards(_a: ShardsArgs) -> Outcome {
-    anyhow::bail!("not built yet")
+
+pub fn status(args: StatusArgs) -> Outcome {
+    let client = client(&args.control)?;
+    let rt = runtime()?;
+    if args.json {
+        let raw = rt.block_on(client.get_status_raw())?;
+        // Passed on whole (fields this build does not know included), once it is JSON.
+        serde_json::from_slice::<serde_json::Value>(&raw)
+            .context("the admin API's status is not JSON")?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&raw)?;
+        if !raw.ends_with(b"\n") {
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+    } else {
+        let status = rt.block_on(client.get_status())?;
+        print!("{}", render_table(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn scale(args: ScaleArgs) -> Outcome {
+    let client = client(&args.control)?;
+    print_reply(runtime()?.block_on(client.scale(args.instances))?)
+}
+
+pub fn add(args: AddArgs) -> Outcome {
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let client = client(&args.control)?;
+    print_reply(runtime()?.block_on(client.add(args.count))?)
+}
+
+pub fn remove(args: RemoveArgs) -> Outcome {
+    let client = client(&args.control)?;
+    print_reply(runtime()?.block_on(client.remove(args.id, args.now))?)
+}
+
+pub fn restart(args: RestartArgs) -> Outcome {
+    let client = client(&args.control)?;
+    let rt = runtime()?;
+    let reply = match (args.id, args.rolling) {
+        (_, true) => rt.block_on(client.rolling_restart())?,
+        (Some(id), false) => rt.block_on(client.restart(id))?,
+        (None, false) => bail!("give an instance id or --rolling"),
+    };
+    print_reply(reply)
+}
+
+pub fn accounts(_args: AccountsArgs) -> Outcome {
+    bail!("`storeherd accounts` is not available yet (it comes with the accounts work)")
+}
+
+pub fn shards(_args: ShardsArgs) -> Outcome {
+    bail!("`storeherd shards` is not available yet (it comes with the sharded-store work)")
+}
+
+/// `12s`, `5m03s`, `2h05m`, `3d04h`.
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// The readable `status`: one summary line, then one aligned row per instance.
+pub fn render_table(status: &Status) -> String {
+    let ready = status
+        .instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Ready)
+        .count();
+    let mut out = format!(
+        "proxy {}{}: {} instance{}, {} ready; {} client connection{} open; {} rejected\n",
+        status.listen,
+        status
+            .site
+            .as_deref()
+            .map(|s| format!(" (site {s})"))
+            .unwrap_or_default(),
+        status.instances.len(),
+        if status.instances.len() == 1 { "" } else { "s" },
+        ready,
+        status.connections_active,
+        if status.connections_active == 1 {
+            ""
+        } else {
+            "s"
+        },
+        status.rejected_total,
+    );
+    if status.instances.is_empty() {
+        return out;
+    }
+    let header = [
+        "ID", "STATE", "PID", "PORT", "EPORT", "RESTARTS", "CONNS", "CPU%", "RSS MiB", "UPTIME",
+        "QUEUED",
+    ];
+    let rows: Vec<[String; 11]> = status
+        .instances
+        .iter()
+        .map(|i| {
+            [
+                i.id.to_string(),
+                i.state.as_str().to_owned(),
+                i.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                i.port.to_string(),
+                i.eport.to_string(),
+                i.restarts.to_string(),
+                format!("{}/{}", i.connections_active, i.connections_total),
+                format!("{:.1}", i.cpu_percent),
+                format!("{:.1}", i.rss_bytes as f64 / (1024.0 * 1024.0)),
+                if i.pid.is_some() {
+                    human_duration(i.uptime_s)
+                } else {
+                    "-".to_owned()
+                },
+                i.queued_blocks.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    // Text columns (STATE) to the left, numbers to the right.
+    let line = |cells: &[&str]| {
+        let mut s = String::new();
+        for (col, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if col > 0 {
+                s.push_str("  ");
+            }
+            if col == 1 {
+                s.push_str(&format!("{cell:<w$}"));
+            } else {
+                s.push_str(&format!("{cell:>w$}"));
+            }
+        }
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    out.push_str(&line(&header));
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        out.push_str(&line(&cells));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::api::InstanceStatus;
+
+    fn inst(id: u32, state: InstanceState, pid: Option<u32>) -> InstanceStatus {
+        InstanceStatus {
+            id,
+            state,
+            pid,
+            port: 18100 + id as u16,
+            eport: 18200 + id as u16,
+            home: format!("/d/homes/{id}"),
+            restarts: 0,
+            connections_active: 1,
+            connections_total: 1234,
+            bytes_in: 0,
+            bytes_out: 0,
+            connect_failures: 0,
+            busy_total: 0,
+            cpu_percent: 12.345,
+            rss_bytes: 9_437_184,
+            uptime_s: 3725,
+            queued_blocks: 0,
+        }
+    }
+
+    #[test]
+    fn table_is_aligned_and_complete() {
+        let status = Status {
+            site: None,
+            listen: "127.0.0.1:8081".into(),
+            instances: vec![
+                inst(1, InstanceState::Ready, Some(4242)),
+                inst(12, InstanceState::Backoff, None),
+            ],
+            rejected_total: 3,
+            connections_active: 1,
+        };
+        let table = render_table(&status);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "proxy 127.0.0.1:8081: 2 instances, 1 ready; 1 client connection open; 3 rejected"
+        );
+        assert_eq!(lines.len(), 4);
+        // Every row ends where the header ends: right-aligned last column.
+        assert_eq!(lines[1].len(), lines[2].len());
+        assert_eq!(lines[1].len(), lines[3].len());
+        assert!(lines[2].contains("ready"));
+        assert!(lines[2].contains("4242"));
+        assert!(lines[2].contains("1/1234"));
+        assert!(lines[2].contains("12.3"));
+        assert!(lines[2].contains("9.0"));
+        assert!(lines[2].contains("1h02m"));
+        assert!(lines[3].contains("backoff"));
+        // The STATE column starts at the same offset in every line.
+        let at = lines[1].find("STATE").unwrap();
+        assert_eq!(lines[2].find("ready"), Some(at));
+        assert_eq!(lines[3].find("backoff"), Some(at));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(303), "5m03s");
+        assert_eq!(human_duration(7500), "2h05m");
+        assert_eq!(human_duration(3 * 86_400 + 4 * 3600), "3d04h");
+    }
 }

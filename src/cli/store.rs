@@ -1,6 +1,14 @@
-//! `storeherd store --homedir DIR`.
+//! `storeherd store --homedir DIR`: the built-in store server.
 use super::{Outcome, StoreArgs};
 
-pub fn run(_args: StoreArgs) -> Outcome {
-    anyhow::bail!("`store` is not built yet")
+pub fn run(args: StoreArgs) -> Outcome {
+    match crate::server::run(&args.homedir) {
+        Ok(()) => Ok(std::process::ExitCode::SUCCESS),
+        Err(e) if e.is_config() => {
+            tracing::error!("{e}");
+            eprintln!("storeherd store: {e}");
+            Ok(std::process::ExitCode::from(2))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("store server")),
+    }
 }

@@ -1,1 +1,52 @@
 //! The public round-robin TCP proxy: accept loop, backend pool, relay.
+//!
+//! It takes the place of haproxy in front of the instances (DESIGN.md "Proxy"). Each client
+//! connection goes to the next ready instance in round-robin order; the proxy reads the
+//! instance's greeting first and moves on to the next one on `BUSY`, a refused or timed-out
+//! connect or a garbled greeting, so a client sees `BUSY` only when no instance can take it.
+//! The supervisor publishes the ready set with [`Pool::set_backends`]; the accept path reads
+//! it without locks.
+
+mod accept;
+mod greeting;
+mod pool;
+mod relay;
+
+use std::io;
+use std::time::Duration;
+
+pub use accept::serve;
+pub use pool::{InstanceStats, Pool, ProxyStats};
+
+/// Limits the supervisor can change live with [`Pool::set_limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyLimits {
+    /// Client connections open at once; the next ones get the BUSY line.
+    pub max_connections: usize,
+    /// For the connect to an instance and its greeting together.
+    pub connect_timeout: Duration,
+    /// A session with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ProxyLimits {
+    /// The topology file's defaults.
+    fn default() -> ProxyLimits {
+        ProxyLimits {
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The listening socket itself is unusable (not a transient accept error).
+    #[error("accept on {addr}: {source}")]
+    Accept {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+}

@@ -1,1 +1,61 @@
 //! The local store tree, its lock files, and the flat queues: shared by the server and the tools.
+
+pub mod lock;
+pub mod queue;
+pub mod tree;
+
+use std::path::PathBuf;
+
+/// An I/O failure on a path of the store or a queue.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct StoreError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl StoreError {
+    pub(crate) fn at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError { path, source }
+    }
+}
+
+/// Upper-cases `key` and deletes every character that is not a hex digit (PROTOCOL.md §9.2).
+pub fn clean_key(key: &str) -> String {
+    key.chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// `fsync` of a directory, so that entries created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::at(dir))
+}
+
+/// `mkdir` that treats "already exists" as success (two processes may race, PROTOCOL.md §14.1).
+pub fn ensure_dir(dir: &std::path::Path) -> Result<(), StoreError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(StoreError {
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean() {
+        assert_eq!(clean_key("ab/../cd-EF"), "ABCDEF");
+        assert_eq!(clean_key(""), "");
+    }
+}

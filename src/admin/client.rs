@@ -1,0 +1,286 @@
+//! A small HTTP/1 client of the admin API, for the control subcommands: one connection per
+//! request, bearer token, timeouts, and errors that tell the operator what to do.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+
+use super::api::Status;
+use super::server::Limits;
+
+/// Bound on an answer's size: a status of thousands of instances fits many times over.
+const MAX_ANSWER: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the admin API at {addr}: is `storeherd up` running? ({source})")]
+    Unreachable {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the admin API at {addr} did not answer within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error(
+        "the admin API at {addr} wants a valid token ({message}): pass --token-file FILE or set \
+         admin.token_file in the topology"
+    )]
+    Unauthorized { addr: SocketAddr, message: String },
+    /// The API understood the request and refused it (no such instance, invalid, shutting
+    /// down…); `message` is its own explanation.
+    #[error("{message}")]
+    Refused { status: u16, message: String },
+    #[error("talking to the admin API at {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("unexpected answer from the admin API at {addr}: {detail}")]
+    BadAnswer { addr: SocketAddr, detail: String },
+}
+
+/// What a control route answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlReply {
+    pub message: String,
+    /// The supervisor had not finished when the API stopped waiting (`202 Accepted`); the
+    /// change goes on and shows in the status.
+    pub pending: bool,
+}
+
+#[derive(Deserialize)]
+struct ReplyDoc {
+    ok: bool,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    pending: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    addr: SocketAddr,
+    token: Option<String>,
+    read_timeout: Duration,
+    control_timeout: Duration,
+}
+
+impl AdminClient {
+    pub fn new(addr: SocketAddr, token: Option<String>) -> Self {
+        AdminClient {
+            addr,
+            token: token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+            read_timeout: Duration::from_secs(10),
+            // Past the server's own bound, so its answer (possibly `202`) arrives first.
+            control_timeout: Limits::default().request_timeout + Duration::from_secs(5),
+        }
+    }
+
+    /// Bounds for reads (`status`, `metrics`) and for control requests.
+    pub fn with_timeouts(mut self, read: Duration, control: Duration) -> Self {
+        self.read_timeout = read;
+        self.control_timeout = control;
+        self
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `GET /status`, decoded.
+    pub async fn get_status(&self) -> Result<Status, ClientError> {
+        let body = self.get_status_raw().await?;
+        serde_json::from_slice(&body).map_err(|e| self.bad(format!("status document: {e}")))
+    }
+
+    /// `GET /status` as the server sent it (for `status --json`, which passes it on whole).
+    pub async fn get_status_raw(&self) -> Result<Bytes, ClientError> {
+        let (status, body) = self
+            .send(Method::GET, "/status", None, self.read_timeout)
+            .await?;
+        self.expect_success(status, &body)?;
+        Ok(body)
+    }
+
+    /// `GET /metrics`.
+    pub async fn get_metrics(&self) -> Result<String, ClientError> {
+        let (status, body) = self
+            .send(Method::GET, "/metrics", None, self.read_timeout)
+            .await?;
+        self.expect_success(status, &body)?;
+        String::from_utf8(body.to_vec()).map_err(|_| self.bad("metrics are not UTF-8".into()))
+    }
+
+    /// `POST path` with an optional JSON body.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<ControlReply, ClientError> {
+        let (status, answer) = self
+            .send(Method::POST, path, body, self.control_timeout)
+            .await?;
+        self.reply(status, &answer)
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<ControlReply, ClientError> {
+        let (status, answer) = self
+            .send(Method::DELETE, path, None, self.control_timeout)
+            .await?;
+        self.reply(status, &answer)
+    }
+
+    pub async fn scale(&self, instances: u32) -> Result<ControlReply, ClientError> {
+        self.post(
+            "/scale",
+            Some(serde_json::json!({ "instances": instances })),
+        )
+        .await
+    }
+
+    pub async fn add(&self, count: u32) -> Result<ControlReply, ClientError> {
+        self.post("/instances", Some(serde_json::json!({ "count": count })))
+            .await
+    }
+
+    pub async fn remove(&self, id: u32, now: bool) -> Result<ControlReply, ClientError> {
+        let query = if now { "?now=1" } else { "" };
+        self.delete(&format!("/instances/{id}{query}")).await
+    }
+
+    pub async fn restart(&self, id: u32) -> Result<ControlReply, ClientError> {
+        self.post(&format!("/instances/{id}/restart"), None).await
+    }
+
+    pub async fn rolling_restart(&self) -> Result<ControlReply, ClientError> {
+        self.post("/restart", None).await
+    }
+
+    pub async fn reload(&self) -> Result<ControlReply, ClientError> {
+        self.post("/reload", None).await
+    }
+
+    fn bad(&self, detail: String) -> ClientError {
+        ClientError::BadAnswer {
+            addr: self.addr,
+            detail,
+        }
+    }
+
+    /// The API's `{"error": …}` text, or the raw body when it is not that document.
+    fn error_text(body: &[u8]) -> String {
+        serde_json::from_slice::<ReplyDoc>(body)
+            .ok()
+            .and_then(|d| d.error)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
+    }
+
+    fn expect_success(&self, status: StatusCode, body: &[u8]) -> Result<(), ClientError> {
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized {
+                addr: self.addr,
+                message: Self::error_text(body),
+            });
+        }
+        if !status.is_success() {
+            return Err(ClientError::Refused {
+                status: status.as_u16(),
+                message: Self::error_text(body),
+            });
+        }
+        Ok(())
+    }
+
+    fn reply(&self, status: StatusCode, body: &[u8]) -> Result<ControlReply, ClientError> {
+        self.expect_success(status, body)?;
+        let doc: ReplyDoc = serde_json::from_slice(body)
+            .map_err(|e| self.bad(format!("{e}: {}", String::from_utf8_lossy(body))))?;
+        if !doc.ok {
+            return Err(ClientError::Refused {
+                status: status.as_u16(),
+                message: doc.error.unwrap_or_default(),
+            });
+        }
+        Ok(ControlReply {
+            message: doc.message.unwrap_or_default(),
+            pending: doc.pending || status == StatusCode::ACCEPTED,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let exchange = self.exchange(method, path, body);
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout {
+                addr: self.addr,
+                timeout,
+            }),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let addr = self.addr;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Unreachable { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let http = |source| ClientError::Http { addr, source };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin API client connection");
+            }
+        });
+
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, addr.to_string());
+        if let Some(token) = &self.token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| self.bad("the token holds characters a header cannot".into()))?;
+            req = req.header(AUTHORIZATION, value);
+        }
+        let payload = match body {
+            Some(json) => {
+                req = req.header(CONTENT_TYPE, "application/json");
+                Bytes::from(json.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(Full::new(payload))
+            .map_err(|e| self.bad(format!("building the request: {e}")))?;
+        let resp = sender.send_request(req).await.map_err(http)?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| self.bad(format!("reading the answer: {e}")))?
+            .to_bytes();
+        driver.abort();
+        Ok((status, body))
+    }
+}

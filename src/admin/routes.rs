@@ -1,0 +1,278 @@
+//! The admin API's routes: reads answer from the latest status, control routes hand a
+//! request to the supervisor and answer `{"ok":true,"message":…}` or `{"ok":false,"error":…}`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use tower::Service;
+
+use super::api::{ControlError, Handle, Request as Control};
+use super::{layers, metrics};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `POST /scale` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleBody {
+    instances: u32,
+}
+
+/// `POST /instances` body (optional: one instance without it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    count: u32,
+}
+
+/// The innermost service: routing and the handlers.
+#[derive(Clone)]
+pub struct Router {
+    handle: Handle,
+    /// How long a control route waits for the supervisor's answer before answering
+    /// `202 Accepted` (the request stays queued; a rolling restart takes minutes).
+    control_wait: Duration,
+    max_body: usize,
+}
+
+impl Router {
+    pub fn new(handle: Handle, control_wait: Duration, max_body: usize) -> Self {
+        Self {
+            handle,
+            control_wait,
+            max_body,
+        }
+    }
+}
+
+impl<B> Service<Request<Limited<B>>> for Router
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Limited<B>>) -> Self::Future {
+        let router = self.clone();
+        Box::pin(async move { Ok(router.route(req).await) })
+    }
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut text = body.to_string();
+    text.push('\n');
+    with_type(status, text.into(), "application/json")
+}
+
+/// The error document every failing route answers.
+pub fn error_response(status: StatusCode, error: &str) -> Response<Full<Bytes>> {
+    json_response(status, &serde_json::json!({ "ok": false, "error": error }))
+}
+
+fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method not allowed here; use {allow}"),
+    );
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+fn no_instance(id: &str) -> Response<Full<Bytes>> {
+    error_response(StatusCode::NOT_FOUND, &format!("no instance {id}"))
+}
+
+/// `?now=1`, `?now=true`, `?now` → true; absent, `0` or `false` → false.
+fn query_now(query: Option<&str>) -> Result<bool, String> {
+    let mut now = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (key, value) {
+            ("now", "" | "1" | "true") => now = true,
+            ("now", "0" | "false") => now = false,
+            ("now", v) => return Err(format!("now={v}: expected 1 or 0")),
+            (k, _) => return Err(format!("unknown query parameter {k:?}")),
+        }
+    }
+    Ok(now)
+}
+
+impl Router {
+    async fn route<B>(self, req: Request<Limited<B>>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let method = req.method().clone();
+        let is_get = method == Method::GET || method == Method::HEAD;
+        let is_post = method == Method::POST;
+        match segments.as_slice() {
+            ["status"] if is_get => self.status(),
+            ["metrics"] if is_get => self.metrics(),
+            ["status"] | ["metrics"] => method_not_allowed("GET, HEAD"),
+            ["scale"] if is_post => match self.body::<ScaleBody, B>(req).await {
+                Ok(Some(body)) => self.control(Control::Scale(body.instances)).await,
+                Ok(None) => error_response(StatusCode::BAD_REQUEST, "a JSON body is required"),
+                Err(resp) => resp,
+            },
+            ["instances"] if is_post => match self.body::<AddBody, B>(req).await {
+                Ok(Some(AddBody { count: 0 })) => {
+                    error_response(StatusCode::BAD_REQUEST, "count must be at least 1")
+                }
+                Ok(Some(body)) => self.control(Control::Add(body.count)).await,
+                Ok(None) => self.control(Control::Add(1)).await,
+                Err(resp) => resp,
+            },
+            ["instances", id] if method == Method::DELETE => {
+                let Ok(id) = id.parse::<u32>() else {
+                    return no_instance(id);
+                };
+                match query_now(req.uri().query()) {
+                    Ok(now) => self.control(Control::Remove { id, now }).await,
+                    Err(e) => error_response(StatusCode::BAD_REQUEST, &e),
+                }
+            }
+            ["instances", id, "restart"] if is_post => match id.parse::<u32>() {
+                Ok(id) => self.control(Control::Restart(id)).await,
+                Err(_) => no_instance(id),
+            },
+            ["restart"] if is_post => self.control(Control::RollingRestart).await,
+            ["reload"] if is_post => self.control(Control::Reload).await,
+            ["scale"] | ["instances", _, "restart"] | ["restart"] | ["reload"] => {
+                method_not_allowed("POST")
+            }
+            ["instances"] => method_not_allowed("POST"),
+            ["instances", _] => method_not_allowed("DELETE"),
+            _ => error_response(StatusCode::NOT_FOUND, &format!("no route {path}")),
+        }
+    }
+
+    fn status(&self) -> Response<Full<Bytes>> {
+        // Serialized under the watch's read lock: no copy of a large status.
+        let body = serde_json::to_vec(&*self.handle.status.borrow());
+        match body {
+            Ok(mut body) => {
+                body.push(b'\n');
+                with_type(StatusCode::OK, body.into(), "application/json")
+            }
+            Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let text = metrics::render(&self.handle.status.borrow());
+        with_type(StatusCode::OK, text.into(), metrics::CONTENT_TYPE)
+    }
+
+    /// Reads and decodes a JSON body; an empty body is `None`.
+    async fn body<T, B>(&self, req: Request<Limited<B>>) -> Result<Option<T>, Response<Full<Bytes>>>
+    where
+        T: for<'de> Deserialize<'de>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let bytes = match req.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(layers::payload_too_large(self.max_body));
+            }
+            Err(e) => {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the request body: {e}"),
+                ))
+            }
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| error_response(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
+    }
+
+    async fn control(&self, req: Control) -> Response<Full<Bytes>> {
+        tracing::info!(request = ?req, "admin control request");
+        let wait = tokio::time::Instant::now() + self.control_wait;
+        let answer = match tokio::time::timeout_at(wait, self.handle.submit(req)).await {
+            Ok(Ok(rx)) => tokio::time::timeout_at(wait, rx).await,
+            Ok(Err(e)) => Ok(Ok(Err(e))),
+            Err(_) => {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the supervisor is not taking requests right now; try again",
+                )
+            }
+        };
+        match answer {
+            Ok(Ok(Ok(message))) => json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "ok": true, "message": message }),
+            ),
+            Ok(Ok(Err(e))) => {
+                let status = match e {
+                    ControlError::NoSuchInstance(_) => StatusCode::NOT_FOUND,
+                    ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+                    ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                error_response(status, &e.to_string())
+            }
+            // The supervisor dropped the answer: it is going away.
+            Ok(Err(_)) => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &ControlError::ShuttingDown.to_string(),
+            ),
+            Err(_) => json_response(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({
+                    "ok": true,
+                    "pending": true,
+                    "message": "accepted; still in progress (follow it with `storeherd status`)",
+                }),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn now_query() {
+        assert_eq!(query_now(None), Ok(false));
+        assert_eq!(query_now(Some("now=1")), Ok(true));
+        assert_eq!(query_now(Some("now")), Ok(true));
+        assert_eq!(query_now(Some("now=true")), Ok(true));
+        assert_eq!(query_now(Some("now=0")), Ok(false));
+        assert!(query_now(Some("now=yes")).is_err());
+        assert!(query_now(Some("later=1")).is_err());
+    }
+}

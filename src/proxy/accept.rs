@@ -1,0 +1,170 @@
+//! The accept loop and the life of one client connection.
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::greeting::{self, OpenError, Received};
+use super::pool::{ClientSlot, Counters, InstanceSlot, Pool};
+use super::relay::relay;
+use super::ProxyError;
+
+/// What a client gets when no instance can take it.
+const BUSY_LINE: &[u8] = b"CONFIDANT MAIL SERVER PROTOCOL 1 BUSY\r\n";
+/// Pause after an accept error caused by a resource limit (EMFILE…), so as not to spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a turned-away client may take to close after the BUSY line.
+const TURN_AWAY_LINGER: Duration = Duration::from_secs(1);
+
+/// Accepts on `listener` until `shutdown` turns true (or its sender is dropped), then stops
+/// accepting at once and returns; sessions already open run on as their own tasks.
+pub async fn serve(
+    listener: TcpListener,
+    pool: Pool,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ProxyError> {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    info!(listen = %addr, "proxy accepting");
+    while !*shutdown.borrow_and_update() {
+        tokio::select! {
+            biased;
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => admit(client, &pool),
+                Err(e) => match classify(&e) {
+                    AcceptError::Fatal => return Err(ProxyError::Accept { addr, source: e }),
+                    AcceptError::PerConnection => debug!(error = %e, "accept"),
+                    AcceptError::Resources => {
+                        warn!(error = %e, "accept failed; pausing");
+                        tokio::select! {
+                            _ = shutdown.changed() => {}
+                            _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                        }
+                    }
+                },
+            },
+        }
+    }
+    info!(listen = %addr, "proxy stopped accepting");
+    Ok(())
+}
+
+enum AcceptError {
+    /// The listener is unusable.
+    Fatal,
+    /// Out of descriptors, buffers or memory: retrying at once would spin.
+    Resources,
+    /// That one connection failed (aborted before accept, firewall…).
+    PerConnection,
+}
+
+fn classify(e: &io::Error) -> AcceptError {
+    use nix::libc;
+    match e.raw_os_error() {
+        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP | libc::EFAULT) => {
+            AcceptError::Fatal
+        }
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => AcceptError::Resources,
+        _ => AcceptError::PerConnection,
+    }
+}
+
+fn admit(client: TcpStream, pool: &Pool) {
+    // Small request/reply lines: Nagle would hold replies for a delayed ACK.
+    let _ = client.set_nodelay(true);
+    match pool.admit() {
+        Some(slot) => {
+            tokio::spawn(session(client, pool.clone(), slot));
+        }
+        None => {
+            debug!("over max_connections; BUSY");
+            tokio::spawn(turn_away(client));
+        }
+    }
+}
+
+async fn session(mut client: TcpStream, pool: Pool, _slot: ClientSlot) {
+    let Some((mut server, greeting, id, counters)) = place(&pool).await else {
+        pool.count_rejected();
+        debug!("no instance can take the client; BUSY");
+        turn_away(client).await;
+        return;
+    };
+    let instance = InstanceSlot::open(counters);
+    let counters = &instance.0;
+    if let Err(e) = client.write_all(greeting.bytes()).await {
+        debug!(instance = id, error = %e, "client gone before its greeting");
+        return;
+    }
+    counters
+        .bytes_out
+        .fetch_add(greeting.bytes().len() as u64, Relaxed);
+    let idle = pool.idle_timeout();
+    match relay(
+        &mut client,
+        &mut server,
+        idle,
+        &counters.bytes_in,
+        &counters.bytes_out,
+    )
+    .await
+    {
+        Ok(end) => debug!(instance = id, ?end, "session ended"),
+        Err(e) => debug!(instance = id, error = %e, "session cut"),
+    }
+}
+
+/// Tries each ready instance at most once, starting at the round-robin cursor, until one
+/// greets `READY`.
+async fn place(pool: &Pool) -> Option<(TcpStream, Received, u32, Arc<Counters>)> {
+    let (snapshot, start) = pool.pick();
+    let n = snapshot.backends.len();
+    let timeout = pool.connect_timeout();
+    for i in 0..n {
+        let backend = &snapshot.backends[start.wrapping_add(i) % n];
+        match greeting::open(backend.addr, timeout).await {
+            Ok((server, greeting)) => {
+                return Some((server, greeting, backend.id, backend.counters.clone()))
+            }
+            Err(OpenError::Busy) => {
+                backend.counters.busy_total.fetch_add(1, Relaxed);
+                debug!(instance = backend.id, "instance BUSY; trying the next");
+            }
+            Err(e) => {
+                backend.counters.connect_failures.fetch_add(1, Relaxed);
+                debug!(instance = backend.id, error = %e, "instance failed; trying the next");
+            }
+        }
+    }
+    None
+}
+
+/// Sends the BUSY line and closes. The client's own bytes are read and dropped until it
+/// closes (briefly), because closing with unread input would reset the connection and could
+/// discard the line before the client reads it.
+async fn turn_away(mut client: TcpStream) {
+    if client.write_all(BUSY_LINE).await.is_err() || client.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 64];
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(TURN_AWAY_LINGER, drain).await;
+}

@@ -1,0 +1,86 @@
+//! Opening a backend: connect, then read its greeting line before any client byte is relayed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::wire::{parse_greeting, Greeting};
+
+/// Longest greeting line taken (the stock one is 40 bytes); longer is garbage.
+const MAX_GREETING: usize = 256;
+
+/// The greeting as received (line and anything after it), forwarded to the client verbatim.
+pub(crate) struct Received {
+    buf: [u8; MAX_GREETING],
+    len: usize,
+}
+
+impl Received {
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Why a backend could not take the client.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error("answered BUSY")]
+    Busy,
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("no greeting within {0:?}")]
+    Timeout(Duration),
+    #[error("closed before its greeting")]
+    Closed,
+    #[error("unexpected greeting {0:?}")]
+    Garbage(String),
+}
+
+/// Connects to `addr` and reads its greeting, all within `timeout`.
+pub(crate) async fn open(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(TcpStream, Received), OpenError> {
+    match tokio::time::timeout(timeout, connect_and_greet(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(OpenError::Timeout(timeout)),
+    }
+}
+
+async fn connect_and_greet(addr: SocketAddr) -> Result<(TcpStream, Received), OpenError> {
+    let mut stream = TcpStream::connect(addr).await.map_err(OpenError::Connect)?;
+    // Every reply is one small write; batching them would add a delayed-ACK round trip.
+    stream.set_nodelay(true).map_err(OpenError::Connect)?;
+    let mut got = Received {
+        buf: [0; MAX_GREETING],
+        len: 0,
+    };
+    loop {
+        let n = stream
+            .read(&mut got.buf[got.len..])
+            .await
+            .map_err(OpenError::Connect)?;
+        if n == 0 {
+            return Err(OpenError::Closed);
+        }
+        let scanned = got.len;
+        got.len += n;
+        if let Some(lf) = got.buf[scanned..got.len].iter().position(|&b| b == b'\n') {
+            let line = &got.buf[..scanned + lf];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let text = String::from_utf8_lossy(line);
+            return match parse_greeting(&text) {
+                Some(Greeting::Ready) => Ok((stream, got)),
+                Some(Greeting::Busy) => Err(OpenError::Busy),
+                None => Err(OpenError::Garbage(text.into_owned())),
+            };
+        }
+        if got.len == MAX_GREETING {
+            let text = String::from_utf8_lossy(got.bytes()).into_owned();
+            return Err(OpenError::Garbage(text));
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The backend pool: an immutable snapshot of the ready instances behind an `ArcSwap`, the
+//! round-robin cursor, the live limits and every counter.
+//!
+//! The accept path only loads the snapshot and touches atomics; the mutex guards the id →
+//! counters registry, which only `set_backends`, `stats` and `active_for` use.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use super::ProxyLimits;
+
+/// Counters of one instance; shared by the snapshot entry and every session relayed to it.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub active: AtomicU64,
+    pub total: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub busy_total: AtomicU64,
+}
+
+impl Counters {
+    fn read(&self) -> InstanceStats {
+        InstanceStats {
+            active: self.active.load(Relaxed),
+            total: self.total.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            connect_failures: self.connect_failures.load(Relaxed),
+            busy_total: self.busy_total.load(Relaxed),
+        }
+    }
+}
+
+/// One ready backend as the accept path sees it.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    pub id: u32,
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+}
+
+/// The ready set in round-robin order; replaced whole, never mutated.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub backends: Vec<Backend>,
+}
+
+/// Counters of one instance (ids keep theirs across removal and re-adding).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct InstanceStats {
+    /// Relayed sessions open now.
+    pub active: u64,
+    /// Sessions relayed since start (greeted `READY`).
+    pub total: u64,
+    /// Bytes client → instance.
+    pub bytes_in: u64,
+    /// Bytes instance → client (the greeting included).
+    pub bytes_out: u64,
+    /// Refused or timed-out connects, and greetings that were neither READY nor BUSY.
+    pub connect_failures: u64,
+    /// `BUSY` greetings.
+    pub busy_total: u64,
+}
+
+/// A point-in-time copy of every proxy counter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProxyStats {
+    /// Client connections open now (relayed or still being placed).
+    pub active: u64,
+    /// Clients sent the BUSY line: no instance could take them, or over `max_connections`.
+    pub rejected_total: u64,
+    /// The part of `rejected_total` turned away by `max_connections`.
+    pub over_limit_total: u64,
+    /// Per instance id, every id ever set.
+    pub instances: BTreeMap<u32, InstanceStats>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub rr: AtomicUsize,
+    pub active: AtomicU64,
+    pub rejected_total: AtomicU64,
+    pub over_limit_total: AtomicU64,
+    max_connections: AtomicUsize,
+    connect_timeout_us: AtomicU64,
+    idle_timeout_us: AtomicU64,
+    registry: Mutex<BTreeMap<u32, Arc<Counters>>>,
+}
+
+/// The proxy's view of the instances: cheap to clone, shared with `serve`.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Pool {
+    pub fn new(limits: ProxyLimits) -> Pool {
+        let pool = Pool {
+            inner: Arc::new(Inner {
+                snapshot: ArcSwap::from_pointee(Snapshot::default()),
+                rr: AtomicUsize::new(0),
+                active: AtomicU64::new(0),
+                rejected_total: AtomicU64::new(0),
+                over_limit_total: AtomicU64::new(0),
+                max_connections: AtomicUsize::new(0),
+                connect_timeout_us: AtomicU64::new(0),
+                idle_timeout_us: AtomicU64::new(0),
+                registry: Mutex::new(BTreeMap::new()),
+            }),
+        };
+        pool.set_limits(limits);
+        pool
+    }
+
+    /// Replaces the ready set (in round-robin order). New connections use it at once;
+    /// sessions already relayed are not touched.
+    pub fn set_backends(&self, ready: Vec<(u32, SocketAddr)>) {
+        let mut registry = self.registry();
+        let backends = ready
+            .into_iter()
+            .map(|(id, addr)| Backend {
+                id,
+                addr,
+                counters: registry.entry(id).or_default().clone(),
+            })
+            .collect();
+        // Stored under the registry lock so that two concurrent calls cannot interleave.
+        self.inner.snapshot.store(Arc::new(Snapshot { backends }));
+    }
+
+    /// The ids and addresses in the current ready set, in round-robin order.
+    pub fn backends(&self) -> Vec<(u32, SocketAddr)> {
+        self.inner
+            .snapshot
+            .load()
+            .backends
+            .iter()
+            .map(|b| (b.id, b.addr))
+            .collect()
+    }
+
+    pub fn set_limits(&self, limits: ProxyLimits) {
+        let i = &self.inner;
+        i.max_connections.store(limits.max_connections, Relaxed);
+        i.connect_timeout_us
+            .store(micros(limits.connect_timeout), Relaxed);
+        i.idle_timeout_us
+            .store(micros(limits.idle_timeout), Relaxed);
+    }
+
+    pub fn limits(&self) -> ProxyLimits {
+        let i = &self.inner;
+        ProxyLimits {
+            max_connections: i.max_connections.load(Relaxed),
+            connect_timeout: Duration::from_micros(i.connect_timeout_us.load(Relaxed)),
+            idle_timeout: Duration::from_micros(i.idle_timeout_us.load(Relaxed)),
+        }
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        let i = &self.inner;
+        ProxyStats {
+            active: i.active.load(Relaxed),
+            rejected_total: i.rejected_total.load(Relaxed),
+            over_limit_total: i.over_limit_total.load(Relaxed),
+            instances: self
+                .registry()
+                .iter()
+                .map(|(id, c)| (*id, c.read()))
+                .collect(),
+        }
+    }
+
+    /// Relayed sessions open on instance `id` (0 for an id never seen).
+    pub fn active_for(&self, id: u32) -> u64 {
+        self.registry()
+            .get(&id)
+            .map_or(0, |c| c.active.load(Relaxed))
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Arc<Counters>>> {
+        // The map stays consistent even if a holder panicked: every update is one insert.
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a client slot; `None` when that would exceed `max_connections`.
+    pub(crate) fn admit(&self) -> Option<ClientSlot> {
+        let i = &self.inner;
+        let now = i.active.fetch_add(1, Relaxed) + 1;
+        let slot = ClientSlot(self.inner.clone());
+        if now > i.max_connections.load(Relaxed) as u64 {
+            i.over_limit_total.fetch_add(1, Relaxed);
+            i.rejected_total.fetch_add(1, Relaxed);
+            return None; // the slot is released by the drop
+        }
+        Some(slot)
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_micros(self.inner.connect_timeout_us.load(Relaxed))
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_micros(self.inner.idle_timeout_us.load(Relaxed))
+    }
+
+    /// The snapshot and the index to start from for one client connection.
+    pub(crate) fn pick(&self) -> (Arc<Snapshot>, usize) {
+        let snapshot = self.inner.snapshot.load_full();
+        let start = self.inner.rr.fetch_add(1, Relaxed);
+        (snapshot, start)
+    }
+
+    pub(crate) fn count_rejected(&self) {
+        self.inner.rejected_total.fetch_add(1, Relaxed);
+    }
+}
+
+/// One admitted client connection; released on drop.
+#[derive(Debug)]
+pub(crate) struct ClientSlot(Arc<Inner>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One relayed session on an instance; keeps `active` right however the session ends.
+#[derive(Debug)]
+pub(crate) struct InstanceSlot(pub Arc<Counters>);
+
+impl InstanceSlot {
+    pub fn open(counters: Arc<Counters>) -> InstanceSlot {
+        counters.active.fetch_add(1, Relaxed);
+        counters.total.fetch_add(1, Relaxed);
+        InstanceSlot(counters)
+    }
+}
+
+impl Drop for InstanceSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize) -> ProxyLimits {
+        ProxyLimits {
+            max_connections: max,
+            connect_timeout: Duration::from_millis(1500),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn round_robin_walks_the_snapshot_in_order() {
+        let pool = Pool::new(limits(10));
+        pool.set_backends(vec![(1, addr(1001)), (2, addr(1002)), (3, addr(1003))]);
+        let picked: Vec<u32> = (0..6)
+            .map(|_| {
+                let (s, start) = pool.pick();
+                s.backends[start % s.backends.len()].id
+            })
+            .collect();
+        assert_eq!(picked, [1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn stats_survive_removal_and_re_adding() {
+        let pool = Pool::new(limits(10));
+        pool.set_backends(vec![(1, addr(1001)), (2, addr(1002))]);
+        let (s, _) = pool.pick();
+        let slot = InstanceSlot::open(s.backends[1].counters.clone());
+        s.backends[1].counters.bytes_in.fetch_add(7, Relaxed);
+        drop(s);
+
+        pool.set_backends(vec![(1, addr(1001))]);
+        assert_eq!(pool.backends(), vec![(1, addr(1001))]);
+        // Removed from rotation, its open session still counts (what draining waits for).
+        assert_eq!(pool.active_for(2), 1);
+        drop(slot);
+        assert_eq!(pool.active_for(2), 0);
+
+        pool.set_backends(vec![(2, addr(2002)), (1, addr(1001))]);
+        let stats = pool.stats();
+        assert_eq!(stats.instances[&2].total, 1);
+        assert_eq!(stats.instances[&2].bytes_in, 7);
+        assert_eq!(stats.instances[&1].total, 0);
+        assert_eq!(pool.backends()[0], (2, addr(2002)));
+        assert_eq!(pool.active_for(99), 0);
+    }
+
+    #[test]
+    fn admit_bounds_client_connections_and_releases_on_drop() {
+        let pool = Pool::new(limits(2));
+        let a = pool.admit().expect("first");
+        let b = pool.admit().expect("second");
+        assert!(pool.admit().is_none());
+        assert_eq!(pool.stats().active, 2);
+        assert_eq!(pool.stats().rejected_total, 1);
+        assert_eq!(pool.stats().over_limit_total, 1);
+        drop(a);
+        let c = pool.admit().expect("a slot was freed");
+        pool.set_limits(limits(1));
+        assert!(pool.admit().is_none());
+        drop((b, c));
+        assert_eq!(pool.stats().active, 0);
+        assert_eq!(pool.limits().max_connections, 1);
+        assert_eq!(pool.limits().connect_timeout, Duration::from_millis(1500));
+    }
+}

@@ -1,0 +1,118 @@
+//! The input-queue committer (PROTOCOL.md §6.1, with durability): sessions hand it queue
+//! files; it writes every file that has arrived since its last round, makes them all durable
+//! with one round of syncs (a group commit: the blocks of several connections share one
+//! directory fsync and one journal commit), passes their names to the worker, and only then
+//! lets the sessions answer `DONE`.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::server::worker::Job;
+use crate::store::queue::{name_of, Queue};
+
+/// Most queue files made durable by one group commit.
+const MAX_BATCH: usize = 256;
+
+/// One queue file to make durable; the reply says whether it is (then `DONE` may be sent).
+pub struct Request {
+    pub content: Vec<u8>,
+    pub reply: oneshot::Sender<bool>,
+}
+
+/// Handle for the sessions; dropping every clone stops the committer.
+#[derive(Clone)]
+pub struct Ingest {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Ingest {
+    /// Starts the committer thread; names of durable files go to `worker` in commit order.
+    pub fn start(
+        queue: Queue,
+        worker: mpsc::Sender<Job>,
+    ) -> std::io::Result<(Ingest, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let handle = std::thread::Builder::new()
+            .name("ingest".into())
+            .spawn(move || run(queue, rx, worker))?;
+        Ok((Ingest { tx }, handle))
+    }
+
+    /// Queues `content`; resolves to true once it is durable in `inputqueue/`.
+    pub async fn submit(&self, content: Vec<u8>) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Request { content, reply }).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+fn run(queue: Queue, rx: mpsc::Receiver<Request>, worker: mpsc::Sender<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        commit(&queue, batch, &worker);
+    }
+}
+
+fn commit(queue: &Queue, batch: Vec<Request>, worker: &mpsc::Sender<Job>) {
+    let names: Vec<String> = batch.iter().map(|r| name_of(&r.content)).collect();
+    let mut files = Vec::new();
+    let mut new_names = Vec::new();
+    // Per distinct name: written (or already present) without error.
+    let mut fate: HashMap<&str, bool> = HashMap::new();
+    for (req, name) in batch.iter().zip(&names) {
+        if fate.contains_key(name.as_str()) {
+            continue;
+        }
+        // An identical file already queued (and durable, since only durable files are ever
+        // acknowledged) is not written or queued again (PROTOCOL.md §6.1).
+        if queue.exists(name) {
+            fate.insert(name, true);
+            continue;
+        }
+        match queue.write_unsynced(name, &req.content) {
+            Ok(f) => {
+                files.push(f);
+                new_names.push(name.clone());
+                fate.insert(name, true);
+            }
+            Err(e) => {
+                tracing::error!("writing a queue file: {e}");
+                fate.insert(name, false);
+            }
+        }
+    }
+    let durable = match queue.sync_all(&files) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("making queue files durable: {e}");
+            false
+        }
+    };
+    drop(files);
+    for name in new_names {
+        if durable {
+            let _ = worker.send(Job::Block(name));
+        } else {
+            // Never acknowledged: remove it, so that a later identical upload is written anew.
+            let _ = queue.delete(&name);
+        }
+    }
+    let replies: Vec<bool> = names
+        .iter()
+        .map(|n| durable && fate.get(n.as_str()).copied().unwrap_or(false))
+        .collect();
+    for (req, good) in batch.into_iter().zip(replies) {
+        let _ = req.reply.send(good);
+    }
+}

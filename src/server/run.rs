@@ -1,0 +1,205 @@
+//! Start-up and the accept loop of `storeherd store --homedir DIR`.
+
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::mpsc;
+
+use crate::server::auth::{AuthError, AuthTable};
+use crate::server::config::{Config, ConfigError};
+use crate::server::ingest::Ingest;
+use crate::server::tls::{self, TlsError};
+use crate::server::worker::{Job, Worker, INFLIGHT};
+use crate::server::{session, Shared};
+use crate::store::queue::Queue;
+use crate::store::tree::Tree;
+use crate::store::{ensure_dir, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("home directory {0} does not exist")]
+    NoHome(PathBuf),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ServerError {
+    /// Errors in what the operator wrote (config.txt, ssl/ files): exit status 2.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            ServerError::Config(_) | ServerError::Tls(_) | ServerError::NoHome(_)
+        )
+    }
+}
+
+/// Runs the server until SHUTDOWN, SIGTERM or SIGINT.
+pub fn run(home: &Path) -> Result<(), ServerError> {
+    if !home.is_dir() {
+        return Err(ServerError::NoHome(home.to_path_buf()));
+    }
+    let loaded = Config::load(&home.join("config.txt"))?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let config = loaded.config;
+    let (acceptor, server_key) = tls::load(&home.join("ssl"))?;
+    for d in [
+        "gpgtemp",
+        "localstore",
+        "inputqueue",
+        "sendqueue",
+        "entangled",
+    ] {
+        ensure_dir(&home.join(d))?;
+    }
+    let store_root = match &config.alt_localstore {
+        Some(p) => {
+            ensure_dir(p)?;
+            p.clone()
+        }
+        None => home.join("localstore"),
+    };
+    if config.replpeer.is_some() {
+        tracing::warn!("replpeer is set, but replication is not built yet: uploads stay local");
+    }
+    let (auth, warnings) = AuthTable::load(&home.join("auth.txt"))?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+
+    let tree = Tree::new(store_root);
+    let queue = Queue::new(home.join("inputqueue"));
+    let worker = Worker {
+        tree: tree.clone(),
+        queue: queue.clone(),
+        limits: config.limits,
+        inflight: home.join(INFLIGHT),
+    };
+    worker.recover()?;
+    let (job_tx, job_rx) = mpsc::channel();
+    // Leftover uploads first, in directory order (PROTOCOL.md §6.4).
+    let leftovers = queue.list()?;
+    if !leftovers.is_empty() {
+        tracing::info!("{} queued blocks left from the last run", leftovers.len());
+    }
+    for name in leftovers {
+        let _ = job_tx.send(Job::Block(name));
+    }
+    let worker_thread = worker.start(job_rx)?;
+    let (ingest, ingest_thread) = Ingest::start(queue, job_tx.clone())?;
+
+    let mut addrs = vec![SocketAddr::new(config.listen_address, config.sport)];
+    if config.enable_ipv6 {
+        if let IpAddr::V4(v4) = config.listen_address {
+            let v6 = if v4.is_loopback() {
+                Ipv6Addr::LOCALHOST
+            } else if v4.is_unspecified() {
+                Ipv6Addr::UNSPECIFIED
+            } else {
+                v4.to_ipv6_mapped()
+            };
+            addrs.push(SocketAddr::new(IpAddr::V6(v6), config.sport));
+        }
+    }
+    let mut listeners = Vec::new();
+    for addr in &addrs {
+        let l = std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind {
+            addr: *addr,
+            source,
+        })?;
+        l.set_nonblocking(true)?;
+        listeners.push(l);
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let shared = Rc::new(Shared {
+        config,
+        tree,
+        auth: RefCell::new(auth),
+        server_key,
+        tls: acceptor,
+        ingest,
+        worker: job_tx.clone(),
+        conns: Cell::new(0),
+        stopping: Cell::new(false),
+        stop: tokio::sync::Notify::new(),
+    });
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&rt, serve(shared.clone(), listeners, addrs));
+    // Sessions still open are dropped with the runtime; anything they had acknowledged is
+    // durable in inputqueue/ already.
+    drop(local);
+    drop(rt);
+    drop(shared);
+    let _ = ingest_thread.join();
+    // Blocks already handed to the worker are processed first; later ones stay queued.
+    let _ = job_tx.send(Job::Stop);
+    let _ = worker_thread.join();
+    tracing::info!("stopped");
+    result
+}
+
+async fn serve(
+    shared: Rc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    addrs: Vec<SocketAddr>,
+) -> Result<(), ServerError> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
+    for l in listeners {
+        let l = tokio::net::TcpListener::from_std(l)?;
+        let tx = conn_tx.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        if tx.send(s).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // Out of descriptors and the like: wait a little instead of spinning.
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+    for a in &addrs {
+        tracing::info!("listening on {a}");
+    }
+    let mut next_id = 0u64;
+    loop {
+        tokio::select! {
+            Some(stream) = conn_rx.recv() => {
+                next_id += 1;
+                tokio::task::spawn_local(session::serve(shared.clone(), stream, next_id));
+            }
+            _ = shared.stop.notified() => break,
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
+        }
+    }
+    // Let the session that sent SHUTDOWN write its GOODBYE.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    Ok(())
+}

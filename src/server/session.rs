@@ -1,0 +1,627 @@
+//! One client session (PROTOCOL.md §2–4): greeting, line reading with the 16384-byte limit,
+//! raw payloads after `Data: n`, the idle timeout, the invalid-command count, and every
+//! command of §3.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::server::auth::LoginResult;
+use crate::server::command::{self, Command};
+use crate::server::conn::{Conn, Rewind};
+use crate::server::worker::Job;
+use crate::server::Shared;
+use crate::wire::{GREETING_BUSY, GREETING_READY, MAX_LINE};
+
+/// Largest `Data: n` payload buffered. The original buffers any size; a block this large can
+/// never pass validation (8 MiB limit), so larger payloads are read, discarded and answered
+/// `FAILED` rather than held in memory.
+pub const MAX_PAYLOAD: usize = 64 << 20;
+
+/// Largest `GENLOGIN n` served in one command (the original has no limit and would stall).
+pub const MAX_GENLOGIN: u64 = 100_000;
+
+/// Header prefixes a client may not send (PROTOCOL.md §4.1), lower case.
+const FORBIDDEN: [&[u8]; 6] = [
+    b"storetype: ",
+    b"storekeyid: ",
+    b"loginuser: ",
+    b"embargo: ",
+    b"replogin-user: ",
+    b"replogin-auth: ",
+];
+
+/// Counts this connection in the open-connection total until it is dropped.
+struct Counted(Rc<Shared>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.conns.set(self.0.conns.get() - 1);
+    }
+}
+
+/// A complete uploaded block.
+enum Upload {
+    Block {
+        lines: Vec<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+    },
+    /// `Data: n` above [`MAX_PAYLOAD`]; the bytes were read and discarded.
+    TooLarge,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+pub struct Session {
+    shared: Rc<Shared>,
+    conn: Conn,
+    buf: Vec<u8>,
+    /// Start of unread bytes in `buf`.
+    start: usize,
+    out: Vec<u8>,
+    deadline: Instant,
+    timeout: Duration,
+    /// The authenticated userhash.
+    user: Option<String>,
+    invalid: u32,
+    id: u64,
+}
+
+/// Runs a session to its end; every error just closes the connection.
+pub async fn serve(shared: Rc<Shared>, tcp: TcpStream, id: u64) {
+    let _ = tcp.set_nodelay(true);
+    shared.conns.set(shared.conns.get() + 1);
+    let counted = Counted(shared.clone());
+    let timeout = Duration::from_secs(shared.config.timeout);
+    let mut s = Session {
+        shared,
+        conn: Conn::Plain(tcp),
+        buf: Vec::with_capacity(8192),
+        start: 0,
+        out: Vec::with_capacity(1024),
+        deadline: Instant::now() + timeout,
+        timeout,
+        user: None,
+        invalid: 0,
+        id,
+    };
+    if s.shared.conns.get() > s.shared.config.max_connections {
+        s.line(GREETING_BUSY.as_bytes());
+    } else {
+        s.line(GREETING_READY.as_bytes());
+        s.run().await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        if s.flush().await {
+            let _ = s.conn.shutdown().await;
+        }
+    })
+    .await;
+    drop(counted);
+}
+
+impl Session {
+    async fn run(&mut self) {
+        while let Some(line) = self.next_line().await {
+            let cmd = command::parse(&line);
+            if cmd == Command::Invalid {
+                self.invalid += 1;
+                self.line(b"INVALID COMMAND");
+                if self.invalid >= 3 {
+                    return;
+                }
+                continue;
+            }
+            self.invalid = 0;
+            match self.handle(cmd).await {
+                Flow::Continue => {}
+                Flow::Close => return,
+            }
+        }
+    }
+
+    // ----- output -----
+
+    fn line(&mut self, l: &[u8]) {
+        self.out.extend_from_slice(l);
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Writes buffered output; false if the peer is gone.
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let out = std::mem::take(&mut self.out);
+        let ok = self.conn.write_all(&out).await.is_ok() && self.conn.flush().await.is_ok();
+        self.out = out;
+        self.out.clear();
+        ok
+    }
+
+    // ----- input -----
+
+    /// Reads more bytes before the idle deadline; false on EOF, error or timeout.
+    async fn fill(&mut self) -> bool {
+        if !self.flush().await {
+            return false;
+        }
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 65536 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.reserve(16384);
+        match tokio::time::timeout_at(self.deadline, self.conn.read_buf(&mut self.buf)).await {
+            Ok(Ok(n)) if n > 0 => true,
+            Ok(_) => false,
+            Err(_) => {
+                tracing::debug!(conn = self.id, "idle timeout");
+                false
+            }
+        }
+    }
+
+    fn touch(&mut self) {
+        self.deadline = Instant::now() + self.timeout;
+    }
+
+    /// The next CRLF-terminated line; `None` closes the session (EOF, idle timeout, or a line
+    /// over the limit — closed silently, as Twisted does).
+    async fn next_line(&mut self) -> Option<Vec<u8>> {
+        // Bytes after `start` already searched for CRLF (fill may move `start`).
+        let mut scanned = 0usize;
+        loop {
+            let from = self.start + scanned.saturating_sub(1);
+            if let Some(i) = self.buf[from..].windows(2).position(|w| w == b"\r\n") {
+                let end = from + i;
+                if end - self.start > MAX_LINE {
+                    return None;
+                }
+                let line = self.buf[self.start..end].to_vec();
+                self.start = end + 2;
+                self.touch();
+                return Some(line);
+            }
+            if self.buf.len() - self.start >= MAX_LINE + 2 {
+                return None;
+            }
+            scanned = self.buf.len() - self.start;
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Exactly `n` raw bytes (kept only if `keep`); `None` if the session ended first.
+    async fn raw(&mut self, n: usize, keep: bool) -> Option<Vec<u8>> {
+        let mut got = Vec::with_capacity(if keep { n.min(1 << 20) } else { 0 });
+        let mut left = n;
+        loop {
+            let take = left.min(self.buf.len() - self.start);
+            if keep {
+                got.extend_from_slice(&self.buf[self.start..self.start + take]);
+            }
+            self.start += take;
+            left -= take;
+            if left == 0 {
+                return Some(got);
+            }
+            if !self.fill().await {
+                return None;
+            }
+            self.touch();
+        }
+    }
+
+    /// Block-lines and block-bytes states (PROTOCOL.md §4.1).
+    async fn read_upload(&mut self) -> Option<Upload> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.next_line().await?;
+            if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"padding: ") {
+                continue;
+            }
+            if line.eq_ignore_ascii_case(b"EndBlock") {
+                return Some(Upload::Block {
+                    lines,
+                    payload: None,
+                });
+            }
+            if let Some(n) = data_len(&line) {
+                lines.push(line);
+                if n > MAX_PAYLOAD {
+                    self.raw(n, false).await?;
+                    return Some(Upload::TooLarge);
+                }
+                let payload = self.raw(n, true).await?;
+                return Some(Upload::Block {
+                    lines,
+                    payload: Some(payload),
+                });
+            }
+            lines.push(line);
+        }
+    }
+
+    // ----- commands -----
+
+    fn is_admin(&self) -> bool {
+        self.user
+            .as_deref()
+            .is_some_and(|u| u.eq_ignore_ascii_case("administrator"))
+    }
+
+    fn reply(&mut self, ok: bool) {
+        self.line(if ok { b"DONE" } else { b"FAILED" });
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Flow {
+        let now = || chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        match cmd {
+            Command::StoreServer(key) => {
+                let Some(up) = self.read_upload().await else {
+                    return Flow::Close;
+                };
+                let user = self.user.clone().unwrap_or_else(|| "none".into());
+                // With `replpeer` set, the original also writes a `replicate` copy to
+                // `sendqueue/` here (PROTOCOL.md §3.1); replication is not built yet.
+                let ok = self.queue_upload(up, "server", &key, &user).await;
+                self.reply(ok);
+            }
+            Command::Replicate(key, from) => {
+                let Some(up) = self.read_upload().await else {
+                    return Flow::Close;
+                };
+                // Exactly `replication`, case-sensitive, as the original (PROTOCOL.md §14 #6).
+                let ok = if self.user.as_deref() == Some("replication") {
+                    self.queue_upload(up, "repl-in", &key, &from).await
+                } else {
+                    false
+                };
+                self.reply(ok);
+            }
+            Command::StoreProxy(..) | Command::StoreEntangled(..) => {
+                // Not supported: there is no sender to relay proxy blocks and no DHT node.
+                // The block is read and refused, as the original refuses what it cannot take.
+                if self.read_upload().await.is_none() {
+                    return Flow::Close;
+                }
+                self.line(b"FAILED");
+            }
+            Command::GetEntangled(..) => self.line(b"NOT FOUND"),
+            Command::DnsTxt(_) => {
+                // No resolver: answered as the original answers a failed lookup.
+                if self.shared.config.permit_dns_txt {
+                    self.line(b"NOT FOUND");
+                } else {
+                    self.line(b"FAILED");
+                }
+            }
+            Command::GetServer(key, since) => self.get_server(&key, since.as_deref()),
+            Command::Login(user, key) => {
+                let ok = if self.user.is_some() || user.eq_ignore_ascii_case("undefined") {
+                    false
+                } else {
+                    let r = self.shared.auth.borrow_mut().login(&user, &key, &now());
+                    match r {
+                        Ok(LoginResult::Ok(u)) => {
+                            self.user = Some(u);
+                            true
+                        }
+                        Ok(LoginResult::Failed) => false,
+                        Err(e) => {
+                            tracing::error!("auth.txt: {e}");
+                            false
+                        }
+                    }
+                };
+                // A failed LOGIN leaves the session identity as it was (PROTOCOL.md §14 #1).
+                self.reply(ok);
+            }
+            Command::AddLogin(user, key) => {
+                let user = user.unwrap_or_else(|| "undefined".into());
+                let ok = self.is_admin() && self.set_login(&user, &key, &now());
+                self.reply(ok);
+            }
+            Command::RmLogin(key) => {
+                let ok = self.is_admin() && self.set_login("disabled", &key, &now());
+                self.reply(ok);
+            }
+            Command::RepLogin(user, key) => {
+                let repl = self
+                    .user
+                    .as_deref()
+                    .is_some_and(|u| u.eq_ignore_ascii_case("replication"));
+                let ok = repl && self.set_login(&user, &key, &now());
+                self.reply(ok);
+            }
+            Command::GenLogin(n) => {
+                let n = n.parse::<u64>().ok().filter(|&n| n <= MAX_GENLOGIN);
+                match n {
+                    Some(n) if self.is_admin() => {
+                        let r = {
+                            let mut auth = self.shared.auth.borrow_mut();
+                            auth.generate(n, &self.shared.server_key, &now())
+                        };
+                        match r {
+                            Ok(keys) => {
+                                for k in keys {
+                                    self.line(k.as_bytes());
+                                }
+                                self.line(b"EndBlock");
+                            }
+                            Err(e) => {
+                                tracing::error!("auth.txt: {e}");
+                                self.line(b"FAILED");
+                            }
+                        }
+                    }
+                    _ => self.line(b"FAILED"),
+                }
+            }
+            Command::Ping(rest) => {
+                let mut l = b"PONG".to_vec();
+                l.extend_from_slice(&rest);
+                self.line(&l);
+            }
+            Command::StartTls => return self.starttls().await,
+            Command::Quit => {
+                self.line(b"GOODBYE");
+                return Flow::Close;
+            }
+            Command::SelfTest => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if self.shared.worker.send(Job::SelfTest(tx)).is_ok() {
+                    if !self.flush().await {
+                        return Flow::Close;
+                    }
+                    // No reply if the worker has died, as the original.
+                    if let Ok(result) = rx.await {
+                        self.line(result.as_bytes());
+                        self.line(b"EndBlock");
+                    }
+                }
+            }
+            Command::Shutdown => {
+                if self.is_admin() {
+                    self.line(b"GOODBYE");
+                    tracing::info!(conn = self.id, "SHUTDOWN by the administrator");
+                    self.shared.begin_shutdown();
+                    return Flow::Close;
+                }
+                self.line(b"FAILED");
+            }
+            Command::Invalid => unreachable!("handled by the caller"),
+        }
+        Flow::Continue
+    }
+
+    /// ADDLOGIN / RMLOGIN / REPLOGIN: key → user, appended to `auth.txt`.
+    fn set_login(&mut self, user: &str, key: &str, now: &str) -> bool {
+        let mut auth = self.shared.auth.borrow_mut();
+        // With `replpeer` set, ADDLOGIN and RMLOGIN also queue a REPLOGIN for the peer here
+        // (PROTOCOL.md §3.7); replication is not built yet.
+        match auth.set(user, key, now).and_then(|_| auth.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("auth.txt: {e}");
+                false
+            }
+        }
+    }
+
+    /// Checks an upload and makes it durable in the input queue; true → `DONE`.
+    async fn queue_upload(&mut self, up: Upload, store_type: &str, key: &str, user: &str) -> bool {
+        let Upload::Block { lines, payload } = up else {
+            return false;
+        };
+        if lines.iter().any(|l| forbidden(l)) {
+            return false;
+        }
+        // The original sends no reply at all to an empty block (PROTOCOL.md §14 #3).
+        if lines.is_empty() {
+            return false;
+        }
+        let mut content =
+            format!("StoreType: {store_type}\nStoreKeyid: {key}\nLoginUser: {user}\n").into_bytes();
+        for l in &lines {
+            content.extend_from_slice(l);
+            content.push(b'\n');
+        }
+        if let Some(p) = payload {
+            content.extend_from_slice(&p);
+        }
+        if !self.flush().await {
+            return false;
+        }
+        self.shared.ingest.submit(content).await
+    }
+
+    fn get_server(&mut self, key: &str, since: Option<&str>) {
+        let block = match self.shared.tree.read(key) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("reading a block: {e}");
+                None
+            }
+        };
+        let block = match (block, since) {
+            (Some(b), Some(d)) => since_filter(&b, d),
+            (b, None) => b,
+            (None, Some(_)) => None,
+        };
+        let block = block.filter(|b| self.user.is_some() || !hidden_from_anonymous(b));
+        let Some(block) = block else {
+            self.line(b"NOT FOUND");
+            return;
+        };
+        let sent = send_block(&mut self.out, &block);
+        let slow = sent as u64 / self.shared.config.slowest_connection.max(1);
+        self.deadline = Instant::now() + self.timeout.max(Duration::from_secs(slow));
+    }
+
+    async fn starttls(&mut self) -> Flow {
+        let Conn::Plain(_) = self.conn else {
+            self.line(b"FAILED");
+            return Flow::Continue;
+        };
+        self.line(b"PROCEED");
+        if !self.flush().await {
+            return Flow::Close;
+        }
+        let Conn::Plain(tcp) = std::mem::replace(&mut self.conn, Conn::Closed) else {
+            return Flow::Close;
+        };
+        let early = self.buf.split_off(self.start);
+        self.buf.clear();
+        self.start = 0;
+        let acceptor = self.shared.tls.clone();
+        let hs = tokio::time::timeout_at(self.deadline, acceptor.accept(Rewind::new(early, tcp)));
+        match hs.await {
+            Ok(Ok(tls)) => {
+                self.conn = Conn::Tls(Box::new(tls));
+                self.touch();
+                self.line(b"ENCRYPTED");
+                Flow::Continue
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(conn = self.id, "TLS handshake failed: {e}");
+                Flow::Close
+            }
+            Err(_) => Flow::Close,
+        }
+    }
+}
+
+/// `Data: <n>`, n a positive decimal without a leading zero, any case (PROTOCOL.md §4.1).
+fn data_len(line: &[u8]) -> Option<usize> {
+    if line.len() < 7 || !line[..6].eq_ignore_ascii_case(b"data: ") {
+        return None;
+    }
+    let d = &line[6..];
+    if d[0] == b'0' || d.len() > 18 || !d.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(d).ok()?.parse().ok()
+}
+
+fn forbidden(line: &[u8]) -> bool {
+    let lower = line.get(..16).unwrap_or(line).to_ascii_lowercase();
+    FORBIDDEN.iter().any(|p| lower.starts_with(p))
+}
+
+/// Writes a stored block as PROTOCOL.md §4.2 says; returns the bytes added to `out`.
+pub fn send_block(out: &mut Vec<u8>, block: &[u8]) -> usize {
+    let before = out.len();
+    let mut pos = 0;
+    while pos < block.len() {
+        let (piece, next) = match block[pos..].iter().position(|&b| b == b'\n') {
+            Some(i) => (&block[pos..pos + i], pos + i + 1),
+            None => (&block[pos..], block.len()),
+        };
+        let mut line = piece;
+        while let Some(l) = line.strip_suffix(b"\r") {
+            line = l;
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+        pos = next;
+        if line.len() >= 6 && line[..6].eq_ignore_ascii_case(b"data: ") {
+            out.extend_from_slice(&block[pos..]);
+            return out.len() - before;
+        }
+    }
+    out.extend_from_slice(b"EndBlock\r\n");
+    out.len() - before
+}
+
+// Interim copies of the since-filter and anonymous hiding; src/server/since.rs replaces
+// them once it lands.
+fn since_filter(block: &[u8], since: &str) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(block);
+    let lines: Vec<&str> = text.split('\n').map(|l| l.trim_end_matches('\r')).collect();
+    if lines.iter().any(|l| {
+        let u = l.to_ascii_uppercase();
+        u.starts_with("TYPE: ") && u != "TYPE: MESSAGE-ANNOUNCEMENT"
+    }) {
+        return Some(block.to_vec());
+    }
+    let mut records: Vec<Vec<&str>> = vec![Vec::new()];
+    for l in &lines {
+        if l.eq_ignore_ascii_case("NEXTMESSAGE") {
+            records.push(Vec::new());
+        } else if !l.is_empty() {
+            records.last_mut().expect("one record").push(l);
+        }
+    }
+    let kept: Vec<String> = records
+        .into_iter()
+        .filter(|r| !r.is_empty())
+        .filter(|r| {
+            let date = r
+                .iter()
+                .rev()
+                .find_map(|l| l.strip_prefix("Date: ").filter(|d| command::is_dt(d)));
+            date.is_none_or(|d| d >= since)
+        })
+        .map(|r| r.iter().map(|l| format!("{l}\n")).collect())
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    Some(kept.join("NextMessage\n").into_bytes())
+}
+
+fn hidden_from_anonymous(block: &[u8]) -> bool {
+    for line in block.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > 6
+            && line[..6].eq_ignore_ascii_case(b"type: ")
+            && line[6..]
+                .iter()
+                .all(|&b| b.is_ascii_alphabetic() || b == b'-')
+        {
+            let t = line[6..].to_ascii_lowercase();
+            return matches!(
+                t.as_slice(),
+                b"message-announcement" | b"data" | b"acknowledgment" | b"acknowledgement"
+            );
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_sending() {
+        let mut out = Vec::new();
+        send_block(&mut out, b"Type: data\nDate: x\r\nData: 5\nhe\nlo");
+        assert_eq!(out, b"Type: data\r\nDate: x\r\nData: 5\r\nhe\nlo");
+        out.clear();
+        send_block(&mut out, b"A: 1\nB: 2\n");
+        assert_eq!(out, b"A: 1\r\nB: 2\r\nEndBlock\r\n");
+    }
+
+    #[test]
+    fn upload_line_rules() {
+        assert_eq!(data_len(b"DATA: 12"), Some(12));
+        assert_eq!(data_len(b"Data: 0"), None);
+        assert_eq!(data_len(b"Data: 01"), None);
+        assert!(forbidden(b"LoginUser: x"));
+        assert!(forbidden(b"storetype: x"));
+        assert!(!forbidden(b"LoginUser:x"));
+        assert!(!forbidden(b"Post-To: server=x"));
+    }
+}

@@ -1,0 +1,329 @@
+//! The store worker (PROTOCOL.md §6.2): takes queue files in FIFO order and, for each block,
+//! under the key's leaf `LOCKFILE`: reads the stored block, runs `validate_merge`, and
+//! replaces the stored block atomically. A queue file is deleted only once its result is
+//! durable, so a crash at any moment loses no acknowledged block.
+//!
+//! Blocks that are waiting are taken as a batch: their leaf locks are taken in sorted order
+//! (a global order, so two storeherd instances cannot deadlock; the original holds one lock
+//! at a time), blocks are merged one at a time in FIFO order, and the temporary files of the
+//! whole batch are made durable by one round of syncs before being renamed into place.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::server::validate::{validate_merge, Limits};
+use crate::store::lock::LeafLock;
+use crate::store::queue::{name_of, Queue};
+use crate::store::tree::{PendingWrite, Tree};
+use crate::store::{sync_dir, StoreError};
+
+/// Most blocks processed in one batch.
+const MAX_BATCH: usize = 64;
+
+/// Name, in the home, of the list of temporary files a batch is about to create; start-up
+/// removes any that a crash left behind.
+pub const INFLIGHT: &str = "store-inflight.txt";
+
+pub enum Job {
+    /// A durable queue file, by name.
+    Block(String),
+    /// SELFTEST: answered with the result line once every earlier job is done.
+    SelfTest(oneshot::Sender<String>),
+    /// Stop after every earlier job.
+    Stop,
+}
+
+pub struct Worker {
+    pub tree: Tree,
+    pub queue: Queue,
+    pub limits: Limits,
+    /// `<home>/store-inflight.txt`.
+    pub inflight: PathBuf,
+}
+
+/// What a queue file asks for (its prefix, PROTOCOL.md §6.2).
+struct Entry {
+    name: String,
+    key: String,
+    user: String,
+    block: Vec<u8>,
+}
+
+impl Worker {
+    /// Removes temporary files that a crashed run left in the tree.
+    pub fn recover(&self) -> Result<(), StoreError> {
+        let text = match fs::read_to_string(&self.inflight) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::at(&self.inflight)(e)),
+        };
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            match fs::remove_file(line) {
+                Ok(()) => tracing::info!("removed a temporary file left by a crash: {line}"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("removing {line}: {e}"),
+            }
+        }
+        fs::write(&self.inflight, b"").map_err(StoreError::at(&self.inflight))
+    }
+
+    pub fn start(self, rx: mpsc::Receiver<Job>) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("store-worker".into())
+            .spawn(move || self.run(rx))
+    }
+
+    fn run(self, rx: mpsc::Receiver<Job>) {
+        let mut next: Option<Job> = None;
+        loop {
+            let job = match next.take() {
+                Some(j) => j,
+                None => match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+            };
+            match job {
+                Job::Stop => return,
+                Job::SelfTest(reply) => {
+                    // No sender exists yet, so nothing can be stale (PROTOCOL.md §3.10).
+                    let _ = reply.send("PASS".into());
+                }
+                Job::Block(first) => {
+                    let mut names = vec![first];
+                    while names.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(Job::Block(n)) => names.push(n),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.batch(names);
+                }
+            }
+        }
+    }
+
+    fn batch(&self, names: Vec<String>) {
+        let mut entries = Vec::new();
+        let mut done = Vec::new();
+        for name in names {
+            match self.load(&name) {
+                Load::Entry(e) => entries.push(e),
+                Load::Drop => done.push(name),
+                Load::Keep => {}
+            }
+        }
+        match self.store(&entries) {
+            Ok(()) => done.extend(entries.into_iter().map(|e| e.name)),
+            // Leave the queue files: they are processed again at the next start.
+            Err(e) => tracing::error!("storing a batch of {} blocks: {e}", entries.len()),
+        }
+        for name in done {
+            if let Err(e) = self.queue.delete(&name) {
+                tracing::error!("deleting a processed queue file: {e}");
+            }
+        }
+    }
+
+    fn load(&self, name: &str) -> Load {
+        let content = match self.queue.read(name) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Load::Keep, // a duplicate entry, already processed
+            Err(e) => {
+                tracing::error!("reading a queue file: {e}");
+                return Load::Keep;
+            }
+        };
+        if name_of(&content) != name {
+            // Only a write torn by a crash can do this, and such a file was never
+            // acknowledged (DONE waits for the fsync).
+            tracing::warn!("queue file {name} does not match its content; dropped");
+            return Load::Drop;
+        }
+        match parse_entry(name, content) {
+            Ok(Some(e)) => Load::Entry(e),
+            Ok(None) => Load::Keep,
+            Err(why) => {
+                tracing::warn!("queue file {name}: {why}; dropped");
+                Load::Drop
+            }
+        }
+    }
+
+    /// Merges and stores a batch. Errors are I/O errors; rejected blocks are only logged.
+    fn store(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let leaves: BTreeSet<&str> = entries.iter().map(|e| &e.key[0..4]).collect();
+        let mut locks = Vec::with_capacity(leaves.len());
+        for &leaf in &leaves {
+            let key = entries
+                .iter()
+                .find(|e| &e.key[0..4] == leaf)
+                .map(|e| e.key.as_str());
+            let key = key.unwrap_or_default();
+            self.tree.ensure_leaf(key)?;
+            locks.push(LeafLock::acquire(&self.tree.lock_path(key))?);
+        }
+        let now = chrono::Utc::now();
+        // Results of this batch, by key: later blocks merge against them.
+        let mut results: HashMap<&str, Vec<u8>> = HashMap::new();
+        let mut order: Vec<&str> = Vec::new();
+        for e in entries {
+            let existing = match results.get(e.key.as_str()) {
+                Some(b) => Some(b.clone()),
+                None => self.tree.read(&e.key)?,
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                validate_merge(
+                    &e.key,
+                    existing.as_deref(),
+                    &e.block,
+                    false,
+                    Some(&e.user),
+                    &self.limits,
+                    now,
+                )
+            }));
+            match outcome {
+                Ok(Ok(merged)) => {
+                    if let Some(r) = &merged.notify {
+                        // The notifier (PROTOCOL.md §12.2) is not built; say who it was for.
+                        tracing::debug!(recipient = %r, "new message announcement");
+                    }
+                    tracing::debug!(key = %e.key, "stored");
+                    if !results.contains_key(e.key.as_str()) {
+                        order.push(&e.key);
+                    }
+                    results.insert(&e.key, merged.block);
+                }
+                Ok(Err(why)) => tracing::info!(key = %e.key, "block not stored: {why}"),
+                Err(_) => tracing::error!(key = %e.key, "validation panicked; block dropped"),
+            }
+        }
+        if order.is_empty() {
+            return Ok(());
+        }
+        let mut pending: Vec<PendingWrite> = Vec::with_capacity(order.len());
+        let mut temps = String::new();
+        let names: Vec<PathBuf> = order.iter().map(|k| self.tree.temp_path(k)).collect();
+        for n in &names {
+            temps.push_str(&n.to_string_lossy());
+            temps.push('\n');
+        }
+        // Recorded before the temporary files exist, so that start-up can remove them.
+        fs::write(&self.inflight, temps.as_bytes()).map_err(StoreError::at(&self.inflight))?;
+        let result = (|| {
+            for (k, tmp) in order.iter().zip(&names) {
+                pending.push(self.tree.write_temp_at(k, tmp, &results[k])?);
+            }
+            for w in &pending {
+                w.sync()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for w in pending {
+                w.discard();
+            }
+            return Err(e);
+        }
+        let mut dirs = BTreeSet::new();
+        for w in pending {
+            dirs.insert(w.publish()?);
+        }
+        drop(locks);
+        for d in &dirs {
+            sync_dir(d)?;
+        }
+        Ok(())
+    }
+}
+
+enum Load {
+    Entry(Entry),
+    /// Malformed or torn: delete it.
+    Drop,
+    /// Not ours to process now (missing, or a type this server does not handle): leave it.
+    Keep,
+}
+
+/// Parses the queue-file prefix: `StoreType`, `StoreKeyid`, and for SERVER/REPL-IN
+/// `LoginUser` (case-insensitive, CR ignored). `Ok(None)`: a type this server leaves alone.
+fn parse_entry(name: &str, content: Vec<u8>) -> Result<Option<Entry>, &'static str> {
+    let mut pos = 0;
+    let mut next_line = |content: &[u8]| -> Option<String> {
+        let end = content[pos..].iter().position(|&b| b == b'\n')? + pos;
+        let line = String::from_utf8_lossy(&content[pos..end]).replace('\r', "");
+        pos = end + 1;
+        Some(line)
+    };
+    let field = |line: Option<String>, prefix: &str| -> Option<String> {
+        let line = line?;
+        let (k, v) = line.split_at_checked(prefix.len())?;
+        k.eq_ignore_ascii_case(prefix).then(|| v.to_string())
+    };
+    let stype = field(next_line(&content), "StoreType: ").ok_or("no StoreType line")?;
+    if stype.is_empty() || !stype.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+        return Err("bad StoreType");
+    }
+    let stype = stype.to_ascii_uppercase();
+    let key = field(next_line(&content), "StoreKeyid: ").ok_or("no StoreKeyid line")?;
+    if key.len() != 40 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("bad StoreKeyid");
+    }
+    if stype != "SERVER" && stype != "REPL-IN" {
+        tracing::warn!("queue file {name} has type {stype}, which this server does not process");
+        return Ok(None);
+    }
+    let user = field(next_line(&content), "LoginUser: ").ok_or("no LoginUser line")?;
+    if !(4..=40).contains(&user.len()) || !user.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("bad LoginUser");
+    }
+    Ok(Some(Entry {
+        name: name.to_string(),
+        key: key.to_ascii_uppercase(),
+        user: user.to_ascii_uppercase(),
+        block: content[pos..].to_vec(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_parsing() {
+        let k = "CDF7C1DF00000000000000000000000000000008";
+        let c = format!(
+            "StoreType: server\r\nstorekeyid: {}\nLoginUser: none\nType: data\n",
+            k.to_lowercase()
+        );
+        let e = parse_entry("N", c.into_bytes()).unwrap().unwrap();
+        assert_eq!((e.key.as_str(), e.user.as_str()), (k, "NONE"));
+        assert_eq!(e.block, b"Type: data\n");
+        assert!(parse_entry("N", b"StoreType: server\nStoreKeyid: 12\n".to_vec()).is_err());
+        assert!(parse_entry(
+            "N",
+            format!("StoreType: proxy\nStoreKeyid: {k}\n").into_bytes()
+        )
+        .unwrap()
+        .is_none());
+        assert!(parse_entry(
+            "N",
+            format!("StoreType: server\nStoreKeyid: {k}\nLoginUser: a/b\n").into_bytes()
+        )
+        .is_err());
+    }
+}

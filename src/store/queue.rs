@@ -1,0 +1,123 @@
+//! Flat queues (PROTOCOL.md §9.4): a directory of files, each named by the upper-case hex
+//! sha1 of its whole content.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha1::{Digest, Sha1};
+
+use super::{clean_key, sync_dir, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct Queue {
+    dir: PathBuf,
+}
+
+/// The queue name of `content`: upper-case hex sha1.
+pub fn name_of(content: &[u8]) -> String {
+    hex::encode_upper(Sha1::digest(content))
+}
+
+impl Queue {
+    pub fn new(dir: impl Into<PathBuf>) -> Queue {
+        Queue { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(clean_key(name))
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.path(name).is_file()
+    }
+
+    /// Writes `content` under `name` (create/truncate, write) and returns the open file, so
+    /// that the caller can make several files durable together ([`Queue::sync_all`]).
+    pub fn write_unsynced(&self, name: &str, content: &[u8]) -> Result<File, StoreError> {
+        let path = self.path(name);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(StoreError::at(&path))?;
+        f.write_all(content).map_err(StoreError::at(&path))?;
+        Ok(f)
+    }
+
+    /// Makes written files and their directory entries durable.
+    pub fn sync_all(&self, files: &[File]) -> Result<(), StoreError> {
+        for f in files {
+            f.sync_data().map_err(StoreError::at(&self.dir))?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Writes one file durably; returns its name.
+    pub fn write(&self, content: &[u8]) -> Result<String, StoreError> {
+        let name = name_of(content);
+        let f = self.write_unsynced(&name, content)?;
+        self.sync_all(&[f])?;
+        Ok(name)
+    }
+
+    /// Names of the regular files with 40-character names, in directory order.
+    pub fn list(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.dir).map_err(StoreError::at(&self.dir))? {
+            let e = e.map_err(StoreError::at(&self.dir))?;
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            if name.len() == 40 && e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The file's content; `None` if it does not exist.
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path(name);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError { path, source: e }),
+        }
+    }
+
+    /// Deletes a file; a missing one is not an error.
+    pub fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError { path, source: e }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_list_read_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::new(dir.path());
+        let name = q.write(b"hello").unwrap();
+        assert_eq!(name, "AAF4C61DDCC5E8A2DABEDE0F3B482CD9AEA9434D");
+        fs::write(dir.path().join("short"), b"x").unwrap();
+        assert_eq!(q.list().unwrap(), vec![name.clone()]);
+        assert!(q.exists(&name));
+        assert_eq!(q.read(&name).unwrap().as_deref(), Some(&b"hello"[..]));
+        q.delete(&name).unwrap();
+        q.delete(&name).unwrap();
+        assert!(q.list().unwrap().is_empty());
+    }
+}

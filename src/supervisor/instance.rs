@@ -1,0 +1,439 @@
+//! One instance's lifecycle, run as its own task: provisioning → starting → ready, health
+//! checks, crash → backoff → starting, crash loop → failed, and draining before a stop
+//! (DESIGN.md "Instance lifecycle"). The supervisor talks to it through [`Ctl`] and hears
+//! from it through [`Event`].
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use super::health::{self, HealthError};
+use super::process::{self, Child, Spawn};
+use super::provision::{self, Prepared};
+use crate::admin::api::InstanceState;
+use crate::proxy::Pool;
+use crate::topology::{InstancePlan, Plan};
+use crate::wire::WireError;
+
+/// A healthy minute resets the restart backoff.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+/// How often draining polls connection counts and the input queue.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// What the instance task reports about itself.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    pub state: InstanceState,
+    pub pid: Option<u32>,
+    pub restarts: u64,
+    pub started: Option<Instant>,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Info { id: u32, info: InstanceInfo },
+    /// The task ended (removed or shut down); its home stays on disk.
+    Gone { id: u32 },
+}
+
+/// Requests from the supervisor. The supervisor takes the instance out of the proxy's
+/// rotation before sending any of them.
+#[derive(Debug)]
+pub enum Ctl {
+    /// Drain (unless `now`), wait for the input queue to empty, stop, end the task.
+    Remove { now: bool },
+    /// Drain (if `drain`), stop, start again; `ready` answers once it is ready (or failed).
+    Restart {
+        drain: bool,
+        ready: oneshot::Sender<Result<(), String>>,
+    },
+    /// Drain, stop, end the task (supervisor shutdown); the queue stays for the next start.
+    Shutdown,
+}
+
+pub struct Runner {
+    pub id: u32,
+    pub plan: watch::Receiver<Arc<Plan>>,
+    pub prepared: Arc<Prepared>,
+    pub pool: Pool,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub ctl: mpsc::Receiver<Ctl>,
+}
+
+/// Why supervising a running child stopped.
+enum Outcome {
+    Exited(process::Exit),
+    Hung(String),
+    Ctl(Option<Ctl>),
+}
+
+/// What to do once the current child is gone.
+enum Next {
+    Respawn,
+    End,
+}
+
+struct State {
+    info: InstanceInfo,
+    backoff: Duration,
+    crashes: VecDeque<Instant>,
+    /// Answer to a restart request, sent when the new process is ready.
+    pending_ready: Option<oneshot::Sender<Result<(), String>>>,
+    /// A removal in progress survives a crash of the child: it is respawned to drain its queue.
+    removing: Option<bool>,
+}
+
+/// The address the instance listens on: its `listen_address` and `sport`.
+pub fn instance_addr(ip: &InstancePlan) -> SocketAddr {
+    let host = ip
+        .config
+        .iter()
+        .find(|(k, _)| k == "listen_address")
+        .and_then(|(_, v)| v.parse::<IpAddr>().ok())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    SocketAddr::new(host, ip.port)
+}
+
+/// Block files waiting in a home's `inputqueue/` (40-character names, as the server lists them).
+pub fn queued_blocks(home: &Path) -> u64 {
+    std::fs::read_dir(home.join("inputqueue"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().len() == 40 && e.file_type().is_ok_and(|t| t.is_file()))
+                .count() as u64
+        })
+        .unwrap_or(0)
+}
+
+impl Runner {
+    pub async fn run(mut self) {
+        let plan = self.plan.borrow().clone();
+        let ip = plan.instance(self.id);
+        let mut st = State {
+            info: InstanceInfo {
+                state: InstanceState::Provisioning,
+                pid: None,
+                restarts: 0,
+                started: None,
+                addr: instance_addr(&ip),
+            },
+            backoff: plan.restart.backoff_min,
+            crashes: VecDeque::new(),
+            pending_ready: None,
+            removing: None,
+        };
+        let mut first = true;
+        loop {
+            if !first {
+                st.info.restarts += 1;
+            }
+            first = false;
+            let next = self.one_life(&mut st).await;
+            match next {
+                Next::Respawn => continue,
+                Next::End => break,
+            }
+        }
+        st.info.pid = None;
+        self.set(&mut st, InstanceState::Stopped);
+        let _ = self.events.send(Event::Gone { id: self.id });
+    }
+
+    fn set(&self, st: &mut State, state: InstanceState) {
+        if st.info.state != state {
+            debug!(instance = self.id, from = st.info.state.as_str(), to = state.as_str(), "state");
+        }
+        st.info.state = state;
+        let _ = self.events.send(Event::Info {
+            id: self.id,
+            info: st.info.clone(),
+        });
+    }
+
+    /// Provision, spawn and supervise one process; then decide what comes next.
+    async fn one_life(&mut self, st: &mut State) -> Next {
+        let plan = self.plan.borrow().clone();
+        let ip = plan.instance(self.id);
+        st.info.addr = instance_addr(&ip);
+        self.set(st, InstanceState::Provisioning);
+        let spawned = match self.start(&plan, &ip).await {
+            Ok(child) => Ok(child),
+            Err(e) => Err(e),
+        };
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                error!(instance = self.id, "cannot start: {e}");
+                return self.after_crash(st, &plan).await;
+            }
+        };
+        st.info.pid = Some(child.pid());
+        st.info.started = Some(Instant::now());
+        self.set(st, InstanceState::Starting);
+        info!(instance = self.id, pid = child.pid(), port = ip.port, "started");
+
+        if let Some(now) = st.removing {
+            return self.remove(st, &plan, &ip, &mut child, now).await;
+        }
+        match self.supervise(st, &mut child).await {
+            Outcome::Exited(exit) => {
+                warn!(instance = self.id, "server exited: {exit}");
+                st.info.pid = None;
+                self.after_crash(st, &plan).await
+            }
+            Outcome::Hung(why) => {
+                warn!(instance = self.id, "server hung ({why}); killing it");
+                child.kill();
+                let exit = child.wait().await;
+                info!(instance = self.id, "hung server ended: {exit}");
+                st.info.pid = None;
+                self.after_crash(st, &plan).await
+            }
+            Outcome::Ctl(ctl) => self.handle_ctl(st, &plan, &ip, &mut child, ctl).await,
+        }
+    }
+
+    async fn start(&self, plan: &Plan, ip: &InstancePlan) -> Result<Child, String> {
+        provision::provision_home(plan, &self.prepared, self.id).map_err(|e| e.to_string())?;
+        match process::kill_stale(&ip.home, ip.port) {
+            Ok(Some(pid)) => warn!(instance = self.id, pid, "stopped a stale server from an earlier run"),
+            Ok(None) => {}
+            Err(e) => warn!(instance = self.id, "checking for a stale server: {e}"),
+        }
+        process::spawn(&Spawn {
+            id: self.id,
+            argv: ip.argv.clone(),
+            home: ip.home.clone(),
+            port: ip.port,
+            log: super::logs::LogLimits::default(),
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// Health checks until the child exits, hangs, or a control request arrives.
+    async fn supervise(&mut self, st: &mut State, child: &mut Child) -> Outcome {
+        let started = Instant::now();
+        let mut ever_ready = false;
+        let mut last_answer = Instant::now();
+        let mut ready_since: Option<Instant> = None;
+        let mut fails = 0u32;
+        let mut next_check = tokio::time::Instant::now();
+        loop {
+            let plan = self.plan.borrow().clone();
+            let h = plan.health.clone();
+            tokio::select! {
+                exit = child.wait() => return Outcome::Exited(exit),
+                ctl = self.ctl.recv() => return Outcome::Ctl(ctl),
+                _ = tokio::time::sleep_until(next_check) => {}
+            }
+            next_check = tokio::time::Instant::now() + h.interval;
+            // The check runs beside exit and control watching, so neither waits for it.
+            let check = health::check(st.info.addr, h.timeout);
+            tokio::pin!(check);
+            let result = tokio::select! {
+                exit = child.wait() => return Outcome::Exited(exit),
+                ctl = self.ctl.recv() => return Outcome::Ctl(ctl),
+                r = &mut check => r,
+            };
+            match result {
+                Ok(()) => {
+                    fails = 0;
+                    last_answer = Instant::now();
+                    ever_ready = true;
+                    let since = *ready_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= BACKOFF_RESET_AFTER {
+                        st.backoff = plan.restart.backoff_min;
+                        st.crashes.clear();
+                    }
+                    if st.info.state != InstanceState::Ready {
+                        info!(instance = self.id, "ready");
+                        self.set(st, InstanceState::Ready);
+                    }
+                    if let Some(tx) = st.pending_ready.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                // BUSY proves the process answers; it is full, not broken, so it stays.
+                Err(HealthError::Wire(WireError::Busy)) => last_answer = Instant::now(),
+                Err(e) => {
+                    fails += 1;
+                    ready_since = None;
+                    debug!(instance = self.id, fails, "health check failed: {e}");
+                    if ever_ready
+                        && fails >= h.unhealthy_after
+                        && st.info.state == InstanceState::Ready
+                    {
+                        warn!(instance = self.id, "unhealthy after {fails} failed checks: {e}");
+                        self.set(st, InstanceState::Unhealthy);
+                    }
+                    if !ever_ready && started.elapsed() > h.start_grace {
+                        return Outcome::Hung(format!(
+                            "not ready within start_grace {:?}: {e}",
+                            h.start_grace
+                        ));
+                    }
+                    if ever_ready && last_answer.elapsed() > plan.server.stop_grace {
+                        return Outcome::Hung(format!(
+                            "no answer for {:?}: {e}",
+                            last_answer.elapsed()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_ctl(
+        &mut self,
+        st: &mut State,
+        plan: &Plan,
+        ip: &InstancePlan,
+        child: &mut Child,
+        ctl: Option<Ctl>,
+    ) -> Next {
+        match ctl {
+            Some(Ctl::Restart { drain, ready }) => {
+                if let Some(old) = st.pending_ready.replace(ready) {
+                    let _ = old.send(Err("superseded by another restart".into()));
+                }
+                self.set(st, InstanceState::Draining);
+                if drain {
+                    self.drain_connections(plan.proxy.drain_timeout).await;
+                }
+                let exit = child.stop(plan.server.stop_grace).await;
+                info!(instance = self.id, "stopped for restart: {exit}");
+                st.info.pid = None;
+                Next::Respawn
+            }
+            Some(Ctl::Remove { now }) => {
+                st.removing = Some(now);
+                self.remove(st, plan, ip, child, now).await
+            }
+            Some(Ctl::Shutdown) | None => {
+                self.set(st, InstanceState::Draining);
+                self.drain_connections(plan.proxy.drain_timeout).await;
+                let exit = child.stop(plan.server.stop_grace).await;
+                info!(instance = self.id, "stopped: {exit}");
+                Next::End
+            }
+        }
+    }
+
+    /// Removal: drain connections, then wait until every queued block is processed (no block
+    /// answered `DONE` may be lost), then stop. A crash meanwhile respawns the server.
+    async fn remove(
+        &mut self,
+        st: &mut State,
+        plan: &Plan,
+        ip: &InstancePlan,
+        child: &mut Child,
+        now: bool,
+    ) -> Next {
+        self.set(st, InstanceState::Draining);
+        if !now {
+            self.drain_connections(plan.proxy.drain_timeout).await;
+        }
+        let mut last_log = Instant::now();
+        loop {
+            let queued = queued_blocks(&ip.home);
+            if queued == 0 {
+                break;
+            }
+            if last_log.elapsed() > Duration::from_secs(10) {
+                info!(instance = self.id, queued, "waiting for the input queue to empty before removal");
+                last_log = Instant::now();
+            }
+            tokio::select! {
+                exit = child.wait() => {
+                    warn!(instance = self.id, "server exited while draining its queue: {exit}; starting it again");
+                    st.info.pid = None;
+                    return Next::Respawn;
+                }
+                ctl = self.ctl.recv() => {
+                    if matches!(ctl, Some(Ctl::Shutdown) | None) {
+                        info!(instance = self.id, queued, "shutdown during removal; queued blocks stay in the home for the next start");
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(DRAIN_POLL) => {}
+            }
+        }
+        let exit = child.stop(plan.server.stop_grace).await;
+        info!(instance = self.id, "removed: {exit}");
+        Next::End
+    }
+
+    /// Waits until the proxy has no session open on this instance, or `timeout`.
+    async fn drain_connections(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.pool.active_for(self.id) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        let left = self.pool.active_for(self.id);
+        if left > 0 {
+            info!(instance = self.id, left, "drain timeout; cutting the remaining sessions");
+        }
+    }
+
+    /// After a crash: count it, go to `failed` on a crash loop, else back off and respawn.
+    async fn after_crash(&mut self, st: &mut State, plan: &Plan) -> Next {
+        let now = Instant::now();
+        st.crashes.push_back(now);
+        while st
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > plan.restart.crash_loop_within)
+        {
+            st.crashes.pop_front();
+        }
+        if st.crashes.len() as u32 >= plan.restart.crash_loop_restarts {
+            error!(
+                instance = self.id,
+                crashes = st.crashes.len(),
+                "crash loop: kept down until `storeherd restart {}`",
+                self.id
+            );
+            self.set(st, InstanceState::Failed);
+            if let Some(tx) = st.pending_ready.take() {
+                let _ = tx.send(Err(format!("instance {} failed (crash loop)", self.id)));
+            }
+            return loop {
+                match self.ctl.recv().await {
+                    Some(Ctl::Restart { ready, .. }) => {
+                        st.pending_ready = Some(ready);
+                        st.crashes.clear();
+                        st.backoff = plan.restart.backoff_min;
+                        break Next::Respawn;
+                    }
+                    Some(Ctl::Remove { .. }) | Some(Ctl::Shutdown) | None => break Next::End,
+                }
+            };
+        }
+        self.set(st, InstanceState::Backoff);
+        let delay = st.backoff;
+        st.backoff = (st.backoff * 2).min(plan.restart.backoff_max);
+        debug!(instance = self.id, ?delay, "backoff");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Next::Respawn,
+            ctl = self.ctl.recv() => match ctl {
+                Some(Ctl::Restart { ready, .. }) => {
+                    st.pending_ready = Some(ready);
+                    Next::Respawn
+                }
+                Some(Ctl::Remove { now }) => {
+                    st.removing = Some(now);
+                    // Respawn so that its queue is processed before it goes.
+                    Next::Respawn
+                }
+                Some(Ctl::Shutdown) | None => Next::End,
+            },
+        }
+    }
+}

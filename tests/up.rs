@@ -1,0 +1,442 @@
+//! `storeherd up` end to end: a real supervisor, real built-in store servers, the proxy on a
+//! loopback port, the admin API.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::{alive, wait_dead, Up};
+use storeherd::server::compose;
+use storeherd::wire::Client;
+
+const T: Duration = Duration::from_secs(10);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn instances(st: &serde_json::Value) -> Vec<serde_json::Value> {
+    st["instances"].as_array().unwrap().clone()
+}
+
+#[test]
+fn three_instances_share_one_store_and_spread_connections() {
+    let up = Up::start(3, "");
+    let st = up.wait_ready(3);
+    let list = instances(&st);
+    assert_eq!(list.len(), 3);
+    let homes: BTreeSet<String> = list
+        .iter()
+        .map(|i| i["home"].as_str().unwrap().into())
+        .collect();
+    let ports: BTreeSet<u64> = list.iter().map(|i| i["port"].as_u64().unwrap()).collect();
+    let pids: BTreeSet<u64> = list.iter().map(|i| i["pid"].as_u64().unwrap()).collect();
+    assert_eq!((homes.len(), ports.len(), pids.len()), (3, 3, 3));
+    for (k, i) in list.iter().enumerate() {
+        let id = k as u64 + 1;
+        assert_eq!(i["port"].as_u64().unwrap(), up.sport as u64 + id - 1);
+        assert_eq!(i["eport"].as_u64().unwrap(), up.eport as u64 + id - 1);
+        let config =
+            std::fs::read_to_string(format!("{}/config.txt", i["home"].as_str().unwrap())).unwrap();
+        assert!(
+            config.contains(&format!("sport: {}\n", up.sport as u64 + id - 1)),
+            "{config}"
+        );
+        assert!(
+            config.contains(&format!("eport: {}\n", up.eport as u64 + id - 1)),
+            "{config}"
+        );
+        let store = up.data().join("store");
+        assert!(
+            config.contains(&format!("alt_localstore: {}\n", store.display())),
+            "{config}"
+        );
+        assert!(i["pid"].as_u64().is_some_and(|p| alive(p as u32)));
+    }
+    // Counters start after the health checks, which do not go through the proxy.
+    let before: Vec<u64> = list
+        .iter()
+        .map(|i| i["connections_total"].as_u64().unwrap())
+        .collect();
+    rt().block_on(async {
+        for _ in 0..30 {
+            let c = Client::connect(up.listen, T).await.unwrap();
+            c.quit().await.unwrap();
+        }
+    });
+    let after = instances(&up.status());
+    let spread: Vec<u64> = after
+        .iter()
+        .zip(&before)
+        .map(|(i, b)| i["connections_total"].as_u64().unwrap() - b)
+        .collect();
+    assert_eq!(spread, vec![10, 10, 10]);
+
+    // One shared store: a block stored through the proxy (one instance) is read through
+    // every instance directly.
+    rt().block_on(async {
+        let (key, block) = compose::data_block(b"shared store", chrono::Utc::now());
+        let mut c = Client::connect(up.listen, T).await.unwrap();
+        assert!(c.store(&key, &block).await.unwrap());
+        for i in &after {
+            let addr = format!("127.0.0.1:{}", i["port"]).parse().unwrap();
+            let mut c = Client::connect(addr, T).await.unwrap();
+            let deadline = Instant::now() + T;
+            loop {
+                if let Some(b) = c.get(&key, None).await.unwrap() {
+                    assert_eq!(b, block);
+                    break;
+                }
+                assert!(Instant::now() < deadline, "block never readable via {addr}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+}
+
+#[test]
+fn killed_instance_is_replaced_without_client_failures() {
+    let up = Up::start(3, "");
+    let st = up.wait_ready(3);
+    let victim = instances(&st)[1]["pid"].as_u64().unwrap() as i32;
+    let failures = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = rt();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (failures, ok, stop, addr) =
+                (failures.clone(), ok.clone(), stop.clone(), up.listen);
+            rt.spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let r = async {
+                        let mut c = Client::connect(addr, T).await?;
+                        c.ping().await?;
+                        c.quit().await
+                    }
+                    .await;
+                    match r {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failures.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Back and ready, with one restart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = up.status();
+        let i = &instances(&st)[1];
+        if i["state"] == "ready" && i["pid"].as_u64() != Some(victim as u64) {
+            assert_eq!(i["restarts"], 1, "{st:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance 2 never came back: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for c in clients {
+            c.await.unwrap();
+        }
+    });
+    assert!(ok.load(Ordering::Relaxed) > 50);
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "client failures through the proxy"
+    );
+}
+
+#[test]
+fn instance_that_exits_at_once_backs_off_then_fails() {
+    let up = Up::start(1, "server: { command: [/bin/sh, -c, \"exit 3\"] }\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut saw_backoff = false;
+    loop {
+        let st = up.status();
+        let i = &instances(&st)[0];
+        saw_backoff |= i["state"] == "backoff";
+        if i["state"] == "failed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never failed: {st:#}\n{}",
+            up.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(saw_backoff, "no backoff seen before failed");
+    assert!(up.log().contains("exit status 3"), "{}", up.log());
+}
+
+#[test]
+fn scale_up_and_down_under_store_load_loses_nothing() {
+    let up = Up::start(3, "");
+    up.wait_ready(3);
+    let rt = rt();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let done_keys = Arc::new(Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, failures, done_keys, addr) =
+                (stop.clone(), failures.clone(), done_keys.clone(), up.listen);
+            rt.spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(90);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    n += 1;
+                    let payload = format!("writer {w} block {n}");
+                    let (key, block) = compose::data_block(payload.as_bytes(), chrono::Utc::now());
+                    let r = async {
+                        let mut c = Client::connect(addr, T).await?;
+                        let ok = c.store(&key, &block).await?;
+                        c.quit().await?;
+                        Ok::<bool, storeherd::wire::WireError>(ok)
+                    }
+                    .await;
+                    match r {
+                        Ok(true) => done_keys.lock().unwrap().push((key, block)),
+                        _ => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = up.ctl(&["scale", "5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    up.wait_ready(5);
+    std::thread::sleep(Duration::from_millis(500));
+    let pids_before: Vec<u32> = up.pids();
+    let out = up.ctl(&["scale", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    up.wait_ready_ids(&[1, 2], Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for w in writers {
+            w.await.unwrap();
+        }
+    });
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "failed client operations"
+    );
+    // Removed instances exited.
+    let remaining: BTreeSet<u32> = up.pids().into_iter().collect();
+    let gone: Vec<u32> = pids_before
+        .into_iter()
+        .filter(|p| !remaining.contains(p))
+        .collect();
+    assert_eq!(gone.len(), 3);
+    assert!(wait_dead(&gone, Duration::from_secs(5)).is_empty());
+    // Every block answered DONE is readable.
+    let keys = done_keys.lock().unwrap().clone();
+    assert!(keys.len() > 20, "too few stores: {}", keys.len());
+    rt.block_on(async {
+        let mut c = Client::connect(up.listen, T).await.unwrap();
+        for (key, block) in &keys {
+            let deadline = Instant::now() + T;
+            loop {
+                match c.get(key, None).await.unwrap() {
+                    Some(b) => {
+                        assert_eq!(&b, block);
+                        break;
+                    }
+                    None => {
+                        assert!(Instant::now() < deadline, "block {key} lost");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn editing_the_watched_file_applies_live_and_broken_edits_are_refused() {
+    let up = Up::start(2, "");
+    up.wait_ready(2);
+    let text = std::fs::read_to_string(&up.file).unwrap();
+    std::fs::write(&up.file, text.replace("instances: 2", "instances: 3")).unwrap();
+    up.wait_ready_ids(&[1, 2, 3], Duration::from_secs(30));
+    // A broken edit: refused, the running set stays.
+    std::fs::write(
+        &up.file,
+        text.replace("instances: 2", "instances: 1\nbogus_key: 1"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !up.log().contains("bogus_key") {
+        assert!(
+            Instant::now() < deadline,
+            "broken edit not reported:\n{}",
+            up.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let st = up.status();
+    assert_eq!(instances(&st).len(), 3, "{st:#}");
+}
+
+#[test]
+fn busy_instance_is_routed_around() {
+    let up = Up::start(2, "server: { config: { max_connections: 1 } }\n");
+    let st = up.wait_ready(2);
+    let port1 = instances(&st)[0]["port"].as_u64().unwrap();
+    rt().block_on(async {
+        // Hold instance 1's only connection slot.
+        let held = Client::connect(format!("127.0.0.1:{port1}").parse().unwrap(), T)
+            .await
+            .unwrap();
+        for _ in 0..6 {
+            let mut c = Client::connect(up.listen, T).await.unwrap();
+            c.ping().await.unwrap();
+            c.quit().await.unwrap();
+        }
+        drop(held);
+    });
+    let st = up.status();
+    assert!(
+        instances(&st)[0]["busy_total"].as_u64().unwrap() >= 1,
+        "{st:#}"
+    );
+}
+
+#[test]
+fn status_and_metrics_follow_the_contract() {
+    let up = Up::start(2, "");
+    up.wait_ready(2);
+    let st = up.status();
+    for key in ["site", "listen", "instances"] {
+        assert!(st.get(key).is_some(), "missing {key}: {st:#}");
+    }
+    for i in instances(&st) {
+        for key in [
+            "id",
+            "state",
+            "pid",
+            "port",
+            "eport",
+            "home",
+            "restarts",
+            "connections_active",
+            "connections_total",
+            "cpu_percent",
+            "rss_bytes",
+            "uptime_s",
+        ] {
+            assert!(i.get(key).is_some(), "missing {key}: {i:#}");
+        }
+        assert!(i["rss_bytes"].as_u64().unwrap() > 0);
+    }
+    let (code, metrics) = up.http("GET", "/metrics", None);
+    assert_eq!(code, 200);
+    for name in [
+        "storeherd_instance_up{instance=\"1\"} 1",
+        "storeherd_instance_restarts_total{instance=\"2\"}",
+        "storeherd_instance_cpu_percent",
+        "storeherd_instance_rss_bytes",
+        "storeherd_proxy_connections_active",
+        "storeherd_proxy_connections_total",
+        "storeherd_proxy_bytes_total{",
+        "storeherd_proxy_connect_failures_total",
+        "storeherd_proxy_busy_total",
+        "storeherd_proxy_rejected_total",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    let out = up.ctl(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(instances(&doc).len(), 2);
+}
+
+#[test]
+fn non_loopback_admin_without_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen: 127.0.0.1:{}\nadmin: {{ listen: 0.0.0.0:{} }}\ninstances: 1\ndata: {}\n",
+            harness::free_port(),
+            harness::free_port(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(harness::BIN)
+        .args(["up", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token"), "{err}");
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero_with_no_child_left() {
+    let mut up = Up::start(2, "");
+    up.wait_ready(2);
+    let pids = up.pids();
+    assert_eq!(pids.len(), 2);
+    let status = up
+        .terminate(Duration::from_secs(30))
+        .expect("exit after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", up.log());
+    assert!(wait_dead(&pids, Duration::from_secs(2)).is_empty());
+}
+
+#[test]
+fn sigkill_of_the_supervisor_leaves_no_instance() {
+    let mut up = Up::start(2, "");
+    up.wait_ready(2);
+    let pids = up.pids();
+    let mut child = up.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = wait_dead(&pids, Duration::from_secs(2));
+    assert!(
+        left.is_empty(),
+        "instances outlived the supervisor: {left:?}"
+    );
+}
