@@ -653,4 +653,30 @@ mod tests {
             .unwrap()
             .is_dir());
     }
+
+    #[test]
+    fn check_reports_nothing_left_to_do_after_provisioning() {
+        let dir = tempfile::tempdir().unwrap();
+        let d1 = dir.path().join("d1");
+        let text = format!(
+            "instances: 2\nsites:\n  a: {{ host: 127.0.0.1 }}\n  b: {{ host: 10.0.0.2 }}\n\
+             replication: {{ authkey_file: {0}/repl.key }}\nshards: [{{ range: 00-03, path: {1} }}]\n",
+            dir.path().display(),
+            d1.display()
+        );
+        let plan = plan_in(dir.path(), &text, Some("a"));
+        assert_eq!(
+            plan.report().changes.len(),
+            10,
+            "{:?}",
+            plan.report().changes
+        );
+        let prepared = prepare_data(&plan).unwrap();
+        for id in 1..=plan.instances {
+            provision_home(&plan, &prepared, id).unwrap();
+        }
+        let report = plan.report();
+        assert!(report.changes.is_empty(), "{:?}", report.changes);
+        assert!(report.shard_links.iter().all(|l| l.state == "link"));
+    }
 }
