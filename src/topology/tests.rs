@@ -421,3 +421,29 @@ fn two_sites_on_one_host_must_not_clash() {
     assert_eq!(b.listen.port(), 9081);
     assert_eq!(b.admin.listen.port(), 9089);
 }
+
+#[test]
+fn flag_errors_name_the_flag() {
+    let o = Overrides {
+        admin: Some("127.0.0.1:8081".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let e = Plan::from_str("instances: 1\n", "t.yaml", None, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("command line: --admin: port clash: admin listener 127.0.0.1:8081"),
+        "{e}"
+    );
+    let o = Overrides {
+        admin: Some("0.0.0.0:9999".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let e = Plan::from_str("instances: 1\n", "t.yaml", None, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("command line: --admin: admin listener 0.0.0.0:9999 is not on loopback"),
+        "{e}"
+    );
+}
