@@ -545,9 +545,12 @@ fn select_site(
 ) -> Result<SiteChoice, TopologyError> {
     if model.sites.is_none() {
         if let Some(s) = site {
-            return Err(TopologyError::File {
-                file: ctx.name.to_string(),
-                message: format!("--site {s} given, but this topology names no sites: expected no --site, or a `sites` section"),
+            return Err(TopologyError::CommandLine {
+                flag: "--site".into(),
+                message: format!(
+                    "{s} given, but {} names no sites: expected no --site, or a `sites` section",
+                    ctx.name
+                ),
             });
         }
         if model.replication.is_some() {

@@ -343,7 +343,7 @@ fn sites_rules() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("--site a given, but this topology names no sites"),
+        e.starts_with("command line: --site: a given, but t.yaml names no sites"),
         "{e}"
     );
     let v6 = two.replace("10.0.0.2", "\"::1\"");
