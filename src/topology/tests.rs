@@ -300,6 +300,12 @@ fn store_path_must_be_creatable() {
     ));
     assert!(e.starts_with("t.yaml:2:1: store path"), "{e}");
     assert!(e.contains("exists and is not a directory"), "{e}");
+    // Control commands read the same file without the disk check.
+    let topo = dir.path().join("t.yaml");
+    std::fs::write(&topo, format!("store: {}/store\n", file.display())).unwrap();
+    assert!(Plan::load(Some(&topo), None, &Overrides::default()).is_err());
+    let p = Plan::load_for_control(Some(&topo), None).unwrap();
+    assert_eq!(p.admin.listen.to_string(), "127.0.0.1:8089");
 }
 
 #[test]
