@@ -283,3 +283,90 @@ fn missing_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("nope.yaml: cannot read the topology file"));
 }
+
+// --- What check plans and provisioning writes, the built-in server runs.
+
+/// Kills and reaps the server, also when the test fails.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn provisioned_home_is_served_by_the_builtin_server() {
+    use std::time::Duration;
+    use storeherd::supervisor::provision::{prepare_data, provision_home};
+    use storeherd::topology::{Overrides, Plan};
+    use storeherd::wire::{cert_sha1, Client};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (port, eport) = (free_tcp_port(), free_tcp_port());
+    let text = format!(
+        "instances: 1\nports: {{ server: {port}, entangled: {eport} }}\nserver: {{ config: {{ max_connections: 5 }} }}\n"
+    );
+    let overrides = Overrides {
+        data: Some(dir.path().join("data")),
+        ..Overrides::default()
+    };
+    let plan = Plan::from_str(&text, "t.yaml", None, &overrides).unwrap();
+    let prepared = prepare_data(&plan).unwrap();
+    provision_home(&plan, &prepared, 1).unwrap();
+    let inst = plan.instance(1);
+    let _server = Reap(
+        Command::new(BIN)
+            .args(["store", "--homedir"])
+            .arg(&inst.home)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let der = rustls_pemfile::certs(&mut prepared.identity.cert_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let pin = cert_sha1(der.as_ref());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], inst.port));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Bounded wait for the server to listen: 200 tries, 50 ms apart.
+        let mut client = None;
+        for _ in 0..200 {
+            match Client::connect(addr, Duration::from_secs(5)).await {
+                Ok(c) => {
+                    client = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let client = client.expect("the built-in server never answered on the planned port");
+        // The shared identity from ssl/ is the one presented.
+        let mut client = client.starttls(Some(&pin)).await.unwrap();
+        // auth.txt was seeded with the administrator key.
+        assert!(client
+            .login("administrator", &prepared.admin_key)
+            .await
+            .unwrap());
+        assert_eq!(client.selftest().await.unwrap(), vec!["PASS".to_string()]);
+        client.quit().await.unwrap();
+    });
+    // The server used the shared store of the plan, not a store of its own.
+    assert!(plan.store.is_dir());
+}

@@ -34,7 +34,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ProvisionError + '_ {
 }
 
 /// What every home is provisioned from: made once per run by [`prepare_data`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Prepared {
     /// The one TLS identity installed in every home.
     pub identity: Identity,
@@ -44,6 +44,21 @@ pub struct Prepared {
     pub replication_key: Option<String>,
     /// The accounts ledger, `<data>/accounts.txt` (auth.txt format).
     pub ledger: PathBuf,
+}
+
+// Keys and the private key stay out of logs and panics.
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("identity", &"<redacted>")
+            .field("admin_key", &"<redacted>")
+            .field(
+                "replication_key",
+                &self.replication_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ledger", &self.ledger)
+            .finish()
+    }
 }
 
 /// Header of a new ledger (a comment to every auth.txt reader).

@@ -36,6 +36,13 @@ pub const RESERVED_CONFIG_KEYS: [&str; 7] = [
 
 pub const PLACEHOLDERS: [&str; 4] = ["home", "id", "port", "eport"];
 
+/// Whether resolving looks at the disk (can data and store be created?).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disk {
+    Check,
+    Skip,
+}
+
 /// Where a setting came from, to point an error at it.
 #[derive(Debug, Clone)]
 enum Origin {
@@ -116,6 +123,7 @@ pub fn resolve(
     cwd: &Path,
     site: Option<&str>,
     overrides: &super::Overrides,
+    disk: Disk,
 ) -> Result<Plan, TopologyError> {
     let ctx = Ctx { text, name };
     let model = parse(text, name)?;
@@ -223,6 +231,11 @@ pub fn resolve(
     ) {
         Some(v) => v,
         None => (data.join("store"), data_o.clone()),
+    };
+    // Control commands (Disk::Skip) only need addresses; they may run as another user.
+    let creatable = |p: &Path| match disk {
+        Disk::Check => creatable(p),
+        Disk::Skip => Ok(()),
     };
     if let Err(why) = creatable(&data) {
         return Err(ctx.blame(
@@ -545,9 +558,12 @@ fn select_site(
 ) -> Result<SiteChoice, TopologyError> {
     if model.sites.is_none() {
         if let Some(s) = site {
-            return Err(TopologyError::File {
-                file: ctx.name.to_string(),
-                message: format!("--site {s} given, but this topology names no sites: expected no --site, or a `sites` section"),
+            return Err(TopologyError::CommandLine {
+                flag: "--site".into(),
+                message: format!(
+                    "{s} given, but {} names no sites: expected no --site, or a `sites` section",
+                    ctx.name
+                ),
             });
         }
         if model.replication.is_some() {

@@ -300,6 +300,12 @@ fn store_path_must_be_creatable() {
     ));
     assert!(e.starts_with("t.yaml:2:1: store path"), "{e}");
     assert!(e.contains("exists and is not a directory"), "{e}");
+    // Control commands read the same file without the disk check.
+    let topo = dir.path().join("t.yaml");
+    std::fs::write(&topo, format!("store: {}/store\n", file.display())).unwrap();
+    assert!(Plan::load(Some(&topo), None, &Overrides::default()).is_err());
+    let p = Plan::load_for_control(Some(&topo), None).unwrap();
+    assert_eq!(p.admin.listen.to_string(), "127.0.0.1:8089");
 }
 
 #[test]
@@ -343,7 +349,7 @@ fn sites_rules() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("--site a given, but this topology names no sites"),
+        e.starts_with("command line: --site: a given, but t.yaml names no sites"),
         "{e}"
     );
     let v6 = two.replace("10.0.0.2", "\"::1\"");
@@ -420,4 +426,30 @@ fn two_sites_on_one_host_must_not_clash() {
     assert_eq!(b.instance(2).replpeer(), Some("127.0.0.1:18102"));
     assert_eq!(b.listen.port(), 9081);
     assert_eq!(b.admin.listen.port(), 9089);
+}
+
+#[test]
+fn flag_errors_name_the_flag() {
+    let o = Overrides {
+        admin: Some("127.0.0.1:8081".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let e = Plan::from_str("instances: 1\n", "t.yaml", None, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("command line: --admin: port clash: admin listener 127.0.0.1:8081"),
+        "{e}"
+    );
+    let o = Overrides {
+        admin: Some("0.0.0.0:9999".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let e = Plan::from_str("instances: 1\n", "t.yaml", None, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("command line: --admin: admin listener 0.0.0.0:9999 is not on loopback"),
+        "{e}"
+    );
 }
