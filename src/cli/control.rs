@@ -57,8 +57,8 @@ fn admin_from_topology(
     file: &Path,
     site: Option<&str>,
 ) -> anyhow::Result<(SocketAddr, Option<PathBuf>)> {
-    let plan = Plan::load(Some(file), site, &Overrides::default())
-        .with_context(|| format!("finding the admin API in {}", file.display()))?;
+    // The topology error already names the file and the position.
+    let plan = Plan::load(Some(file), site, &Overrides::default())?;
     Ok((plan.admin.listen, plan.admin.token_file))
 }
 
