@@ -366,3 +366,42 @@ async fn rss_per_idle_proxied_connection() {
     drop(held);
     p.settled().await;
 }
+
+/// Ping round trips per second with `clients` sessions against `addr`, `pings` each.
+async fn ping_rate(addr: SocketAddr, clients: usize, pings: usize) -> f64 {
+    let start = std::time::Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr, T).await.unwrap();
+                for _ in 0..pings {
+                    c.ping().await.unwrap();
+                }
+                c.quit().await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (clients * pings) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A rough comparison for development; the benchmark issue owns the real numbers.
+/// `cargo test --release --test proxy -- --ignored --nocapture ping_rate`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: prints ping round trips per second, direct and through the proxy"]
+async fn ping_rate_direct_and_proxied() {
+    let server = tokio::task::spawn_blocking(|| TestServer::start(&[]))
+        .await
+        .unwrap();
+    let p = Proxy::start(&[(1, &server)], limits(100)).await;
+    for round in 0..3 {
+        let direct = ping_rate(server.addr(), 8, 2000).await;
+        let proxied = ping_rate(p.addr, 8, 2000).await;
+        println!(
+            "round {round}: direct {direct:.0}/s, proxied {proxied:.0}/s, ratio {:.2}",
+            proxied / direct
+        );
+    }
+}
