@@ -172,6 +172,35 @@ async fn a_busy_backend_is_routed_around() {
     drop(held);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_backend_times_out_and_the_next_one_serves() {
+    let server = tokio::task::spawn_blocking(|| TestServer::start(&[]))
+        .await
+        .unwrap();
+    // Listening but never accepting: the connect completes, no greeting ever comes, as with
+    // a hung instance.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let pool = Pool::new(ProxyLimits {
+        connect_timeout: Duration::from_millis(300),
+        ..limits(100)
+    });
+    pool.set_backends(vec![(1, hung.local_addr().unwrap()), (2, server.addr())]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(proxy::serve(listener, pool.clone(), stop_rx));
+    for _ in 0..4 {
+        ping_session(addr)
+            .await
+            .expect("served by the live instance");
+    }
+    let s = pool.stats();
+    assert_eq!(s.instances[&2].total, 4);
+    assert_eq!(s.instances[&1].total, 0);
+    assert_eq!(s.instances[&1].connect_failures, 2);
+    assert_eq!(s.rejected_total, 0);
+}
+
 /// Reads a line then expects EOF: what a turned-away client sees.
 async fn expect_busy_then_close(addr: SocketAddr) {
     tokio::task::spawn_blocking(move || {
