@@ -14,7 +14,11 @@ fn server() -> TestServer {
 
 /// Puts a block straight into the store tree (GET reads the tree without the worker).
 fn place(s: &TestServer, key: &str, bytes: &[u8]) {
-    let leaf = s.home().join("localstore").join(&key[0..2]).join(&key[2..4]);
+    let leaf = s
+        .home()
+        .join("localstore")
+        .join(&key[0..2])
+        .join(&key[2..4]);
     std::fs::create_dir_all(&leaf).unwrap();
     std::fs::write(leaf.join(key), bytes).unwrap();
 }
@@ -104,7 +108,11 @@ fn unsupported_proxy_entangled_dns() {
 fn get_server_replies_and_hiding() {
     let s = server();
     let data_key = "1111111111111111111111111111111111111111";
-    place(&s, data_key, b"Type: data\nDate: 2026-11-24T04:24:35Z\nData: 16\nhello world data");
+    place(
+        &s,
+        data_key,
+        b"Type: data\nDate: 2026-11-24T04:24:35Z\nData: 16\nhello world data",
+    );
     let plain_key = "2222222222222222222222222222222222222222";
     place(&s, plain_key, b"Server: x port 1\nType: RSA 2048 bits\n");
     let mut c = s.raw();
@@ -125,7 +133,6 @@ fn get_server_replies_and_hiding() {
     assert_eq!(c.raw_bytes(16), b"hello world data");
     assert_eq!(c.cmd("PING"), "PONG");
 }
-
 
 #[test]
 fn get_server_since() {
@@ -171,7 +178,10 @@ fn login_rules() {
     assert_eq!(c.cmd("LOGIN someuser GONEKEY0001"), "FAILED");
     assert_eq!(c.cmd("LOGIN undefined FREEKEY0001"), "FAILED");
     assert_eq!(c.cmd("LOGIN administrator FREEKEY0001"), "FAILED");
-    assert_eq!(c.cmd(&format!("LOGIN {} {USER_KEY}", USER.to_lowercase())), "FAILED");
+    assert_eq!(
+        c.cmd(&format!("LOGIN {} {USER_KEY}", USER.to_lowercase())),
+        "FAILED"
+    );
     assert_eq!(c.cmd(&format!("LOGIN {USER} {USER_KEY}")), "DONE");
     // A second LOGIN fails and must not change who the session is (defect §14 #1 fixed).
     assert_eq!(c.cmd(&format!("LOGIN administrator {ADMIN_KEY}")), "FAILED");
@@ -204,7 +214,10 @@ fn account_administration() {
     assert_eq!(user.cmd("REPLOGIN someone01 NEWKEY0001"), "FAILED");
 
     let mut admin = s.raw();
-    assert_eq!(admin.cmd(&format!("LOGIN administrator {ADMIN_KEY}")), "DONE");
+    assert_eq!(
+        admin.cmd(&format!("LOGIN administrator {ADMIN_KEY}")),
+        "DONE"
+    );
     assert_eq!(admin.cmd("ADDLOGIN someone01 NEWKEY0001"), "DONE");
     assert_eq!(admin.cmd("ADDLOGIN NEWKEY0002"), "DONE");
     assert_eq!(admin.cmd("REPLOGIN someone01 NEWKEY0001"), "FAILED");
@@ -214,7 +227,11 @@ fn account_administration() {
     let keys = admin.lines_until_endblock();
     assert_eq!(keys.len(), 4);
     for k in &keys[..3] {
-        assert!(k.len() == 40 && k.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));
+        assert!(
+            k.len() == 40
+                && k.chars()
+                    .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+        );
     }
     assert_eq!(admin.cmd("GENLOGIN x"), "INVALID COMMAND");
 

@@ -116,19 +116,19 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
             addrs.push(SocketAddr::new(IpAddr::V6(v6), config.sport));
         }
     }
-    let mut listeners = Vec::new();
-    for addr in &addrs {
-        let l = std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind {
-            addr: *addr,
-            source,
-        })?;
-        l.set_nonblocking(true)?;
-        listeners.push(l);
-    }
-
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut listeners = Vec::new();
+    for addr in &addrs {
+        let l = rt
+            .block_on(async { listen(*addr) })
+            .map_err(|source| ServerError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        listeners.push(l);
+    }
     let shared = Rc::new(Shared {
         config,
         tree,
@@ -158,14 +158,13 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
 
 async fn serve(
     shared: Rc<Shared>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<tokio::net::TcpListener>,
     addrs: Vec<SocketAddr>,
 ) -> Result<(), ServerError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
     for l in listeners {
-        let l = tokio::net::TcpListener::from_std(l)?;
         let tx = conn_tx.clone();
         tokio::task::spawn_local(async move {
             loop {
@@ -202,4 +201,17 @@ async fn serve(
     // Let the session that sent SHUTDOWN write its GOODBYE.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// A listening socket with a deep accept queue, so that a burst of connections waits in the
+/// kernel instead of timing out on SYN-ACK retransmits (std's default backlog is 128).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
 }

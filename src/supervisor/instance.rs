@@ -162,11 +162,7 @@ impl Runner {
         let ip = plan.instance(self.id);
         st.info.addr = instance_addr(&ip);
         self.set(st, InstanceState::Provisioning);
-        let spawned = match self.start(&plan, &ip).await {
-            Ok(child) => Ok(child),
-            Err(e) => Err(e),
-        };
-        let mut child = match spawned {
+        let mut child = match self.start(&plan, &ip).await {
             Ok(c) => c,
             Err(e) => {
                 error!(instance = self.id, "cannot start: {e}");
@@ -201,11 +197,7 @@ impl Runner {
 
     async fn start(&self, plan: &Plan, ip: &InstancePlan) -> Result<Child, String> {
         provision::provision_home(plan, &self.prepared, self.id).map_err(|e| e.to_string())?;
-        match process::kill_stale(&ip.home, ip.port) {
-            Ok(Some(pid)) => warn!(instance = self.id, pid, "stopped a stale server from an earlier run"),
-            Ok(None) => {}
-            Err(e) => warn!(instance = self.id, "checking for a stale server: {e}"),
-        }
+        // spawn() first stops any stale server of an earlier run that holds the port.
         process::spawn(&Spawn {
             id: self.id,
             argv: ip.argv.clone(),

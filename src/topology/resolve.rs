@@ -456,6 +456,34 @@ pub fn resolve(
                     ),
                 ));
             }
+            if peer_model.host == site_model.host {
+                let peer_listen = peer_model
+                    .listen
+                    .or(model.listen)
+                    .map_or(DEFAULT_LISTEN, |a| a.0);
+                let peer_admin = peer_model
+                    .admin
+                    .as_ref()
+                    .and_then(|a| a.listen)
+                    .or(top_admin.listen)
+                    .map_or(DEFAULT_ADMIN, |a| a.0);
+                let peer_data = peer_model
+                    .data
+                    .as_ref()
+                    .or(model.data.as_ref())
+                    .map(|d| rel(d))
+                    .unwrap_or_else(|| cwd.join(DEFAULT_DATA));
+                same_host_clash(
+                    &ctx,
+                    &peer_name,
+                    [
+                        (ports, listen.port(), admin_listen.port()),
+                        (peer_ports, peer_listen.port(), peer_admin.port()),
+                    ],
+                    instances,
+                    data == peer_data,
+                )?;
+            }
             Some(ReplicationPlan {
                 peer_site: peer_name.clone(),
                 peer_host: peer_model.host.clone().unwrap_or_default(),
@@ -588,6 +616,57 @@ fn select_site(
         Some(chosen.to_string()),
         me.clone(),
         Some((peer_name, peer)),
+    ))
+}
+
+/// Two sites on one host (a test or a staging box) must not share ports or data.
+fn same_host_clash(
+    ctx: &Ctx,
+    peer: &str,
+    sides: [(Ports, u16, u16); 2],
+    n: u32,
+    same_data: bool,
+) -> Result<(), TopologyError> {
+    let [(mine, ml, ma), (theirs, tl, ta)] = sides;
+    let overlap = |a: u16, b: u16| u32::from(a).abs_diff(u32::from(b)) < n;
+    let ports_overlap = [mine.server, mine.entangled].iter().any(|&a| {
+        [theirs.server, theirs.entangled]
+            .iter()
+            .any(|&b| overlap(a, b))
+    });
+    let mut problems = Vec::new();
+    if ports_overlap {
+        problems.push("their instance port ranges overlap".to_string());
+    }
+    for (a, b, what) in [(ml, tl, "public"), (ma, ta, "admin")] {
+        if a != 0 && a == b {
+            problems.push(format!("both use {a} as {what} port"));
+        }
+    }
+    for (port, other, what) in [
+        (ml, theirs, "public"),
+        (ma, theirs, "admin"),
+        (tl, mine, "public"),
+        (ta, mine, "admin"),
+    ] {
+        if in_range(port, other.server, n) || in_range(port, other.entangled, n) {
+            problems.push(format!(
+                "{what} port {port} is among the other site's instance ports"
+            ));
+        }
+    }
+    if same_data {
+        problems.push("they use the same data directory".into());
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ctx.at(
+        &segs(&["sites", peer]),
+        format!(
+            "both sites have the same host, but {}: expected per-site ports, listen, admin and data overrides that keep them apart",
+            problems.join(", ")
+        ),
     ))
 }
 

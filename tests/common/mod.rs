@@ -279,6 +279,11 @@ impl Raw {
         })
     }
 
+    /// The underlying socket (e.g. to write without the helpers' unwraps).
+    pub fn stream(&self) -> &TcpStream {
+        &self.w
+    }
+
     pub fn set_read_timeout(&mut self, t: Duration) {
         self.w.set_read_timeout(Some(t)).unwrap();
     }
