@@ -168,3 +168,22 @@ async fn turn_away(mut client: TcpStream) {
     };
     let _ = tokio::time::timeout(TURN_AWAY_LINGER, drain).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::libc;
+
+    #[test]
+    fn only_a_broken_listener_stops_the_accept_loop() {
+        let kind = |errno| classify(&io::Error::from_raw_os_error(errno));
+        assert!(matches!(kind(libc::EBADF), AcceptError::Fatal));
+        assert!(matches!(kind(libc::EINVAL), AcceptError::Fatal));
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(matches!(kind(errno), AcceptError::Resources));
+        }
+        for errno in [libc::ECONNABORTED, libc::EPERM, libc::EPROTO, libc::EINTR] {
+            assert!(matches!(kind(errno), AcceptError::PerConnection));
+        }
+    }
+}
