@@ -230,7 +230,7 @@ impl Runner {
         let mut next_check = tokio::time::Instant::now();
         loop {
             let plan = self.plan.borrow().clone();
-            let h = plan.health.clone();
+            let h = plan.health;
             tokio::select! {
                 exit = child.wait() => return Outcome::Exited(exit),
                 ctl = self.ctl.recv() => return Outcome::Ctl(ctl),
@@ -423,16 +423,16 @@ impl Runner {
             if let Some(tx) = st.pending_ready.take() {
                 let _ = tx.send(Err(format!("instance {} failed (crash loop)", self.id)));
             }
-            return loop {
-                match self.ctl.recv().await {
-                    Some(Ctl::Restart { ready, .. }) => {
-                        st.pending_ready = Some(ready);
-                        st.crashes.clear();
-                        st.backoff = plan.restart.backoff_min;
-                        break Next::Respawn;
-                    }
-                    Some(Ctl::Remove { .. }) | Some(Ctl::Shutdown) | None => break Next::End,
+            return match self.ctl.recv().await {
+                Some(Ctl::Restart { ready, .. }) => {
+                    st.pending_ready = Some(ready);
+                    st.crashes.clear();
+                    st.backoff = plan.restart.backoff_min;
+                    Next::Respawn
                 }
+                // Nothing runs, so nothing to drain; queued blocks stay in the home and are
+                // processed if the instance is added again.
+                Some(Ctl::Remove { .. }) | Some(Ctl::Shutdown) | None => Next::End,
             };
         }
         self.set(st, InstanceState::Backoff);
