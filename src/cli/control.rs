@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use super::*;
 use crate::admin::api::{InstanceState, Status};
 use crate::admin::client::{AdminClient, ControlReply};
-use crate::topology::{Overrides, Plan};
+use crate::topology::Plan;
 
 /// Where `storeherd up` puts the admin API when nothing says otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8089";
@@ -58,7 +58,7 @@ fn admin_from_topology(
     site: Option<&str>,
 ) -> anyhow::Result<(SocketAddr, Option<PathBuf>)> {
     // The topology error already names the file and the position.
-    let plan = Plan::load(Some(file), site, &Overrides::default())?;
+    let plan = Plan::load_for_control(Some(file), site)?;
     Ok((plan.admin.listen, plan.admin.token_file))
 }
 
