@@ -119,7 +119,7 @@ async fn output_lines_reach_server_log_and_pidfile_follows_the_process() {
     let mut child = spawn(&sh(
         1,
         home.path(),
-        "echo out-line; echo 'ERROR bad thing' >&2; printf 'no newline'; read x; exit 3",
+        "pwd; echo out-line; echo 'ERROR bad thing' >&2; printf 'no newline'; read x; exit 3",
     ))
     .await
     .unwrap();
@@ -133,6 +133,8 @@ async fn output_lines_reach_server_log_and_pidfile_follows_the_process() {
     let log = read(&home.path().join("server.log"));
     let lines: Vec<&str> = log.lines().collect();
     assert!(lines.contains(&"out-line"), "{log}");
+    let home_canon = fs::canonicalize(home.path()).unwrap();
+    assert!(lines.contains(&home_canon.to_str().unwrap()), "cwd: {log}");
     assert!(lines.contains(&"ERROR bad thing"), "{log}");
     assert!(lines.contains(&"no newline"), "{log}");
     assert!(lines[0].contains("started pid"), "{log}");
@@ -442,6 +444,49 @@ async fn spawn_clears_a_stale_server_first() {
     child.stop(Duration::from_secs(10)).await;
 }
 
+/// Kills a process group when the test ends, also on panic.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+    }
+}
+
+/// The pidfile's leader is gone, but a process it forked (same group, same home) still
+/// holds the port: PDEATHSIG reaches only direct children, so this is how a stale server
+/// survives a killed supervisor when its command is a wrapper that forks.
+#[test]
+fn kill_stale_finds_an_orphan_of_the_old_group() {
+    let home = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let portfile = scratch.path().join("port");
+    let exe = std::env::current_exe().unwrap();
+    let mut wrapper = std::process::Command::new("/bin/sh")
+        .args([
+            "-c",
+            "\"$0\" --exact helper_listener --ignored --test-threads=1 >/dev/null &",
+        ])
+        .arg(&exe)
+        .env(LISTENER_ENV, &portfile)
+        .current_dir(home.path())
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let leader = wrapper.id();
+    let _group = GroupGuard(leader);
+    assert!(wrapper.wait().unwrap().success());
+    let port = wait_for("the orphan's port", PATIENCE, || {
+        read(&portfile).trim().parse::<u16>().ok()
+    });
+    fs::write(home.path().join(PIDFILE), format!("{leader}\n")).unwrap();
+
+    assert_eq!(kill_stale(home.path(), port).unwrap(), Some(leader));
+    std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    assert!(!home.path().join(PIDFILE).exists());
+}
+
 /// Helper process: a tiny supervisor that starts one instance and waits to be killed.
 #[test]
 #[ignore = "helper process, run by the pdeathsig test"]
@@ -478,4 +523,52 @@ fn an_instance_dies_with_a_killed_supervisor() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn output_lines_reach_tracing_with_the_instance_field() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The current-thread runtime polls the capture tasks on this thread.
+    let _default = tracing::subscriber::set_default(subscriber);
+    let home = tempfile::tempdir().unwrap();
+    let mut child = spawn(&sh(
+        13,
+        home.path(),
+        "echo hello-out; echo 'ERROR: boom' >&2; echo plain-err >&2; echo 'DEBUG detail' >&2",
+    ))
+    .await
+    .unwrap();
+    child.wait().await;
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle) && l.contains("instance{instance=13}"))
+            .unwrap_or_else(|| panic!("no {needle:?} line with the instance span: {text}"))
+            .to_owned()
+    };
+    assert!(line("hello-out").contains(" INFO "), "{text}");
+    assert!(line("boom").contains(" ERROR "), "{text}");
+    assert!(line("plain-err").contains(" WARN "), "{text}");
+    assert!(line("detail").contains(" DEBUG "), "{text}");
+    assert!(line("hello-out").contains("stream=\"stdout\""), "{text}");
 }

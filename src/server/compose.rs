@@ -95,3 +95,42 @@ pub fn address_claim(keyid_hex: &str, address: &str, date: DateTime<Utc>) -> (St
     .into_bytes();
     (upper_hex(&Sha1::digest(address.as_bytes())), block)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn data_block_matches_the_observed_stock_block() {
+        // PROTOCOL.md §4.2: the stock client's block for this payload and date.
+        let date = Utc.with_ymd_and_hms(2026, 11, 24, 4, 24, 35).unwrap();
+        let (key, block) = data_block(b"hello world data", date);
+        assert_eq!(
+            block,
+            b"Type: data\nDate: 2026-11-24T04:24:35Z\nVersion: 1\n\
+              ProofOfWork: bd,000000002,000000006\nData: 16\nhello world data"
+        );
+        assert_eq!(key, hex::encode_upper(Sha1::digest(b"hello world data")));
+    }
+
+    #[test]
+    fn keys_are_upper_hex() {
+        let date = Utc.with_ymd_and_hms(2026, 11, 24, 4, 0, 0).unwrap();
+        for (key, block) in [
+            acknowledgment([3; 20], date),
+            message_announcement([4; 20], "box", [5; 20], &[[6; 20]], date),
+            address_claim(
+                "0123456789ABCDEF0123456789ABCDEF01234567",
+                "x@example.org",
+                date,
+            ),
+        ] {
+            assert_eq!(key.len(), 40);
+            assert!(key
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)));
+            assert!(block.ends_with(b"\n"));
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! block types from anonymous sessions (§3.4 step 3).
 
 use super::dt::is_dt_shape;
-use super::header::value;
+use super::header::{value, without_cr};
 
 /// The stored block's lines as the original's GET walks them: split at LF, with no empty
 /// piece after a final LF. A last line without LF is still a line (the original raised an
@@ -59,9 +59,13 @@ pub fn since_filter(block: &[u8], since: &str) -> Option<Vec<u8>> {
 /// True if an anonymous session must get `NOT FOUND` for this block (§3.4 step 3): its first
 /// `Type: <letters and hyphens>` line (any case) names a message announcement, data or an
 /// acknowledgment.
+///
+/// Deliberate deviation, toward privacy: CRs are removed before matching, as validation
+/// does, so a block stored as `Type: data` + CR is hidden too (the original served it).
 pub fn hidden_from_anonymous(block: &[u8]) -> bool {
-    for line in get_lines(block) {
-        let Some(ty) = value(line, b"TYPE: ") else {
+    for raw in get_lines(block) {
+        let line = without_cr(raw);
+        let Some(ty) = value(&line, b"TYPE: ") else {
             continue;
         };
         if ty.is_empty() || !ty.iter().all(|&c| c.is_ascii_alphabetic() || c == b'-') {
@@ -155,6 +159,9 @@ mod tests {
             b"Junk\ntype: Message-Announcement\n",
             b"Type: acknowledgment\n",
             b"Type: acknowledgement\n",
+            // CRs do not make a private block public.
+            b"Type: data\r\nData: 1\nx",
+            b"Type: da\rta\n",
         ] {
             assert!(
                 hidden_from_anonymous(hidden),
@@ -167,9 +174,9 @@ mod tests {
             b"Type: address-claim\n",
             b"no type at all\n",
             b"",
-            // The first letters-and-hyphens Type line decides; `data\r` and `da ta` are not.
-            b"Type: data\r\nType: address-claim\n",
+            // The first letters-and-hyphens Type line decides; `da ta` is not one.
             b"Type: da ta\nType: key-announcement\n",
+            b"Type: address-claim\nType: data\n",
         ] {
             assert!(
                 !hidden_from_anonymous(shown),

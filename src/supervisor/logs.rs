@@ -155,12 +155,12 @@ enum Entry {
 
 impl LogSink {
     /// Opens `path` and starts its writer thread. File errors after opening are reported
-    /// through tracing (once per kind of failure streak) and do not stop the instance.
+    /// through tracing (once per streak of failures) and do not stop the instance.
     pub fn open(id: u32, path: &Path, limits: LogLimits) -> io::Result<LogSink> {
         let mut log = RotatingLog::open(path, limits)?;
         let (tx, mut rx) = mpsc::channel::<Entry>(QUEUE_LINES);
         // A plain thread, not the runtime's blocking pool: file writes may stall on a slow
-        // disk, and the thread must outlive no runtime.
+        // disk, and a runtime shutting down must not wait for it.
         std::thread::Builder::new()
             .name(format!("log-{id}"))
             .spawn(move || {

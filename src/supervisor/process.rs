@@ -16,7 +16,8 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::{getpid, getppid, Pid};
 use tokio::sync::oneshot;
 
-use super::logs::{self, LogLimits, LogSink, Stream};
+pub use super::logs::LogLimits;
+use super::logs::{self, LogSink, Stream};
 
 /// File name of the pidfile in a home.
 pub const PIDFILE: &str = "storeherd.pid";
@@ -281,6 +282,8 @@ pub async fn spawn(spec: &Spawn) -> Result<Child, ProcessError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Python block-buffers a piped stdout: lines would reach the log minutes late.
+        .env("PYTHONUNBUFFERED", "1")
         .process_group(0)
         .kill_on_drop(true);
     let parent = getpid();

@@ -1,1 +1,0 @@
-//! The topology file: YAML model, defaults, validation and the resolved plan.

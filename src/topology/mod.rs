@@ -1,0 +1,364 @@
+//! The topology file: YAML model, defaults, validation and the resolved plan
+//! (DESIGN.md "Topology file", "Contract details").
+//!
+//! [`Plan::load`] reads a file (or takes the built-in default), applies the site's and the
+//! command line's overrides, validates everything, and resolves it into a [`Plan`]: absolute
+//! paths, concrete numbers, durations. The supervisor consumes only the plan.
+//!
+//! Choices where the design is silent:
+//! - relative paths in a file are relative to the file's directory; those on the command
+//!   line and the default `./storeherd-data` are relative to the working directory;
+//! - instance server and entangled port ranges may not overlap each other, nor contain the
+//!   public or admin port, even though one is TCP and the other UDP (the original's default
+//!   uses the same number for both, which is how the clash happens);
+//! - `server.config: { knode: [a:1, b:2] }` writes one `knode` line per entry, since the
+//!   original reads `knode` as a repeatable key; every other list is comma-joined;
+//! - with `sites`, exactly two sites, each with a `host`, and `--site` must name one.
+
+mod error;
+mod instance;
+mod model;
+mod report;
+mod resolve;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use error::TopologyError;
+pub use instance::InstancePlan;
+pub use model::{format_duration, parse_duration};
+pub use report::{PlanReport, ShardLink};
+use resolve::Disk;
+
+/// The resolved topology: everything the supervisor needs, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The topology file, `None` for the built-in default.
+    pub source: Option<PathBuf>,
+    /// The site this plan is for (`--site`), when the topology names sites.
+    pub site: Option<String>,
+    pub listen: SocketAddr,
+    pub admin: AdminPlan,
+    /// Instances to run (`auto` resolved to the logical core count).
+    pub instances: u32,
+    pub data: PathBuf,
+    pub store: PathBuf,
+    pub ports: Ports,
+    pub server: ServerPlan,
+    pub health: HealthPlan,
+    pub restart: RestartPlan,
+    pub proxy: ProxyPlan,
+    pub shards: Vec<ShardPlan>,
+    pub replication: Option<ReplicationPlan>,
+    pub admin_key_file: PathBuf,
+    /// This site's host: instances' `listen_address`, and the peer's `replpeer` host.
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdminPlan {
+    pub listen: SocketAddr,
+    pub token_file: Option<PathBuf>,
+}
+
+/// First ports: instance k uses `server + k - 1` (TCP) and `entangled + k - 1` (UDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Ports {
+    pub server: u16,
+    pub entangled: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerPlan {
+    pub command: ServerCommand,
+    /// Extra `config.txt` lines from `server.config`, in file order, lists already joined.
+    pub config: Vec<(String, String)>,
+    pub tls: TlsPlan,
+    #[serde(serialize_with = "ser_duration")]
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerCommand {
+    /// `storeherd store --homedir <home>`.
+    Builtin,
+    /// argv with `{home}`, `{id}`, `{port}`, `{eport}` placeholders (not yet substituted).
+    Argv(Vec<String>),
+}
+
+/// Where the shared TLS identity comes from; all `None` = generated once into `<data>/ssl/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TlsPlan {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub dhparams: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HealthPlan {
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub start_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RestartPlan {
+    #[serde(serialize_with = "ser_duration")]
+    pub backoff_min: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub backoff_max: Duration,
+    pub crash_loop_restarts: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub crash_loop_within: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProxyPlan {
+    pub max_connections: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub drain_timeout: Duration,
+}
+
+/// First-level store folders `first..=last` live under `path` (through symlinks
+/// `<store>/XX -> <path>/XX`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardPlan {
+    pub first: u8,
+    pub last: u8,
+    pub path: PathBuf,
+}
+
+impl ShardPlan {
+    /// The range as written: `00-3F`.
+    pub fn range(&self) -> String {
+        format!("{:02X}-{:02X}", self.first, self.last)
+    }
+
+    /// Every link of this shard: (`<store>/XX`, `<path>/XX`).
+    pub fn links(&self, store: &Path) -> Vec<(PathBuf, PathBuf)> {
+        (self.first..=self.last)
+            .map(|b| {
+                let name = format!("{b:02X}");
+                (store.join(&name), self.path.join(&name))
+            })
+            .collect()
+    }
+}
+
+/// Two-site replication, seen from this site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicationPlan {
+    pub peer_site: String,
+    pub peer_host: String,
+    /// The peer site's first ports: our instance k pairs with the peer's `server + k - 1`.
+    pub peer_ports: Ports,
+    /// The shared replication key (one line, mode 600); `up` generates it when missing.
+    pub authkey_file: PathBuf,
+    /// Pin of the peer's certificate (`repl_cert`), upper-case hex pairs joined by `:`.
+    pub peer_cert_sha1: Option<String>,
+}
+
+impl ReplicationPlan {
+    /// `replpeer` of instance `id`: the peer's instance `id`.
+    pub fn peer_addr(&self, id: u32) -> String {
+        let port = u32::from(self.peer_ports.server) + id - 1;
+        format!("{}:{}", self.peer_host, port)
+    }
+}
+
+/// Command-line overrides of `up` (applied after the file and the site).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub instances: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub data: Option<PathBuf>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// Name used in errors for the built-in default topology.
+pub const DEFAULT_NAME: &str = "<built-in default topology>";
+
+impl Plan {
+    /// Reads and resolves `file`, or the built-in default when `None`.
+    pub fn load(
+        file: Option<&Path>,
+        site: Option<&str>,
+        overrides: &Overrides,
+    ) -> Result<Plan, TopologyError> {
+        Self::load_with(file, site, overrides, Disk::Check)
+    }
+
+    /// Like [`Plan::load`], without checking that data and store can be created: for
+    /// control commands (`status`, `scale`, ...), which need only the admin address and
+    /// may run as a user who cannot write the data directory.
+    pub fn load_for_control(
+        file: Option<&Path>,
+        site: Option<&str>,
+    ) -> Result<Plan, TopologyError> {
+        Self::load_with(file, site, &Overrides::default(), Disk::Skip)
+    }
+
+    fn load_with(
+        file: Option<&Path>,
+        site: Option<&str>,
+        overrides: &Overrides,
+        disk: Disk,
+    ) -> Result<Plan, TopologyError> {
+        let cwd = std::env::current_dir().map_err(|source| TopologyError::Read {
+            file: ".".into(),
+            source,
+        })?;
+        match file {
+            None => resolve::resolve("", DEFAULT_NAME, None, &cwd, site, overrides, disk),
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+                    file: name.clone(),
+                    source,
+                })?;
+                let abs = resolve::absolute(&cwd, path);
+                resolve::resolve(&text, &name, Some(&abs), &cwd, site, overrides, disk)
+            }
+        }
+    }
+
+    /// Resolves topology text; relative paths are taken from the working directory.
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(
+        text: &str,
+        file_name: &str,
+        site: Option<&str>,
+        overrides: &Overrides,
+    ) -> Result<Plan, TopologyError> {
+        let cwd = std::env::current_dir().map_err(|source| TopologyError::Read {
+            file: ".".into(),
+            source,
+        })?;
+        resolve::resolve(text, file_name, None, &cwd, site, overrides, Disk::Check)
+    }
+
+    /// The home of instance `id`: `<data>/homes/<id>`.
+    pub fn home(&self, id: u32) -> PathBuf {
+        self.data.join("homes").join(id.to_string())
+    }
+
+    /// TCP port of instance `id` (id >= 1).
+    pub fn server_port(&self, id: u32) -> u16 {
+        port_of(self.ports.server, id)
+    }
+
+    /// UDP (entangled) port of instance `id` (id >= 1).
+    pub fn entangled_port(&self, id: u32) -> u16 {
+        port_of(self.ports.entangled, id)
+    }
+
+    /// How many instances fit before their ports clash with each other, with the public or
+    /// admin port, or run past 65535. Live scale-up may go up to this.
+    pub fn max_instances(&self) -> u32 {
+        resolve::max_instances(self.ports, self.listen.port(), self.admin.listen.port())
+    }
+
+    /// Changes from `self` to `new` that cannot be applied to a running supervisor; each
+    /// entry names the setting and its old and new value. Empty = everything applies live.
+    pub fn restart_needed(&self, new: &Plan) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cmp = |name: &str, a: String, b: String| {
+            if a != b {
+                out.push(format!("{name}: {a} -> {b}"));
+            }
+        };
+        cmp("site", fmt_opt(&self.site), fmt_opt(&new.site));
+        cmp("listen", self.listen.to_string(), new.listen.to_string());
+        cmp(
+            "admin.listen",
+            self.admin.listen.to_string(),
+            new.admin.listen.to_string(),
+        );
+        cmp(
+            "admin.token_file",
+            fmt_opt_path(&self.admin.token_file),
+            fmt_opt_path(&new.admin.token_file),
+        );
+        cmp(
+            "data",
+            self.data.display().to_string(),
+            new.data.display().to_string(),
+        );
+        cmp(
+            "store",
+            self.store.display().to_string(),
+            new.store.display().to_string(),
+        );
+        cmp(
+            "ports.server",
+            self.ports.server.to_string(),
+            new.ports.server.to_string(),
+        );
+        cmp(
+            "ports.entangled",
+            self.ports.entangled.to_string(),
+            new.ports.entangled.to_string(),
+        );
+        cmp(
+            "server.command",
+            format!("{:?}", self.server.command),
+            format!("{:?}", new.server.command),
+        );
+        cmp(
+            "server.tls",
+            format!("{:?}", self.server.tls),
+            format!("{:?}", new.server.tls),
+        );
+        cmp(
+            "shards",
+            format!("{:?}", self.shards),
+            format!("{:?}", new.shards),
+        );
+        cmp(
+            "replication",
+            format!("{:?}", self.replication),
+            format!("{:?}", new.replication),
+        );
+        cmp(
+            "accounts.admin_key_file",
+            self.admin_key_file.display().to_string(),
+            new.admin_key_file.display().to_string(),
+        );
+        cmp("host", fmt_opt(&self.host), fmt_opt(&new.host));
+        out
+    }
+}
+
+fn port_of(first: u16, id: u32) -> u16 {
+    let p = u32::from(first) + id.max(1) - 1;
+    u16::try_from(p).unwrap_or(u16::MAX)
+}
+
+fn fmt_opt(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "(none)".into())
+}
+
+fn fmt_opt_path(v: &Option<PathBuf>) -> String {
+    v.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(none)".into())
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+#[cfg(test)]
+mod tests;

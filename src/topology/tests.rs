@@ -1,0 +1,455 @@
+//! Plan resolution: defaults, overrides, sites, and errors with their positions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+fn plan(text: &str) -> Result<Plan, TopologyError> {
+    plan_site(text, None)
+}
+
+fn plan_site(text: &str, site: Option<&str>) -> Result<Plan, TopologyError> {
+    Plan::from_str(text, "t.yaml", site, &Overrides::default())
+}
+
+/// The error's `file:line:column: message` text.
+fn err(text: &str) -> String {
+    plan(text).unwrap_err().to_string()
+}
+
+#[test]
+fn empty_file_is_the_default() {
+    let p = plan("# nothing but a comment\n").unwrap();
+    assert_eq!(p.listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(p.admin.listen.to_string(), "127.0.0.1:8089");
+    assert!(p.instances >= 1);
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(p.data, cwd.join("storeherd-data"));
+    assert_eq!(p.store, cwd.join("storeherd-data/store"));
+    assert_eq!(p.admin_key_file, cwd.join("storeherd-data/admin.key"));
+    assert_eq!(
+        p.ports,
+        Ports {
+            server: 18101,
+            entangled: 18201
+        }
+    );
+    assert_eq!(p.server.command, ServerCommand::Builtin);
+    assert_eq!(p.server.stop_grace, Duration::from_secs(10));
+    assert_eq!(
+        (
+            p.health.interval,
+            p.health.timeout,
+            p.health.unhealthy_after,
+            p.health.start_grace
+        ),
+        (
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            3,
+            Duration::from_secs(60)
+        )
+    );
+    assert_eq!(
+        (
+            p.restart.backoff_min,
+            p.restart.backoff_max,
+            p.restart.crash_loop_restarts,
+            p.restart.crash_loop_within
+        ),
+        (
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+            5,
+            Duration::from_secs(60)
+        )
+    );
+    assert_eq!(
+        (
+            p.proxy.max_connections,
+            p.proxy.connect_timeout,
+            p.proxy.idle_timeout,
+            p.proxy.drain_timeout
+        ),
+        (
+            10_000,
+            Duration::from_secs(2),
+            Duration::from_secs(600),
+            Duration::from_secs(60)
+        )
+    );
+    assert_eq!(p, Plan::load(None, None, &Overrides::default()).unwrap());
+}
+
+#[test]
+fn every_key_of_the_design_example_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let text = format!(
+        r#"
+listen: 0.0.0.0:8081
+admin: {{ listen: 127.0.0.1:8089, token_file: /etc/storeherd/admin.token }}
+instances: 4
+data: {d}/data
+store: {d}/confidant/store
+ports: {{ server: 18101, entangled: 18201 }}
+server:
+  command: [python2, /opt/confmail/server.py, -homedir, "{{home}}", "-x{{id}}:{{port}}:{{eport}}"]
+  config: {{ max_connections: 20, timeout: 60, retry_schedule: [0, 5, 30], knode: [a:1, b:2], enable_ipv6: true }}
+  tls: {{ cert: {d}/tls/c.pem, key: {d}/tls/k.pem, dhparams: {d}/tls/dh.pem }}
+  stop_grace: 15s
+health: {{ interval: 500ms, timeout: 2s, unhealthy_after: 4, start_grace: 2m }}
+restart: {{ backoff_min: 100ms, backoff_max: 1m, crash_loop: {{ restarts: 3, within: 30s }} }}
+proxy: {{ max_connections: 500, connect_timeout: 1s, idle_timeout: 5m, drain_timeout: 30s }}
+shards:
+  - {{ range: 00-3F, path: /mnt/d1/store }}
+  - {{ range: 40-7f, path: /mnt/d2/store }}
+sites:
+  a: {{ host: 10.0.0.1 }}
+  b: {{ host: 10.0.0.2, ports: {{ server: 19101 }}, cert_sha1: "ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01" }}
+replication: {{ authkey_file: /etc/storeherd/replication.key, peer_cert_sha1: "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:02" }}
+accounts: {{ admin_key_file: /etc/storeherd/admin.key }}
+"#
+    );
+    let p = plan_site(&text, Some("a")).unwrap();
+    assert_eq!(p.site.as_deref(), Some("a"));
+    assert_eq!(p.host.as_deref(), Some("10.0.0.1"));
+    assert_eq!(p.instances, 4);
+    assert_eq!(p.store, PathBuf::from(format!("{d}/confidant/store")));
+    assert_eq!(p.shards.len(), 2);
+    assert_eq!(p.shards[1].range(), "40-7F");
+    assert_eq!(p.shards[0].links(&p.store).len(), 64);
+    assert_eq!(p.health.interval, Duration::from_millis(500));
+    assert_eq!(p.restart.crash_loop_restarts, 3);
+    let r = p.replication.as_ref().unwrap();
+    assert_eq!(r.peer_site, "b");
+    // The peer site's own pin wins over the shared one.
+    assert_eq!(
+        r.peer_cert_sha1.as_deref(),
+        Some("AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01")
+    );
+    let i = p.instance(2);
+    assert_eq!((i.port, i.eport), (18102, 18202));
+    assert_eq!(i.home, PathBuf::from(format!("{d}/data/homes/2")));
+    assert_eq!(i.argv[3], i.home.display().to_string());
+    assert_eq!(i.argv[4], "-x2:18102:18202");
+    let lines: Vec<String> = i.config.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "sport: 18102".to_string(),
+            "eport: 18202".into(),
+            format!("alt_localstore: {d}/confidant/store"),
+            "listen_address: 10.0.0.1".into(),
+            "replpeer: 10.0.0.2:19102".into(),
+            "repl_authkey: <contents of /etc/storeherd/replication.key>".into(),
+            "repl_cert: AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01".into(),
+            "max_connections: 20".into(),
+            "timeout: 60".into(),
+            "retry_schedule: 0,5,30".into(),
+            "knode: a:1".into(),
+            "knode: b:2".into(),
+            "enable_ipv6: true".into(),
+        ]
+    );
+    assert!(i
+        .config_text(Some("SECRETKEY"))
+        .contains("\nrepl_authkey: SECRETKEY\n"));
+    // Site b sees a as its peer, on a's (top-level) ports.
+    let b = plan_site(&text, Some("b")).unwrap();
+    assert_eq!(b.instance(1).replpeer(), Some("10.0.0.1:18101"));
+    assert_eq!(b.ports.server, 19101);
+    let json = serde_json::to_value(p.report()).unwrap();
+    assert_eq!(json["plan"]["health"]["interval"], "500ms");
+    assert_eq!(json["instances"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn overrides_win_and_instances_beyond_the_count_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides {
+        instances: Some("3".into()),
+        listen: Some("127.0.0.1:9000".parse().unwrap()),
+        data: Some(dir.path().join("d")),
+        admin: Some("127.0.0.1:9001".parse().unwrap()),
+    };
+    let p = Plan::from_str("instances: 8\nlisten: 127.0.0.1:8081\n", "t.yaml", None, &o).unwrap();
+    assert_eq!(p.instances, 3);
+    assert_eq!(p.listen.port(), 9000);
+    assert_eq!(p.admin.listen.port(), 9001);
+    assert_eq!(p.data, dir.path().join("d"));
+    assert_eq!(p.instance(7).port, 18107);
+    assert_eq!(p.max_instances(), 100);
+    let bad = Overrides {
+        instances: Some("lots".into()),
+        ..Overrides::default()
+    };
+    let e = Plan::from_str("", "t.yaml", None, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("command line: --instances: bad instance count `lots`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn restart_needed_lists_what_cannot_apply_live() {
+    let a = plan("instances: 2\n").unwrap();
+    let b = plan("instances: 5\nhealth: { interval: 3s }\n").unwrap();
+    assert!(a.restart_needed(&b).is_empty());
+    let c = plan("instances: 2\nlisten: 127.0.0.1:9081\nports: { server: 20001 }\n").unwrap();
+    let changes = a.restart_needed(&c);
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(changes[0].starts_with("listen: 127.0.0.1:8081 -> 127.0.0.1:9081"));
+    assert!(changes[1].starts_with("ports.server: 18101 -> 20001"));
+}
+
+#[test]
+fn unknown_keys_name_the_position_and_the_accepted_keys() {
+    let e = err("listen: 127.0.0.1:8081\nhealth:\n  interval: 1s\n  intervall: 2s\n");
+    assert!(
+        e.starts_with(
+            "t.yaml:4:3: health: unknown field `intervall`, expected one of `interval`, `timeout`"
+        ),
+        "{e}"
+    );
+    let e = err("lissen: 1\n");
+    assert!(
+        e.starts_with("t.yaml:1:1: unknown field `lissen`, expected one of `listen`, `admin`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn type_and_value_errors() {
+    let e = err("ports:\n  server: abc\n");
+    assert!(
+        e.starts_with("t.yaml:2:11: ports.server: invalid type: string \"abc\", expected a port number from 1 to 65535"),
+        "{e}"
+    );
+    let e = err("health: { interval: 10 }\n");
+    assert!(
+        e.starts_with("t.yaml:1:21: health.interval: bad duration `10` (no unit)"),
+        "{e}"
+    );
+    let e = err("proxy:\n  idle_timeout: 5 minutes\n");
+    assert!(
+        e.contains("t.yaml:2:17: proxy.idle_timeout: bad duration `5 minutes`"),
+        "{e}"
+    );
+    let e = err("instances: lots\n");
+    assert!(
+        e.starts_with(
+            "t.yaml:1:12: instances: bad instance count `lots`: expected `auto` or a number"
+        ),
+        "{e}"
+    );
+    let e = err("admin: 127.0.0.1:8089\n");
+    assert!(
+        e.contains("expected a mapping with listen and token_file"),
+        "{e}"
+    );
+    let e = err("server:\n  command: python\n");
+    assert!(
+        e.starts_with(
+            "t.yaml:2:12: server.command: bad command `python`: expected `builtin` or a list"
+        ),
+        "{e}"
+    );
+    let e = err("listen: [1, 2\n");
+    assert!(e.starts_with("t.yaml:"), "{e}");
+}
+
+#[test]
+fn clashes_point_at_the_key() {
+    let e = err("listen: 127.0.0.1:8081\nadmin:\n  listen: 127.0.0.1:8081\n");
+    assert!(
+        e.starts_with("t.yaml:3:3: port clash: admin listener 127.0.0.1:8081 and public listener"),
+        "{e}"
+    );
+    let e = err("instances: 4\nports:\n  server: 18101\n  entangled: 18103\n");
+    assert!(e.starts_with("t.yaml:4:3: port clash: 4 instances need server ports 18101-18104 and entangled ports 18103-18106, but the two ranges overlap; at most 2 instances fit"), "{e}");
+    let e = err("instances: 4\nlisten: 0.0.0.0:18102\n");
+    assert!(e.starts_with("t.yaml:2:1: port clash:"), "{e}");
+    assert!(
+        e.contains("the public listener port 18102 is among them; at most 1 instances fit"),
+        "{e}"
+    );
+    let e = err("instances: 4\nports: { server: 65534 }\n");
+    assert!(e.starts_with("t.yaml:1:1: port clash:"), "{e}");
+}
+
+#[test]
+fn admin_off_loopback_needs_a_token() {
+    let e = err("admin: { listen: 0.0.0.0:8089 }\n");
+    assert!(e.starts_with("t.yaml:1:10: admin listener 0.0.0.0:8089 is not on loopback: expected admin.token_file"), "{e}");
+    plan("admin: { listen: 0.0.0.0:8089, token_file: /etc/t }\n").unwrap();
+}
+
+#[test]
+fn store_path_must_be_creatable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let e = err(&format!(
+        "data: {}\nstore: {}/store\n",
+        dir.path().display(),
+        file.display()
+    ));
+    assert!(e.starts_with("t.yaml:2:1: store path"), "{e}");
+    assert!(e.contains("exists and is not a directory"), "{e}");
+    // Control commands read the same file without the disk check.
+    let topo = dir.path().join("t.yaml");
+    std::fs::write(&topo, format!("store: {}/store\n", file.display())).unwrap();
+    assert!(Plan::load(Some(&topo), None, &Overrides::default()).is_err());
+    let p = Plan::load_for_control(Some(&topo), None).unwrap();
+    assert_eq!(p.admin.listen.to_string(), "127.0.0.1:8089");
+}
+
+#[test]
+fn shard_ranges() {
+    let e =
+        err("shards:\n  - { range: 00-3F, path: /mnt/a }\n  - { range: 30-4F, path: /mnt/b }\n");
+    assert!(
+        e.starts_with("t.yaml:3:7: shard range 30-4F overlaps shard range 00-3F"),
+        "{e}"
+    );
+    let e = err("shards:\n  - range: 0-3F\n    path: /mnt/a\n");
+    assert!(
+        e.starts_with("t.yaml:2:5: bad shard range `0-3F`: expected two hex digits"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sites_rules() {
+    let two = "instances: 2\nsites:\n  a: { host: 10.0.0.1 }\n  b: { host: 10.0.0.2 }\nreplication: { authkey_file: /tmp/k }\n";
+    plan_site(two, Some("a")).unwrap();
+    let e = plan_site(two, Some("c")).unwrap_err().to_string();
+    assert!(
+        e.starts_with(
+            "t.yaml:2:1: --site c is not one of the sites of this topology: expected one of a, b"
+        ),
+        "{e}"
+    );
+    let e = plan_site(two, None).unwrap_err().to_string();
+    assert!(e.contains("expected --site with one of them"), "{e}");
+    let auto = two.replace("instances: 2", "instances: auto");
+    let e = plan_site(&auto, Some("a")).unwrap_err().to_string();
+    assert!(
+        e.starts_with("t.yaml:1:1: with `sites`, instances must be a number, not auto"),
+        "{e}"
+    );
+    let nokey = two.replace("replication: { authkey_file: /tmp/k }\n", "");
+    let e = plan_site(&nokey, Some("a")).unwrap_err().to_string();
+    assert!(e.contains("replication.authkey_file is required"), "{e}");
+    let e = plan_site("instances: 1\n", Some("a"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("command line: --site: a given, but t.yaml names no sites"),
+        "{e}"
+    );
+    let v6 = two.replace("10.0.0.2", "\"::1\"");
+    let e = plan_site(&v6, Some("a")).unwrap_err().to_string();
+    assert!(
+        e.starts_with("t.yaml:4:8: bad host `::1` for site b"),
+        "{e}"
+    );
+}
+
+#[test]
+fn server_config_rules() {
+    let e = err("server:\n  config: { sport: 1 }\n");
+    assert!(
+        e.starts_with("t.yaml:2:13: server.config sets `sport`, which storeherd writes itself"),
+        "{e}"
+    );
+    let e = err("server:\n  config:\n    timeout:\n");
+    assert!(
+        e.starts_with("t.yaml:3:5: server.config.timeout is empty"),
+        "{e}"
+    );
+    let e = err("server:\n  command: [x, \"{homedir}\"]\n");
+    assert!(
+        e.starts_with("t.yaml:2:16: unknown placeholder `{homedir}`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn relative_paths_follow_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("topo.yaml");
+    std::fs::write(
+        &file,
+        "data: ./here\nshards: [{ range: 00-0F, path: ../elsewhere }]\n",
+    )
+    .unwrap();
+    let p = Plan::load(Some(&file), None, &Overrides::default()).unwrap();
+    assert_eq!(p.data, dir.path().join("here"));
+    assert_eq!(
+        p.shards[0].path,
+        dir.path().parent().unwrap().join("elsewhere")
+    );
+    assert_eq!(p.source.as_deref(), Some(file.as_path()));
+    let e = Plan::load(
+        Some(&dir.path().join("nope.yaml")),
+        None,
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("nope.yaml: cannot read the topology file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn two_sites_on_one_host_must_not_clash() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let clash = format!(
+        "instances: 2\nsites:\n  a: {{ host: 127.0.0.1, data: {d}/a }}\n  b: {{ host: 127.0.0.1, data: {d}/b, ports: {{ server: 18102 }} }}\nreplication: {{ authkey_file: {d}/k }}\n"
+    );
+    let e = plan_site(&clash, Some("a")).unwrap_err().to_string();
+    assert!(e.starts_with("t.yaml:4:3: both sites have the same host, but their instance port ranges overlap, both use 8081 as public port, both use 8089 as admin port"), "{e}");
+    let apart = format!(
+        "instances: 2\nsites:\n  a: {{ host: 127.0.0.1, data: {d}/a }}\n  b: {{ host: 127.0.0.1, data: {d}/b, listen: 127.0.0.1:9081, admin: {{ listen: 127.0.0.1:9089 }}, ports: {{ server: 19101, entangled: 19201 }} }}\nreplication: {{ authkey_file: {d}/k }}\n"
+    );
+    let a = plan_site(&apart, Some("a")).unwrap();
+    let b = plan_site(&apart, Some("b")).unwrap();
+    assert_eq!(a.instance(2).replpeer(), Some("127.0.0.1:19102"));
+    assert_eq!(b.instance(2).replpeer(), Some("127.0.0.1:18102"));
+    assert_eq!(b.listen.port(), 9081);
+    assert_eq!(b.admin.listen.port(), 9089);
+}
+
+#[test]
+fn flag_errors_name_the_flag() {
+    let o = Overrides {
+        admin: Some("127.0.0.1:8081".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let e = Plan::from_str("instances: 1\n", "t.yaml", None, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("command line: --admin: port clash: admin listener 127.0.0.1:8081"),
+        "{e}"
+    );
+    let o = Overrides {
+        admin: Some("0.0.0.0:9999".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let e = Plan::from_str("instances: 1\n", "t.yaml", None, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("command line: --admin: admin listener 0.0.0.0:9999 is not on loopback"),
+        "{e}"
+    );
+}
