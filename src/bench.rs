@@ -60,6 +60,8 @@ pub enum BenchError {
     Unreachable { addr: SocketAddr, source: WireError },
     #[error("--login must be USER:KEY")]
     BadLogin,
+    #[error("GET SERVER hides data blocks from anonymous sessions: `{0}` needs --login USER:KEY (e.g. administrator and the key in <data>/admin.key)")]
+    NeedsLogin(&'static str),
     #[error("login as {0} refused")]
     LoginRefused(String),
     #[error("{0}")]
@@ -376,6 +378,14 @@ async fn wait_readable(cfg: &Config, keys: &[String]) -> Result<Instant, BenchEr
 
 /// Runs the benchmark; `progress` is updated live for a display.
 pub async fn run(cfg: Config, progress: Arc<Progress>) -> Result<Report, BenchError> {
+    if cfg.login.is_none() {
+        match cfg.op {
+            Op::Get => return Err(BenchError::NeedsLogin("--op get")),
+            Op::Mixed => return Err(BenchError::NeedsLogin("--op mixed")),
+            _ if cfg.verify => return Err(BenchError::NeedsLogin("--verify")),
+            _ => {}
+        }
+    }
     // A wrong target fails here, at once and clearly, instead of as a run of errors.
     for &addr in &cfg.targets {
         let c = Client::connect(addr, Duration::from_secs(5))

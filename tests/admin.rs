@@ -873,3 +873,44 @@ async fn the_binary_status_and_control_commands() {
     );
     assert!(stdout(&out).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_commands_find_the_api_in_the_topology_file() {
+    let mut fx = Fixture::start(Some("file-token")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, "file-token\n").unwrap();
+    let topology = dir.path().join("storeherd.yaml");
+    std::fs::write(
+        &topology,
+        format!(
+            "admin: {{ listen: {}, token_file: {} }}\ninstances: 1\ndata: {}\n",
+            fx.addr,
+            token_file.display(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let file = topology.to_str().unwrap();
+
+    let out = storeherd(&["status", "-f", file, "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let back: Status = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(back, sample_status());
+
+    let out = storeherd(&["restart", "2", "-f", file]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "restarting 2\n");
+    assert!(matches!(fx.next_seen().await, Request::Restart(2)));
+
+    // A broken file is reported with its position, and nothing is sent.
+    std::fs::write(&topology, "admin: { listn: 127.0.0.1:1 }\n").unwrap();
+    let out = storeherd(&["scale", "2", "-f", file]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("storeherd.yaml:1:"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(fx.nothing_seen());
+}

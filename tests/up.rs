@@ -71,13 +71,21 @@ fn three_instances_share_one_store_and_spread_connections() {
             c.quit().await.unwrap();
         }
     });
-    let after = instances(&up.status());
-    let spread: Vec<u64> = after
-        .iter()
-        .zip(&before)
-        .map(|(i, b)| i["connections_total"].as_u64().unwrap() - b)
-        .collect();
-    assert_eq!(spread, vec![10, 10, 10]);
+    // /status is refreshed a few times a second.
+    let deadline = Instant::now() + T;
+    let after = loop {
+        let after = instances(&up.status());
+        let spread: Vec<u64> = after
+            .iter()
+            .zip(&before)
+            .map(|(i, b)| i["connections_total"].as_u64().unwrap() - b)
+            .collect();
+        if spread.iter().sum::<u64>() == 30 || Instant::now() > deadline {
+            assert_eq!(spread, vec![10, 10, 10]);
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
 
     // One shared store: a block stored through the proxy (one instance) is read through
     // every instance directly.
@@ -87,7 +95,7 @@ fn three_instances_share_one_store_and_spread_connections() {
         assert!(c.store(&key, &block).await.unwrap());
         for i in &after {
             let addr = format!("127.0.0.1:{}", i["port"]).parse().unwrap();
-            let mut c = Client::connect(addr, T).await.unwrap();
+            let mut c = up.admin_session(addr).await;
             let deadline = Instant::now() + T;
             loop {
                 if let Some(b) = c.get(&key, None).await.unwrap() {
@@ -107,25 +115,39 @@ fn killed_instance_is_replaced_without_client_failures() {
     let st = up.wait_ready(3);
     let victim = instances(&st)[1]["pid"].as_u64().unwrap() as i32;
     let failures = Arc::new(AtomicU64::new(0));
+    let cut = Arc::new(AtomicU64::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let rt = rt();
     let clients: Vec<_> = (0..8)
         .map(|_| {
-            let (failures, ok, stop, addr) =
-                (failures.clone(), ok.clone(), stop.clone(), up.listen);
+            let (failures, cut, ok, stop, addr) = (
+                failures.clone(),
+                cut.clone(),
+                ok.clone(),
+                stop.clone(),
+                up.listen,
+            );
             rt.spawn(async move {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    // A failure to get a READY greeting is a client failure; a session cut
+                    // after it (its instance was killed mid-session) is counted apart.
+                    let mut c = match Client::connect(addr, T).await {
+                        Ok(c) => c,
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    };
                     let r = async {
-                        let mut c = Client::connect(addr, T).await?;
                         c.ping().await?;
                         c.quit().await
                     }
                     .await;
                     match r {
                         Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failures.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => cut.fetch_add(1, Ordering::Relaxed),
                     };
                 }
             })
@@ -164,6 +186,12 @@ fn killed_instance_is_replaced_without_client_failures() {
         failures.load(Ordering::Relaxed),
         0,
         "client failures through the proxy"
+    );
+    // At most the sessions in flight on the killed instance were cut.
+    assert!(
+        cut.load(Ordering::Relaxed) <= 8,
+        "cut: {}",
+        cut.load(Ordering::Relaxed)
     );
 }
 
@@ -266,7 +294,7 @@ fn scale_up_and_down_under_store_load_loses_nothing() {
     let keys = done_keys.lock().unwrap().clone();
     assert!(keys.len() > 20, "too few stores: {}", keys.len());
     rt.block_on(async {
-        let mut c = Client::connect(up.listen, T).await.unwrap();
+        let mut c = up.admin_session(up.listen).await;
         for (key, block) in &keys {
             let deadline = Instant::now() + T;
             loop {
@@ -329,11 +357,18 @@ fn busy_instance_is_routed_around() {
         }
         drop(held);
     });
-    let st = up.status();
-    assert!(
-        instances(&st)[0]["busy_total"].as_u64().unwrap() >= 1,
-        "{st:#}"
-    );
+    let deadline = Instant::now() + T;
+    loop {
+        let st = up.status();
+        if instances(&st)[0]["busy_total"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance 1 never answered BUSY: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -439,4 +474,150 @@ fn sigkill_of_the_supervisor_leaves_no_instance() {
         left.is_empty(),
         "instances outlived the supervisor: {left:?}"
     );
+}
+
+#[test]
+fn rolling_restart_replaces_every_instance_one_at_a_time() {
+    let up = Up::start(3, "");
+    let st = up.wait_ready(3);
+    let old: Vec<u64> = instances(&st)
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    let out = up.ctl(&["restart", "--rolling"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // At every moment at least two instances serve; at the end all three are new.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = up.status();
+        let list = instances(&st);
+        let ready = list.iter().filter(|i| i["state"] == "ready").count();
+        assert!(ready >= 2, "more than one instance out at once: {st:#}");
+        let fresh = list
+            .iter()
+            .filter(|i| i["state"] == "ready" && !old.contains(&i["pid"].as_u64().unwrap_or(0)))
+            .count();
+        if fresh == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rolling restart never finished: {st:#}\n{}",
+            up.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        up.log().contains("rolling restart complete"),
+        "{}",
+        up.log()
+    );
+    rt().block_on(async {
+        let mut c = Client::connect(up.listen, T).await.unwrap();
+        c.ping().await.unwrap();
+    });
+}
+
+#[test]
+fn remove_and_restart_one_instance() {
+    let up = Up::start(3, "");
+    let st = up.wait_ready(3);
+    let pid2 = instances(&st)[1]["pid"].as_u64().unwrap() as u32;
+    let out = up.ctl(&["remove", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    up.wait_ready_ids(&[1, 3], Duration::from_secs(30));
+    assert!(wait_dead(&[pid2], Duration::from_secs(5)).is_empty());
+    // Its home stays on disk.
+    assert!(up.data().join("homes/2/config.txt").exists());
+    let out = up.ctl(&["remove", "9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no instance 9"));
+    // `add` takes the lowest free id again, with its old home.
+    let out = up.ctl(&["add"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = up.wait_ready(3);
+    let pid1 = instances(&st)[0]["pid"].as_u64().unwrap();
+    let out = up.ctl(&["restart", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = up.status();
+        let i = &instances(&st)[0];
+        if i["state"] == "ready" && i["pid"].as_u64() != Some(pid1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance 1 not restarted: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn default_up_in_a_fresh_directory() {
+    // No topology file: data under ./storeherd-data, one instance per core, built-in server.
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", harness::free_port());
+    let admin = format!("127.0.0.1:{}", harness::free_port());
+    let mut child = std::process::Command::new(harness::BIN)
+        .args(["up", "--listen", &listen, "--admin", &admin])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = scopeguard(&mut child);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((200, body)) = harness::http(admin.parse().unwrap(), "GET", "/status", None, None)
+        {
+            let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let list = instances(&st);
+            if list.len() == cores && list.iter().all(|i| i["state"] == "ready") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "default up never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dir.path().join("storeherd-data/store").is_dir());
+    assert!(dir
+        .path()
+        .join("storeherd-data/homes/1/config.txt")
+        .is_file());
+    rt().block_on(async {
+        let mut c = Client::connect(listen.parse().unwrap(), T).await.unwrap();
+        c.ping().await.unwrap();
+    });
+    drop(guard);
+}
+
+/// Kills and reaps the child when the test ends, also on panic.
+fn scopeguard(child: &mut std::process::Child) -> impl Drop + '_ {
+    struct G<'a>(&'a mut std::process::Child);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    G(child)
 }

@@ -20,7 +20,7 @@ const MAX_ANSWER: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the admin API at {addr}: is `storeherd up` running? ({source})")]
+    #[error("cannot reach the admin API at {addr}: is `storeherd up` running?")]
     Unreachable {
         addr: SocketAddr,
         source: std::io::Error,
@@ -36,7 +36,7 @@ pub enum ClientError {
     /// down…); `message` is its own explanation.
     #[error("{message}")]
     Refused { status: u16, message: String },
-    #[error("talking to the admin API at {addr}: {source}")]
+    #[error("talking to the admin API at {addr}")]
     Http {
         addr: SocketAddr,
         source: hyper::Error,

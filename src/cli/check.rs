@@ -1,6 +1,7 @@
 //! `storeherd check`: validate a topology and print the resolved plan (or one JSON document).
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use crate::topology::{format_duration, Overrides, Plan, PlanReport, ServerCommand};
@@ -14,12 +15,20 @@ pub fn run(args: CheckArgs) -> Outcome {
         &Overrides::default(),
     )?;
     let report = plan.report();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        print!("{}", render(&report));
+        render(&report)
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        // `check | head` closes the pipe early; that is not an error of the topology.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The plan in readable form.

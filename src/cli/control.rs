@@ -2,7 +2,7 @@
 //! `restart`). They find the API from `--admin`, else from the topology, else the default.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use super::*;
 use crate::admin::api::{InstanceState, Status};
 use crate::admin::client::{AdminClient, ControlReply};
+use crate::topology::Plan;
 
 /// Where `storeherd up` puts the admin API when nothing says otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8089";
@@ -34,32 +35,40 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
 
 /// The admin address and token file: flags first, then the topology file, then defaults.
 fn endpoint(args: &ControlArgs) -> anyhow::Result<(SocketAddr, Option<PathBuf>)> {
-    let (file_admin, file_token) = match &args.topology.file {
-        Some(file) => admin_from_topology(file, args.topology.site.as_deref(), args)?,
-        None => (None, None),
+    let from_file = match &args.topology.file {
+        // Both flags given: the file has nothing left to say (and need not be readable).
+        Some(_) if args.admin.is_some() && args.token_file.is_some() => None,
+        Some(file) => Some(admin_from_topology(file, args.topology.site.as_deref())?),
+        None => None,
     };
+    let (file_admin, file_token) = from_file.unzip();
     let addr = match args.admin.or(file_admin) {
         Some(addr) => addr,
         None => DEFAULT_ADMIN.parse().expect("the default address parses"),
     };
-    Ok((addr, args.token_file.clone().or(file_token)))
+    Ok((
+        reachable(addr),
+        args.token_file.clone().or(file_token.flatten()),
+    ))
 }
 
 /// `admin.listen` and `admin.token_file` of the topology (after the site's overrides).
 fn admin_from_topology(
     file: &Path,
-    _site: Option<&str>,
-    args: &ControlArgs,
-) -> anyhow::Result<(Option<SocketAddr>, Option<PathBuf>)> {
-    // TODO(topology): read them with `topology::Plan::load` once it exists; until then
-    // only an explicit --admin makes a file-based command work.
-    if args.admin.is_some() {
-        return Ok((None, None));
+    site: Option<&str>,
+) -> anyhow::Result<(SocketAddr, Option<PathBuf>)> {
+    // The topology error already names the file and the position.
+    let plan = Plan::load_for_control(Some(file), site)?;
+    Ok((plan.admin.listen, plan.admin.token_file))
+}
+
+/// A server listening on every address (`0.0.0.0`, `::`) is reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
     }
-    bail!(
-        "reading the admin address from {} is not available in this build yet; pass --admin ADDR",
-        file.display()
-    )
 }
 
 fn client(args: &ControlArgs) -> anyhow::Result<AdminClient> {
@@ -293,6 +302,14 @@ mod tests {
         let at = lines[1].find("STATE").unwrap();
         assert_eq!(lines[2].find("ready"), Some(at));
         assert_eq!(lines[3].find("backoff"), Some(at));
+    }
+
+    #[test]
+    fn wildcard_listeners_are_reached_on_loopback() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(reachable(a("0.0.0.0:8089")), a("127.0.0.1:8089"));
+        assert_eq!(reachable(a("[::]:8089")), a("[::1]:8089"));
+        assert_eq!(reachable(a("10.0.0.1:8089")), a("10.0.0.1:8089"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::wire::{parse_greeting, Greeting};
+use crate::wire::{parse_greeting, Greeting, GREETING_READY};
 
 /// Longest greeting line taken (the stock one is 40 bytes); longer is garbage.
 const MAX_GREETING: usize = 256;
@@ -71,6 +71,10 @@ async fn connect_and_greet(addr: SocketAddr) -> Result<(TcpStream, Received), Op
         if let Some(lf) = got.buf[scanned..got.len].iter().position(|&b| b == b'\n') {
             let line = &got.buf[..scanned + lf];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
+            // The stock greeting, matched without the general parser's allocation.
+            if line == GREETING_READY.as_bytes() {
+                return Ok((stream, got));
+            }
             let text = String::from_utf8_lossy(line);
             return match parse_greeting(&text) {
                 Some(Greeting::Ready) => Ok((stream, got)),

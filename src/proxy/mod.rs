@@ -25,7 +25,7 @@ pub struct ProxyLimits {
     pub max_connections: usize,
     /// For the connect to an instance and its greeting together.
     pub connect_timeout: Duration,
-    /// A session with no byte either way for this long is closed.
+    /// A session with no byte either way for this long is closed (zero: never).
     pub idle_timeout: Duration,
 }
 

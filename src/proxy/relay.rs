@@ -131,7 +131,8 @@ impl Half {
 }
 
 /// Relays until both sides have closed their sending side (each EOF is passed on as a
-/// write shutdown, so half-closed sessions finish), an I/O error, or `idle` without a byte.
+/// write shutdown, so half-closed sessions finish), an I/O error, or `idle` without a byte
+/// (a zero `idle` means no idle limit).
 pub(crate) async fn relay(
     client: &mut TcpStream,
     server: &mut TcpStream,
@@ -142,7 +143,7 @@ pub(crate) async fn relay(
     let mut up = Half::default();
     let mut down = Half::default();
     let mut last = Instant::now();
-    let sleep = tokio::time::sleep_until(last + idle);
+    let sleep = deadline(last, idle).map(tokio::time::sleep_until);
     tokio::pin!(sleep);
     poll_fn(|cx| {
         let moved_up = ready!(up.poll_move(cx, client, server, bytes_in))?;
@@ -154,9 +155,20 @@ pub(crate) async fn relay(
             // The timer is moved lazily, when it fires; activity only records the time.
             last = Instant::now();
         }
-        poll_idle(cx, sleep.as_mut(), last, idle)
+        match sleep.as_mut().as_pin_mut() {
+            Some(sleep) => poll_idle(cx, sleep, last, idle),
+            None => Poll::Pending,
+        }
     })
     .await
+}
+
+/// When a session idle since `last` times out; `None` for no limit (zero, or too far off).
+fn deadline(last: Instant, idle: Duration) -> Option<Instant> {
+    if idle.is_zero() {
+        return None;
+    }
+    last.checked_add(idle)
 }
 
 fn poll_idle(
@@ -167,7 +179,9 @@ fn poll_idle(
 ) -> Poll<io::Result<End>> {
     loop {
         ready!(sleep.as_mut().poll(cx));
-        let deadline = last + idle;
+        let Some(deadline) = deadline(last, idle) else {
+            return Poll::Pending;
+        };
         if deadline <= Instant::now() {
             return Poll::Ready(Ok(End::Idle));
         }
@@ -309,5 +323,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(end, End::Idle);
+    }
+
+    #[tokio::test]
+    async fn zero_or_huge_idle_timeout_means_no_limit() {
+        for idle in [Duration::ZERO, Duration::MAX] {
+            let mut r = rig(idle).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!r.task.is_finished(), "{idle:?}");
+            r.client.write_all(b"PING\r\n").await.unwrap();
+            let mut got = [0u8; 6];
+            r.server.read_exact(&mut got).await.unwrap();
+            drop((r.client, r.server));
+            assert!(r.task.await.unwrap().is_ok());
+        }
     }
 }

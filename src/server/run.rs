@@ -91,9 +91,11 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
         inflight: home.join(INFLIGHT),
     };
     worker.recover()?;
+    // A queue file torn by a crash mid-write (never acknowledged) must go before clients can
+    // send the same block again: the committer would take the torn file for a durable copy.
+    let leftovers = verified_leftovers(&queue)?;
     let (job_tx, job_rx) = mpsc::channel();
     // Leftover uploads first, in directory order (PROTOCOL.md §6.4).
-    let leftovers = queue.list()?;
     if !leftovers.is_empty() {
         tracing::info!("{} queued blocks left from the last run", leftovers.len());
     }
@@ -103,32 +105,30 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
     let worker_thread = worker.start(job_rx)?;
     let (ingest, ingest_thread) = Ingest::start(queue, job_tx.clone())?;
 
+    // `enable_ipv6`: 0.0.0.0 becomes one dual-stack [::] socket; 127.0.0.1 gains [::1].
     let mut addrs = vec![SocketAddr::new(config.listen_address, config.sport)];
     if config.enable_ipv6 {
         if let IpAddr::V4(v4) = config.listen_address {
-            let v6 = if v4.is_loopback() {
-                Ipv6Addr::LOCALHOST
-            } else if v4.is_unspecified() {
-                Ipv6Addr::UNSPECIFIED
-            } else {
-                v4.to_ipv6_mapped()
-            };
-            addrs.push(SocketAddr::new(IpAddr::V6(v6), config.sport));
+            if v4.is_unspecified() {
+                addrs = vec![SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), config.sport)];
+            } else if v4.is_loopback() {
+                addrs.push(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), config.sport));
+            }
         }
     }
-    let mut listeners = Vec::new();
-    for addr in &addrs {
-        let l = std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind {
-            addr: *addr,
-            source,
-        })?;
-        l.set_nonblocking(true)?;
-        listeners.push(l);
-    }
-
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut listeners = Vec::new();
+    for addr in &addrs {
+        let l = rt
+            .block_on(async { listen(*addr) })
+            .map_err(|source| ServerError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        listeners.push(l);
+    }
     let shared = Rc::new(Shared {
         config,
         tree,
@@ -158,14 +158,13 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
 
 async fn serve(
     shared: Rc<Shared>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<tokio::net::TcpListener>,
     addrs: Vec<SocketAddr>,
 ) -> Result<(), ServerError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
     for l in listeners {
-        let l = tokio::net::TcpListener::from_std(l)?;
         let tx = conn_tx.clone();
         tokio::task::spawn_local(async move {
             loop {
@@ -202,4 +201,36 @@ async fn serve(
     // Let the session that sent SHUTDOWN write its GOODBYE.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// A listening socket with a deep accept queue, so that a burst of connections waits in the
+/// kernel instead of timing out on SYN-ACK retransmits (std's default backlog is 128).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
+/// The queue files left from the last run whose content matches their name; others are
+/// deleted.
+fn verified_leftovers(queue: &Queue) -> Result<Vec<String>, StoreError> {
+    let mut good = Vec::new();
+    for name in queue.list()? {
+        match queue.read(&name)? {
+            Some(c) if crate::store::queue::name_of(&c) == name => good.push(name),
+            Some(_) => {
+                tracing::warn!(
+                    "queue file {name} was torn by a crash (never acknowledged); deleted"
+                );
+                queue.delete(&name)?;
+            }
+            None => {}
+        }
+    }
+    Ok(good)
 }

@@ -13,7 +13,7 @@ use crate::server::auth::LoginResult;
 use crate::server::command::{self, Command};
 use crate::server::conn::{Conn, Rewind};
 use crate::server::worker::Job;
-use crate::server::Shared;
+use crate::server::{since, Shared};
 use crate::wire::{GREETING_BUSY, GREETING_READY, MAX_LINE};
 
 /// Largest `Data: n` payload buffered. The original buffers any size; a block this large can
@@ -455,11 +455,11 @@ impl Session {
             }
         };
         let block = match (block, since) {
-            (Some(b), Some(d)) => since_filter(&b, d),
+            (Some(b), Some(d)) => since::since_filter(&b, d),
             (b, None) => b,
             (None, Some(_)) => None,
         };
-        let block = block.filter(|b| self.user.is_some() || !hidden_from_anonymous(b));
+        let block = block.filter(|b| self.user.is_some() || !since::hidden_from_anonymous(b));
         let Some(block) = block else {
             self.line(b"NOT FOUND");
             return;
@@ -542,62 +542,6 @@ pub fn send_block(out: &mut Vec<u8>, block: &[u8]) -> usize {
     }
     out.extend_from_slice(b"EndBlock\r\n");
     out.len() - before
-}
-
-// Interim copies of the since-filter and anonymous hiding; src/server/since.rs replaces
-// them once it lands.
-fn since_filter(block: &[u8], since: &str) -> Option<Vec<u8>> {
-    let text = String::from_utf8_lossy(block);
-    let lines: Vec<&str> = text.split('\n').map(|l| l.trim_end_matches('\r')).collect();
-    if lines.iter().any(|l| {
-        let u = l.to_ascii_uppercase();
-        u.starts_with("TYPE: ") && u != "TYPE: MESSAGE-ANNOUNCEMENT"
-    }) {
-        return Some(block.to_vec());
-    }
-    let mut records: Vec<Vec<&str>> = vec![Vec::new()];
-    for l in &lines {
-        if l.eq_ignore_ascii_case("NEXTMESSAGE") {
-            records.push(Vec::new());
-        } else if !l.is_empty() {
-            records.last_mut().expect("one record").push(l);
-        }
-    }
-    let kept: Vec<String> = records
-        .into_iter()
-        .filter(|r| !r.is_empty())
-        .filter(|r| {
-            let date = r
-                .iter()
-                .rev()
-                .find_map(|l| l.strip_prefix("Date: ").filter(|d| command::is_dt(d)));
-            date.is_none_or(|d| d >= since)
-        })
-        .map(|r| r.iter().map(|l| format!("{l}\n")).collect())
-        .collect();
-    if kept.is_empty() {
-        return None;
-    }
-    Some(kept.join("NextMessage\n").into_bytes())
-}
-
-fn hidden_from_anonymous(block: &[u8]) -> bool {
-    for line in block.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.len() > 6
-            && line[..6].eq_ignore_ascii_case(b"type: ")
-            && line[6..]
-                .iter()
-                .all(|&b| b.is_ascii_alphabetic() || b == b'-')
-        {
-            let t = line[6..].to_ascii_lowercase();
-            return matches!(
-                t.as_slice(),
-                b"message-announcement" | b"data" | b"acknowledgment" | b"acknowledgement"
-            );
-        }
-    }
-    false
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ use crate::wire::WireError;
 
 /// A healthy minute resets the restart backoff.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+/// Health-check period of an instance that has not been ready yet.
+const STARTING_CHECK: Duration = Duration::from_millis(100);
 /// How often draining polls connection counts and the input queue.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
@@ -37,9 +39,14 @@ pub struct InstanceInfo {
 
 #[derive(Debug)]
 pub enum Event {
-    Info { id: u32, info: InstanceInfo },
+    Info {
+        id: u32,
+        info: InstanceInfo,
+    },
     /// The task ended (removed or shut down); its home stays on disk.
-    Gone { id: u32 },
+    Gone {
+        id: u32,
+    },
 }
 
 /// Requests from the supervisor. The supervisor takes the instance out of the proxy's
@@ -147,7 +154,12 @@ impl Runner {
 
     fn set(&self, st: &mut State, state: InstanceState) {
         if st.info.state != state {
-            debug!(instance = self.id, from = st.info.state.as_str(), to = state.as_str(), "state");
+            debug!(
+                instance = self.id,
+                from = st.info.state.as_str(),
+                to = state.as_str(),
+                "state"
+            );
         }
         st.info.state = state;
         let _ = self.events.send(Event::Info {
@@ -162,11 +174,7 @@ impl Runner {
         let ip = plan.instance(self.id);
         st.info.addr = instance_addr(&ip);
         self.set(st, InstanceState::Provisioning);
-        let spawned = match self.start(&plan, &ip).await {
-            Ok(child) => Ok(child),
-            Err(e) => Err(e),
-        };
-        let mut child = match spawned {
+        let mut child = match self.start(&plan, &ip).await {
             Ok(c) => c,
             Err(e) => {
                 error!(instance = self.id, "cannot start: {e}");
@@ -176,7 +184,6 @@ impl Runner {
         st.info.pid = Some(child.pid());
         st.info.started = Some(Instant::now());
         self.set(st, InstanceState::Starting);
-        info!(instance = self.id, pid = child.pid(), port = ip.port, "started");
 
         if let Some(now) = st.removing {
             return self.remove(st, &plan, &ip, &mut child, now).await;
@@ -201,11 +208,7 @@ impl Runner {
 
     async fn start(&self, plan: &Plan, ip: &InstancePlan) -> Result<Child, String> {
         provision::provision_home(plan, &self.prepared, self.id).map_err(|e| e.to_string())?;
-        match process::kill_stale(&ip.home, ip.port) {
-            Ok(Some(pid)) => warn!(instance = self.id, pid, "stopped a stale server from an earlier run"),
-            Ok(None) => {}
-            Err(e) => warn!(instance = self.id, "checking for a stale server: {e}"),
-        }
+        // spawn() first stops any stale server of an earlier run that holds the port.
         process::spawn(&Spawn {
             id: self.id,
             argv: ip.argv.clone(),
@@ -227,13 +230,20 @@ impl Runner {
         let mut next_check = tokio::time::Instant::now();
         loop {
             let plan = self.plan.borrow().clone();
-            let h = plan.health.clone();
+            let h = plan.health;
             tokio::select! {
                 exit = child.wait() => return Outcome::Exited(exit),
                 ctl = self.ctl.recv() => return Outcome::Ctl(ctl),
                 _ = tokio::time::sleep_until(next_check) => {}
             }
-            next_check = tokio::time::Instant::now() + h.interval;
+            // Until the first pass, check often: a new server is usually ready within
+            // milliseconds, and every moment out of rotation is capacity lost.
+            let every = if ever_ready {
+                h.interval
+            } else {
+                h.interval.min(STARTING_CHECK)
+            };
+            next_check = tokio::time::Instant::now() + every;
             // The check runs beside exit and control watching, so neither waits for it.
             let check = health::check(st.info.addr, h.timeout);
             tokio::pin!(check);
@@ -270,7 +280,10 @@ impl Runner {
                         && fails >= h.unhealthy_after
                         && st.info.state == InstanceState::Ready
                     {
-                        warn!(instance = self.id, "unhealthy after {fails} failed checks: {e}");
+                        warn!(
+                            instance = self.id,
+                            "unhealthy after {fails} failed checks: {e}"
+                        );
                         self.set(st, InstanceState::Unhealthy);
                     }
                     if !ever_ready && started.elapsed() > h.start_grace {
@@ -347,7 +360,10 @@ impl Runner {
                 break;
             }
             if last_log.elapsed() > Duration::from_secs(10) {
-                info!(instance = self.id, queued, "waiting for the input queue to empty before removal");
+                info!(
+                    instance = self.id,
+                    queued, "waiting for the input queue to empty before removal"
+                );
                 last_log = Instant::now();
             }
             tokio::select! {
@@ -378,7 +394,10 @@ impl Runner {
         }
         let left = self.pool.active_for(self.id);
         if left > 0 {
-            info!(instance = self.id, left, "drain timeout; cutting the remaining sessions");
+            info!(
+                instance = self.id,
+                left, "drain timeout; cutting the remaining sessions"
+            );
         }
     }
 
@@ -404,22 +423,26 @@ impl Runner {
             if let Some(tx) = st.pending_ready.take() {
                 let _ = tx.send(Err(format!("instance {} failed (crash loop)", self.id)));
             }
-            return loop {
-                match self.ctl.recv().await {
-                    Some(Ctl::Restart { ready, .. }) => {
-                        st.pending_ready = Some(ready);
-                        st.crashes.clear();
-                        st.backoff = plan.restart.backoff_min;
-                        break Next::Respawn;
-                    }
-                    Some(Ctl::Remove { .. }) | Some(Ctl::Shutdown) | None => break Next::End,
+            return match self.ctl.recv().await {
+                Some(Ctl::Restart { ready, .. }) => {
+                    st.pending_ready = Some(ready);
+                    st.crashes.clear();
+                    st.backoff = plan.restart.backoff_min;
+                    Next::Respawn
                 }
+                // Nothing runs, so nothing to drain; queued blocks stay in the home and are
+                // processed if the instance is added again.
+                Some(Ctl::Remove { .. }) | Some(Ctl::Shutdown) | None => Next::End,
             };
         }
         self.set(st, InstanceState::Backoff);
         let delay = st.backoff;
         st.backoff = (st.backoff * 2).min(plan.restart.backoff_max);
-        debug!(instance = self.id, ?delay, "backoff");
+        info!(
+            instance = self.id,
+            "restarting after backoff {}",
+            crate::topology::format_duration(delay)
+        );
         tokio::select! {
             _ = tokio::time::sleep(delay) => Next::Respawn,
             ctl = self.ctl.recv() => match ctl {

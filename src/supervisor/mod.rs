@@ -1,8 +1,10 @@
 //! The supervisor: reconcile loop, instance lifecycle, home provisioning, processes.
 
 pub mod health;
+pub mod instance;
 pub mod logs;
+pub mod metrics;
 pub mod process;
+pub mod provision;
+pub mod run;
 pub mod watcher;
-// Declared once the topology module has landed:
-// pub mod instance; pub mod metrics; pub mod run;

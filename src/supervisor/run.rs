@@ -22,8 +22,8 @@ use crate::admin::server as admin_server;
 use crate::proxy::{self, Pool, ProxyLimits};
 use crate::topology::{Overrides, Plan};
 
-/// How often `/status` is refreshed (CPU needs a sampling interval anyway).
-const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// How often `/status` is refreshed; CPU percentages are averaged over this interval.
+const STATUS_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -116,7 +116,11 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
 
     let pool = Pool::new(limits(&plan));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let proxy_task = tokio::spawn(proxy::serve(proxy_listener, pool.clone(), shutdown_rx.clone()));
+    let proxy_task = tokio::spawn(proxy::serve(
+        proxy_listener,
+        pool.clone(),
+        shutdown_rx.clone(),
+    ));
     let (status_tx, status_rx) = watch::channel(Status {
         site: plan.site.clone(),
         listen: plan.listen.to_string(),
@@ -147,7 +151,10 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
         Some(path) => match watcher::watch(path) {
             Ok((w, rx)) => (Some(w), Some(rx)),
             Err(e) => {
-                warn!("not watching {}: {e}; SIGHUP still reloads it", path.display());
+                warn!(
+                    "not watching {}: {e}; SIGHUP still reloads it",
+                    path.display()
+                );
                 (None, None)
             }
         },
@@ -313,7 +320,14 @@ impl Supervisor {
         match self.slots.get_mut(&id) {
             Some(slot) if !slot.removing => {
                 slot.draining = true;
-                if slot.ctl.try_send(Ctl::Restart { drain, ready: reply }).is_err() {
+                if slot
+                    .ctl
+                    .try_send(Ctl::Restart {
+                        drain,
+                        ready: reply,
+                    })
+                    .is_err()
+                {
                     warn!(instance = id, "restart request not delivered");
                 }
             }
@@ -398,7 +412,9 @@ impl Supervisor {
             Request::Remove { id, now } => match self.slots.get(&id) {
                 Some(s) if !s.removing => {
                     self.remove(id, now);
-                    Ok(format!("instance {id} draining; it stops once its input queue is empty"))
+                    Ok(format!(
+                        "instance {id} draining; it stops once its input queue is empty"
+                    ))
                 }
                 Some(_) => Ok(format!("instance {id} is already being removed")),
                 None => Err(ControlError::NoSuchInstance(id)),

@@ -52,7 +52,7 @@ pub fn from_yaml(file: &str, err: &serde_yaml::Error) -> TopologyError {
         Some(loc) => {
             // serde_yaml appends " at line L column C"; the position goes in front instead.
             let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-            let message = text.strip_suffix(&suffix).unwrap_or(&text).to_string();
+            let message = plain_types(text.strip_suffix(&suffix).unwrap_or(&text));
             TopologyError::At {
                 file: file.to_string(),
                 line: loc.line(),
@@ -65,6 +65,15 @@ pub fn from_yaml(file: &str, err: &serde_yaml::Error) -> TopologyError {
             message: text,
         },
     }
+}
+
+/// serde names Rust types in its messages; operators read the topology's words instead.
+fn plain_types(message: &str) -> String {
+    message
+        .replace("expected u16", "expected a port number from 1 to 65535")
+        .replace("expected u32", "expected a whole number")
+        .replace("expected usize", "expected a whole number")
+        .replace("expected a string", "expected a text value")
 }
 
 /// Line and column (1-based) of the node at `path` in `text`: the key itself when the path

@@ -52,6 +52,17 @@ impl InstancePlan {
 }
 
 impl Plan {
+    /// `listen_address` of every instance: loopback (only the proxy connects) unless a peer
+    /// site must reach the instances at `host`; a host given by name binds every interface,
+    /// since `listen_address` must be an IP address (the original always binds them all).
+    pub fn listen_address(&self) -> String {
+        match &self.host {
+            None => "127.0.0.1".to_string(),
+            Some(h) if h.parse::<std::net::IpAddr>().is_ok() => h.clone(),
+            Some(_) => "0.0.0.0".to_string(),
+        }
+    }
+
     /// Instance `id` (1-based); ids above `instances` work too, for live scale-up up to
     /// [`Plan::max_instances`].
     pub fn instance(&self, id: u32) -> InstancePlan {
@@ -65,10 +76,7 @@ impl Plan {
                 "alt_localstore".to_string(),
                 self.store.display().to_string(),
             ),
-            (
-                "listen_address".to_string(),
-                self.host.clone().unwrap_or_else(|| "127.0.0.1".to_string()),
-            ),
+            ("listen_address".to_string(), self.listen_address()),
         ];
         if let Some(r) = &self.replication {
             config.push(("replpeer".into(), r.peer_addr(id)));

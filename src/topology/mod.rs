@@ -31,6 +31,7 @@ pub use error::TopologyError;
 pub use instance::InstancePlan;
 pub use model::{format_duration, parse_duration};
 pub use report::{PlanReport, ShardLink};
+use resolve::Disk;
 
 /// The resolved topology: everything the supervisor needs, with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -196,12 +197,31 @@ impl Plan {
         site: Option<&str>,
         overrides: &Overrides,
     ) -> Result<Plan, TopologyError> {
+        Self::load_with(file, site, overrides, Disk::Check)
+    }
+
+    /// Like [`Plan::load`], without checking that data and store can be created: for
+    /// control commands (`status`, `scale`, ...), which need only the admin address and
+    /// may run as a user who cannot write the data directory.
+    pub fn load_for_control(
+        file: Option<&Path>,
+        site: Option<&str>,
+    ) -> Result<Plan, TopologyError> {
+        Self::load_with(file, site, &Overrides::default(), Disk::Skip)
+    }
+
+    fn load_with(
+        file: Option<&Path>,
+        site: Option<&str>,
+        overrides: &Overrides,
+        disk: Disk,
+    ) -> Result<Plan, TopologyError> {
         let cwd = std::env::current_dir().map_err(|source| TopologyError::Read {
             file: ".".into(),
             source,
         })?;
         match file {
-            None => resolve::resolve("", DEFAULT_NAME, None, &cwd, site, overrides),
+            None => resolve::resolve("", DEFAULT_NAME, None, &cwd, site, overrides, disk),
             Some(path) => {
                 let name = path.display().to_string();
                 let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
@@ -209,7 +229,7 @@ impl Plan {
                     source,
                 })?;
                 let abs = resolve::absolute(&cwd, path);
-                resolve::resolve(&text, &name, Some(&abs), &cwd, site, overrides)
+                resolve::resolve(&text, &name, Some(&abs), &cwd, site, overrides, disk)
             }
         }
     }
@@ -226,7 +246,7 @@ impl Plan {
             file: ".".into(),
             source,
         })?;
-        resolve::resolve(text, file_name, None, &cwd, site, overrides)
+        resolve::resolve(text, file_name, None, &cwd, site, overrides, Disk::Check)
     }
 
     /// The home of instance `id`: `<data>/homes/<id>`.

@@ -85,18 +85,26 @@ impl Plan {
                 changes.push(format!("create {what} {}", p.display()));
             }
         }
-        for l in &shard_links {
-            match l.state {
-                "missing" => changes.push(format!(
-                    "link {} -> {}",
+        for shard in &self.shards {
+            let range = shard.range();
+            let mine: Vec<&ShardLink> = shard_links.iter().filter(|l| l.range == range).collect();
+            let missing = mine.iter().filter(|l| l.state == "missing").count();
+            if missing > 0 {
+                changes.push(format!(
+                    "link {missing} missing folders of shard {range}: {}/XX -> {}/XX",
+                    self.store.display(),
+                    shard.path.display()
+                ));
+            }
+            for l in mine
+                .iter()
+                .filter(|l| l.state != "missing" && l.state != "link")
+            {
+                changes.push(format!(
+                    "leave {} as it is ({}): `storeherd shards apply --move` moves it",
                     l.link.display(),
-                    l.target.display()
-                )),
-                "link" => {}
-                other => changes.push(format!(
-                    "leave {} as it is ({other}): `storeherd shards apply --move` moves it",
-                    l.link.display()
-                )),
+                    l.state
+                ));
             }
         }
         match (&self.server.tls.cert, &self.server.tls.key) {

@@ -36,6 +36,13 @@ pub const RESERVED_CONFIG_KEYS: [&str; 7] = [
 
 pub const PLACEHOLDERS: [&str; 4] = ["home", "id", "port", "eport"];
 
+/// Whether resolving looks at the disk (can data and store be created?).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disk {
+    Check,
+    Skip,
+}
+
 /// Where a setting came from, to point an error at it.
 #[derive(Debug, Clone)]
 enum Origin {
@@ -116,6 +123,7 @@ pub fn resolve(
     cwd: &Path,
     site: Option<&str>,
     overrides: &super::Overrides,
+    disk: Disk,
 ) -> Result<Plan, TopologyError> {
     let ctx = Ctx { text, name };
     let model = parse(text, name)?;
@@ -223,6 +231,11 @@ pub fn resolve(
     ) {
         Some(v) => v,
         None => (data.join("store"), data_o.clone()),
+    };
+    // Control commands (Disk::Skip) only need addresses; they may run as another user.
+    let creatable = |p: &Path| match disk {
+        Disk::Check => creatable(p),
+        Disk::Skip => Ok(()),
     };
     if let Err(why) = creatable(&data) {
         return Err(ctx.blame(
@@ -456,6 +469,34 @@ pub fn resolve(
                     ),
                 ));
             }
+            if peer_model.host == site_model.host {
+                let peer_listen = peer_model
+                    .listen
+                    .or(model.listen)
+                    .map_or(DEFAULT_LISTEN, |a| a.0);
+                let peer_admin = peer_model
+                    .admin
+                    .as_ref()
+                    .and_then(|a| a.listen)
+                    .or(top_admin.listen)
+                    .map_or(DEFAULT_ADMIN, |a| a.0);
+                let peer_data = peer_model
+                    .data
+                    .as_ref()
+                    .or(model.data.as_ref())
+                    .map(|d| rel(d))
+                    .unwrap_or_else(|| cwd.join(DEFAULT_DATA));
+                same_host_clash(
+                    &ctx,
+                    &peer_name,
+                    [
+                        (ports, listen.port(), admin_listen.port()),
+                        (peer_ports, peer_listen.port(), peer_admin.port()),
+                    ],
+                    instances,
+                    data == peer_data,
+                )?;
+            }
             Some(ReplicationPlan {
                 peer_site: peer_name.clone(),
                 peer_host: peer_model.host.clone().unwrap_or_default(),
@@ -517,9 +558,12 @@ fn select_site(
 ) -> Result<SiteChoice, TopologyError> {
     if model.sites.is_none() {
         if let Some(s) = site {
-            return Err(TopologyError::File {
-                file: ctx.name.to_string(),
-                message: format!("--site {s} given, but this topology names no sites: expected no --site, or a `sites` section"),
+            return Err(TopologyError::CommandLine {
+                flag: "--site".into(),
+                message: format!(
+                    "{s} given, but {} names no sites: expected no --site, or a `sites` section",
+                    ctx.name
+                ),
             });
         }
         if model.replication.is_some() {
@@ -588,6 +632,57 @@ fn select_site(
         Some(chosen.to_string()),
         me.clone(),
         Some((peer_name, peer)),
+    ))
+}
+
+/// Two sites on one host (a test or a staging box) must not share ports or data.
+fn same_host_clash(
+    ctx: &Ctx,
+    peer: &str,
+    sides: [(Ports, u16, u16); 2],
+    n: u32,
+    same_data: bool,
+) -> Result<(), TopologyError> {
+    let [(mine, ml, ma), (theirs, tl, ta)] = sides;
+    let overlap = |a: u16, b: u16| u32::from(a).abs_diff(u32::from(b)) < n;
+    let ports_overlap = [mine.server, mine.entangled].iter().any(|&a| {
+        [theirs.server, theirs.entangled]
+            .iter()
+            .any(|&b| overlap(a, b))
+    });
+    let mut problems = Vec::new();
+    if ports_overlap {
+        problems.push("their instance port ranges overlap".to_string());
+    }
+    for (a, b, what) in [(ml, tl, "public"), (ma, ta, "admin")] {
+        if a != 0 && a == b {
+            problems.push(format!("both use {a} as {what} port"));
+        }
+    }
+    for (port, other, what) in [
+        (ml, theirs, "public"),
+        (ma, theirs, "admin"),
+        (tl, mine, "public"),
+        (ta, mine, "admin"),
+    ] {
+        if in_range(port, other.server, n) || in_range(port, other.entangled, n) {
+            problems.push(format!(
+                "{what} port {port} is among the other site's instance ports"
+            ));
+        }
+    }
+    if same_data {
+        problems.push("they use the same data directory".into());
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ctx.at(
+        &segs(&["sites", peer]),
+        format!(
+            "both sites have the same host, but {}: expected per-site ports, listen, admin and data overrides that keep them apart",
+            problems.join(", ")
+        ),
     ))
 }
 

@@ -226,7 +226,7 @@ fn unknown_keys_name_the_position_and_the_accepted_keys() {
 fn type_and_value_errors() {
     let e = err("ports:\n  server: abc\n");
     assert!(
-        e.starts_with("t.yaml:2:11: ports.server: invalid type: string \"abc\", expected u16"),
+        e.starts_with("t.yaml:2:11: ports.server: invalid type: string \"abc\", expected a port number from 1 to 65535"),
         "{e}"
     );
     let e = err("health: { interval: 10 }\n");
@@ -300,6 +300,12 @@ fn store_path_must_be_creatable() {
     ));
     assert!(e.starts_with("t.yaml:2:1: store path"), "{e}");
     assert!(e.contains("exists and is not a directory"), "{e}");
+    // Control commands read the same file without the disk check.
+    let topo = dir.path().join("t.yaml");
+    std::fs::write(&topo, format!("store: {}/store\n", file.display())).unwrap();
+    assert!(Plan::load(Some(&topo), None, &Overrides::default()).is_err());
+    let p = Plan::load_for_control(Some(&topo), None).unwrap();
+    assert_eq!(p.admin.listen.to_string(), "127.0.0.1:8089");
 }
 
 #[test]
@@ -343,7 +349,7 @@ fn sites_rules() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("--site a given, but this topology names no sites"),
+        e.starts_with("command line: --site: a given, but t.yaml names no sites"),
         "{e}"
     );
     let v6 = two.replace("10.0.0.2", "\"::1\"");
@@ -398,6 +404,52 @@ fn relative_paths_follow_the_file() {
     .to_string();
     assert!(
         e.contains("nope.yaml: cannot read the topology file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn two_sites_on_one_host_must_not_clash() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let clash = format!(
+        "instances: 2\nsites:\n  a: {{ host: 127.0.0.1, data: {d}/a }}\n  b: {{ host: 127.0.0.1, data: {d}/b, ports: {{ server: 18102 }} }}\nreplication: {{ authkey_file: {d}/k }}\n"
+    );
+    let e = plan_site(&clash, Some("a")).unwrap_err().to_string();
+    assert!(e.starts_with("t.yaml:4:3: both sites have the same host, but their instance port ranges overlap, both use 8081 as public port, both use 8089 as admin port"), "{e}");
+    let apart = format!(
+        "instances: 2\nsites:\n  a: {{ host: 127.0.0.1, data: {d}/a }}\n  b: {{ host: 127.0.0.1, data: {d}/b, listen: 127.0.0.1:9081, admin: {{ listen: 127.0.0.1:9089 }}, ports: {{ server: 19101, entangled: 19201 }} }}\nreplication: {{ authkey_file: {d}/k }}\n"
+    );
+    let a = plan_site(&apart, Some("a")).unwrap();
+    let b = plan_site(&apart, Some("b")).unwrap();
+    assert_eq!(a.instance(2).replpeer(), Some("127.0.0.1:19102"));
+    assert_eq!(b.instance(2).replpeer(), Some("127.0.0.1:18102"));
+    assert_eq!(b.listen.port(), 9081);
+    assert_eq!(b.admin.listen.port(), 9089);
+}
+
+#[test]
+fn flag_errors_name_the_flag() {
+    let o = Overrides {
+        admin: Some("127.0.0.1:8081".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let e = Plan::from_str("instances: 1\n", "t.yaml", None, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("command line: --admin: port clash: admin listener 127.0.0.1:8081"),
+        "{e}"
+    );
+    let o = Overrides {
+        admin: Some("0.0.0.0:9999".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let e = Plan::from_str("instances: 1\n", "t.yaml", None, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("command line: --admin: admin listener 0.0.0.0:9999 is not on loopback"),
         "{e}"
     );
 }

@@ -169,13 +169,6 @@ impl TestServer {
         &self.home
     }
 
-    /// The local store root (`alt_localstore` or `<home>/localstore`).
-    pub fn store_root(&self, opts_store: Option<&Path>) -> PathBuf {
-        opts_store
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.home.join("localstore"))
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.home.join("server.log")).unwrap_or_default()
     }
@@ -277,6 +270,11 @@ impl Raw {
             r: BufReader::new(s.try_clone()?),
             w: s,
         })
+    }
+
+    /// The underlying socket (e.g. to write without the helpers' unwraps).
+    pub fn stream(&self) -> &TcpStream {
+        &self.w
     }
 
     pub fn set_read_timeout(&mut self, t: Duration) {

@@ -124,6 +124,23 @@ impl Up {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    /// The administrator key `up` generated (GET of data blocks needs a logged-in session).
+    pub fn admin_key(&self) -> String {
+        std::fs::read_to_string(self.data().join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A session through `addr` logged in as administrator.
+    pub async fn admin_session(&self, addr: SocketAddr) -> storeherd::wire::Client {
+        let mut c = storeherd::wire::Client::connect(addr, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(c.login("administrator", &self.admin_key()).await.unwrap());
+        c
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -220,6 +237,11 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for inspection: {}", self.dir.path().display());
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            let _ = dir.keep();
+        }
         if let Some(mut child) = self.child.take() {
             // SIGKILL: the instances die with the supervisor (PR_SET_PDEATHSIG).
             let _ = child.kill();
