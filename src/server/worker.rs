@@ -47,6 +47,8 @@ pub struct Worker {
     pub limits: Limits,
     /// `<home>/store-inflight.txt`.
     pub inflight: PathBuf,
+    /// The sender's timer, for SELFTEST.
+    pub liveness: std::sync::Arc<crate::server::sender::Liveness>,
 }
 
 /// What a queue file asks for (its prefix, PROTOCOL.md §6.2).
@@ -94,8 +96,7 @@ impl Worker {
             match job {
                 Job::Stop => return,
                 Job::SelfTest(reply) => {
-                    // No sender exists yet, so nothing can be stale (PROTOCOL.md §3.10).
-                    let _ = reply.send("PASS".into());
+                    let _ = reply.send(self.liveness.selftest_line());
                 }
                 Job::Block(first) => {
                     let mut names = vec![first];
