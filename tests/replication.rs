@@ -365,6 +365,12 @@ impl TwoSites {
     }
 }
 
+/// Waits until the site's admin API answers and both instances are ready.
+fn ready(up: &mut Up) {
+    up.wait_admin_up();
+    up.wait_ready(2);
+}
+
 fn blocks(tag: &str, n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| compose::data_block(format!("{tag} block {i}").as_bytes(), Utc::now()))
@@ -418,9 +424,9 @@ async fn wait_readable(
 async fn two_sites_replicate_both_ways() {
     let _g = serial();
     let ports = [SitePorts::free(), SitePorts::free()];
-    let s = TwoSites::start(["127.0.0.1", "127.0.0.1"], ports, [vec![], vec![]]);
-    s.a.wait_ready(2);
-    s.b.wait_ready(2);
+    let mut s = TwoSites::start(["127.0.0.1", "127.0.0.1"], ports, [vec![], vec![]]);
+    ready(&mut s.a);
+    ready(&mut s.b);
 
     let to_b = blocks("a-to-b", 4);
     store_all(s.a.listen, &to_b).await;
@@ -470,8 +476,8 @@ async fn backlog_reaches_a_site_that_was_stopped() {
     let _g = serial();
     let ports = [SitePorts::free(), SitePorts::free()];
     let mut s = TwoSites::start(["127.0.0.1", "127.0.0.1"], ports, [vec![], vec![]]);
-    s.a.wait_ready(2);
-    s.b.wait_ready(2);
+    ready(&mut s.a);
+    ready(&mut s.b);
     let admin_b = s.b.admin_key();
 
     assert!(
@@ -485,8 +491,7 @@ async fn backlog_reaches_a_site_that_was_stopped() {
 
     let restarted = Instant::now();
     s.b.respawn();
-    s.b.wait_admin_up();
-    s.b.wait_ready(2);
+    ready(&mut s.b);
     let ready_after = restarted.elapsed();
     let t = wait_readable(s.b.listen, &admin_b, &backlog, Duration::from_secs(60))
         .await
@@ -498,6 +503,15 @@ async fn backlog_reaches_a_site_that_was_stopped() {
                 s.b.log()
             )
         });
+    // Only the reachability probe can end site a's 60 s back-off this early.
+    let logs: String = (1..=2)
+        .map(|k| {
+            std::fs::read_to_string(s.a.data().join(format!("homes/{k}/server.log")))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(logs.contains("replication run failed"), "{logs}");
+    assert!(logs.contains("replication peer answers again"), "{logs}");
     println!(
         "backlog of 100 blocks: site b ready {ready_after:?} after restart, all 100 readable there {t:?} later ({:?} after restart)",
         restarted.elapsed()
@@ -715,13 +729,21 @@ fn backlog_crosses_a_network_cut() {
     net.exec(0, &["ip", "link", "set", &net.links[0], "up"])
         .unwrap();
     let out = net.helper(1, &env("wait", s.b.listen, "across-cut", 100, &key_b));
+    // libtest prints `test netns_helper ... ` before the helper's own output.
     let line = out
         .lines()
-        .find(|l| l.starts_with("HELPER "))
-        .unwrap_or_default()
-        .to_string();
+        .find_map(|l| l.split_once("HELPER ").map(|(_, r)| r.to_string()))
+        .unwrap_or_else(|| panic!("no result line from the helper: {out}"));
+    let logs: String = (1..=2)
+        .map(|k| {
+            std::fs::read_to_string(s.a.data().join(format!("homes/{k}/server.log")))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(logs.contains("replication run failed"), "{logs}");
+    assert!(logs.contains("replication peer answers again"), "{logs}");
     println!(
-        "network cut: 100 blocks queued on site a during the cut; {line}; {:?} after the link came back",
+        "network cut: 100 blocks queued on site a during the cut; on site b {line} of waiting; {:?} after the link came back",
         healed.elapsed()
     );
     let _ = s.a.terminate(Duration::from_secs(20));
