@@ -75,6 +75,8 @@ fn answer(req: &Request) -> Option<Answer> {
             "topology.yaml:3:1: unknown key `instancs`".into(),
         )),
         Request::RollingRestart => return None,
+        // Answered on their own channel by the accounts actor (tests/accounts.rs).
+        Request::Accounts { .. } => Err(ControlError::Invalid("no accounts here".into())),
     })
 }
 
