@@ -650,7 +650,7 @@ async fn body_limit_unknown_routes_and_wrong_methods() {
         "/nope",
         "/status/extra",
         "/instances/1/stop",
-        "/accounts",
+        "/accounts/extra",
     ] {
         assert_error(&request(addr, "GET", path, None).await, 404, "no route");
     }
