@@ -227,3 +227,57 @@ fn an_instance_down_during_add_gets_the_account_when_back() {
     assert!(login(addrs[1].1, USER_X, KEY));
     assert!(!login(addrs[1].1, USER_Y, KEY));
 }
+
+/// A line storeherd did not write (here an administrator's own session on one instance;
+/// between sites, a REPLOGIN from the peer) reaches the ledger and the other instances. An
+/// old value coming back (an echo) does not undo a newer change.
+#[test]
+fn foreign_auth_lines_reach_the_ledger_and_echoes_do_not_undo_changes() {
+    const KEY2: &str = "89ABCDEF0123456789ABCDEF0123456789ABCDEF";
+    let up = Up::start(2, "");
+    up.wait_ready(2);
+    let addrs = instance_addrs(&up);
+    let (a1, a2) = (addrs[0].1, addrs[1].1);
+    rt().block_on(async {
+        let mut c = up.admin_session(a1).await;
+        assert!(c
+            .simple(&format!("ADDLOGIN {USER_Y} {KEY2}"))
+            .await
+            .unwrap());
+        let _ = c.quit().await;
+    });
+    wait_for("the foreign line reaches instance 2", &up, T, || {
+        auth_txt(&up, 2).contains(&format!("{USER_Y} {KEY2} "))
+    });
+    assert!(login(a2, USER_Y, KEY2));
+    let (_, out, _) = accounts(&up, &["list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("{USER_Y} {KEY2} "))),
+        "{out}"
+    );
+
+    // add, rm, then the old binding shows up again on instance 1: the ledger keeps `disabled`
+    // and instance 1 is set back.
+    assert_eq!(accounts(&up, &["add", USER_X, KEY]).0, 0);
+    assert_eq!(accounts(&up, &["rm", KEY]).0, 0);
+    rt().block_on(async {
+        let mut c = up.admin_session(a1).await;
+        assert!(c.simple(&format!("ADDLOGIN {USER_X} {KEY}")).await.unwrap());
+        let _ = c.quit().await;
+    });
+    wait_for("instance 1 is set back to disabled", &up, T, || {
+        auth_txt(&up, 1)
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with(&format!("disabled {KEY} ")))
+    });
+    assert!(!login(a1, USER_X, KEY));
+    assert!(!login(a2, USER_X, KEY));
+    let (_, out, _) = accounts(&up, &["list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("disabled {KEY} "))),
+        "{out}"
+    );
+}

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
-use super::deliver::{self, Batch, Delivered, Op};
+use super::deliver::{self, Batch, Delivered, Keys, Op};
 use super::ledger::{is_privileged, is_special, is_user, valid_token, Ledger, DISABLED, UNDEFINED};
 use super::tail::{Polled, Tail};
 use super::{AccountsError, Command, Delivery, Msg, Reply, Report, MAX_GEN};
@@ -67,6 +67,9 @@ enum Action {
     Adopt(String),
     Push,
 }
+
+/// Which instances a change goes to, and whether each may pass it on to its peer.
+type Targets<'a> = &'a dyn Fn(u32) -> Option<bool>;
 
 /// What one instance answered, or will.
 enum Wait {
@@ -197,7 +200,7 @@ impl Actor {
             ))));
             return;
         }
-        let waits = self.fan_out(&ops, None, true);
+        let waits = self.fan_out(&ops, &|_| Some(true), true);
         let report = Report {
             message,
             keys,
@@ -256,14 +259,14 @@ impl Actor {
         ))
     }
 
-    /// Sends `ops` to every instance but `except`: at once to the ready ones, and into the
-    /// pending set of the others.
-    fn fan_out(&mut self, ops: &[Op], except: Option<u32>, report: bool) -> Vec<Wait> {
+    /// Sends `ops` to the instances `targets` names: at once to the ready ones, and into the
+    /// pending set of the others (sent later as local changes).
+    fn fan_out(&mut self, ops: &[Op], targets: Targets, report: bool) -> Vec<Wait> {
         let mut waits = Vec::new();
         for (&id, inst) in self.insts.iter_mut() {
-            if Some(id) == except {
+            let Some(replicate) = targets(id) else {
                 continue;
-            }
+            };
             let not_ready = |inst: &mut Inst, why: String| {
                 inst.pending.extend(ops.iter().map(|(_, k)| k.clone()));
                 Wait::Now(Delivery {
@@ -287,6 +290,7 @@ impl Actor {
             let batch = Batch {
                 addr: inst.addr,
                 ops: ops.to_vec(),
+                replicate,
                 done,
             };
             if inst.worker.send(batch).is_err() {
@@ -309,10 +313,13 @@ impl Actor {
 
     fn on_instance(&mut self, id: u32, addr: SocketAddr, home: PathBuf, state: InstanceState) {
         let results = self.results.clone();
-        let admin_key = self.admin_key.clone();
+        let keys = Keys {
+            admin: self.admin_key.clone(),
+            replication: self.replication_key.clone(),
+        };
         let inst = self.insts.entry(id).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(deliver::worker(id, admin_key, rx, results));
+            tokio::spawn(deliver::worker(id, keys, rx, results));
             Inst {
                 addr,
                 home: home.clone(),
@@ -453,6 +460,9 @@ impl Actor {
             }
             // A bound key is never made free again by a stray line.
             (Some(h), Some(l)) if is_user(l) && h.eq_ignore_ascii_case(UNDEFINED) => Action::Push,
+            // An old value coming back is an echo (the peer site passing on a change it
+            // had from us), not news: the instance gets the ledger's value again.
+            (Some(h), Some(_)) if self.ledger.superseded(key, h) => Action::Push,
             (Some(h), Some(_)) => match mode {
                 Mode::Steady => Action::Adopt(h.to_string()),
                 Mode::Reconcile => Action::Push,
@@ -469,15 +479,13 @@ impl Actor {
     }
 
     /// Takes a change first seen in instance `id`'s auth.txt into the ledger and sends it to
-    /// the other instances (to `id` as well with a peer site: ADDLOGIN queues the REPLOGIN
-    /// that carries it to the peer instance paired with `id`, which a claim does not).
+    /// the other instances as a local change. A claim also goes back to `id` itself, by
+    /// ADDLOGIN, when there is a peer site: the server does not replicate the bind, and this
+    /// queues the REPLOGIN that carries it to the paired instance.
     fn adopt(&mut self, id: u32, user: String, key: &str) {
         let was = self.ledger.user(key).unwrap_or("nothing").to_string();
-        let what = if was.eq_ignore_ascii_case(UNDEFINED) && !is_special(&user) {
-            "claimed"
-        } else {
-            "changed"
-        };
+        let claim = was.eq_ignore_ascii_case(UNDEFINED) && !is_special(&user);
+        let what = if claim { "claimed" } else { "changed" };
         info!(
             instance = id,
             key = %short(key),
@@ -490,11 +498,12 @@ impl Actor {
             warn!(instance = id, "not recorded: {e}");
             return;
         }
-        let except = match self.replication_key {
-            Some(_) => None,
-            None => Some(id),
+        let to_origin = claim && self.replication_key.is_some();
+        let targets = move |i: u32| match i == id {
+            true => to_origin.then_some(true),
+            false => Some(false),
         };
-        self.fan_out(&[op], except, false);
+        self.fan_out(&[op], &targets, false);
     }
 
     /// Sends the ledger's value of every pending key to a ready instance.
@@ -516,6 +525,7 @@ impl Actor {
         let batch = Batch {
             addr: inst.addr,
             ops: ops.clone(),
+            replicate: false,
             done: None,
         };
         if inst.worker.send(batch).is_err() {

@@ -1,6 +1,11 @@
 //! Sends account changes to one instance: one worker per instance, so the changes reach it
 //! in the order the ledger took them. Each batch is one session on the instance's own port:
 //! `LOGIN administrator <key>`, then ADDLOGIN / RMLOGIN lines, each answered `DONE`.
+//!
+//! With a peer site, ADDLOGIN and RMLOGIN also queue a REPLOGIN to the paired instance. A
+//! change that must stay local (it came from the peer, or only repairs an instance that
+//! missed it) goes as `LOGIN replication <key>` + REPLOGIN, which queues nothing: otherwise
+//! the two sites would echo changes back and forth.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,8 +26,8 @@ const CHUNK: usize = 100;
 pub enum DeliverError {
     #[error(transparent)]
     Wire(#[from] WireError),
-    #[error("`LOGIN administrator` failed: its auth.txt lacks the administrator key")]
-    AdminLogin,
+    #[error("`LOGIN {0}` failed: its auth.txt lacks that key")]
+    Login(&'static str),
     #[error("`{command}` answered {reply:?}")]
     Refused { command: String, reply: String },
 }
@@ -30,9 +35,11 @@ pub enum DeliverError {
 /// A change for one instance: the key's new value, `undefined` and `disabled` included.
 pub type Op = (String, String);
 
-/// The protocol line that gives `key` the value `user`.
-pub fn command_line(user: &str, key: &str) -> String {
-    if user.eq_ignore_ascii_case(DISABLED) {
+/// The protocol line that gives `key` the value `user` (REPLOGIN when `local`).
+pub fn command_line(user: &str, key: &str, local: bool) -> String {
+    if local {
+        format!("REPLOGIN {user} {key}")
+    } else if user.eq_ignore_ascii_case(DISABLED) {
         format!("RMLOGIN {key}")
     } else if user.eq_ignore_ascii_case(UNDEFINED) {
         format!("ADDLOGIN {key}")
@@ -42,9 +49,18 @@ pub fn command_line(user: &str, key: &str) -> String {
     }
 }
 
+/// The keys a worker logs in with.
+#[derive(Clone)]
+pub struct Keys {
+    pub admin: String,
+    pub replication: Option<String>,
+}
+
 pub struct Batch {
     pub addr: SocketAddr,
     pub ops: Vec<Op>,
+    /// Let the instance pass the changes on to its peer (ADDLOGIN/RMLOGIN), or not.
+    pub replicate: bool,
     /// Where the outcome goes when a command is waiting for it.
     pub done: Option<oneshot::Sender<Result<(), String>>>,
 }
@@ -59,12 +75,16 @@ pub struct Delivered {
 /// Runs batches for instance `id` until its queue closes.
 pub async fn worker(
     id: u32,
-    admin_key: String,
+    keys: Keys,
     mut batches: mpsc::UnboundedReceiver<Batch>,
     results: mpsc::UnboundedSender<Delivered>,
 ) {
     while let Some(batch) = batches.recv().await {
-        let result = session(batch.addr, &admin_key, &batch.ops)
+        let login = match (&keys.replication, batch.replicate) {
+            (Some(k), false) => ("replication", k.as_str()),
+            _ => ("administrator", keys.admin.as_str()),
+        };
+        let result = session(batch.addr, login, &batch.ops)
             .await
             .map_err(|e| e.to_string());
         debug!(
@@ -83,13 +103,21 @@ pub async fn worker(
     }
 }
 
-async fn session(addr: SocketAddr, admin_key: &str, ops: &[Op]) -> Result<(), DeliverError> {
+async fn session(
+    addr: SocketAddr,
+    (user, key): (&'static str, &str),
+    ops: &[Op],
+) -> Result<(), DeliverError> {
     let mut c = Client::connect(addr, TIMEOUT).await?;
-    if !c.login("administrator", admin_key).await? {
-        return Err(DeliverError::AdminLogin);
+    if !c.login(user, key).await? {
+        return Err(DeliverError::Login(user));
     }
+    let local = user == "replication";
     for chunk in ops.chunks(CHUNK) {
-        let lines: Vec<String> = chunk.iter().map(|(u, k)| command_line(u, k)).collect();
+        let lines: Vec<String> = chunk
+            .iter()
+            .map(|(u, k)| command_line(u, k, local))
+            .collect();
         for line in &lines {
             c.queue_line(line);
         }
@@ -114,8 +142,10 @@ mod tests {
 
     #[test]
     fn lines() {
-        assert_eq!(command_line("U", "K"), "ADDLOGIN U K");
-        assert_eq!(command_line("undefined", "K"), "ADDLOGIN K");
-        assert_eq!(command_line("disabled", "K"), "RMLOGIN K");
+        assert_eq!(command_line("U", "K", false), "ADDLOGIN U K");
+        assert_eq!(command_line("undefined", "K", false), "ADDLOGIN K");
+        assert_eq!(command_line("disabled", "K", false), "RMLOGIN K");
+        assert_eq!(command_line("disabled", "K", true), "REPLOGIN disabled K");
+        assert_eq!(command_line("U", "K", true), "REPLOGIN U K");
     }
 }

@@ -1,7 +1,7 @@
 //! The accounts ledger `<data>/accounts.txt`: an append-only log in auth.txt format
 //! (PROTOCOL.md §5) where a later line overrides an earlier one for the same key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -94,6 +94,8 @@ impl Mapping {
 pub struct Ledger {
     path: PathBuf,
     mapping: Mapping,
+    /// Every value each key ever had here.
+    history: HashMap<String, HashSet<String>>,
 }
 
 impl Ledger {
@@ -103,9 +105,14 @@ impl Ledger {
             path: path.to_path_buf(),
             source,
         })?;
+        let mut history: HashMap<String, HashSet<String>> = HashMap::new();
+        for e in text.lines().filter_map(parse_line) {
+            history.entry(e.key).or_default().insert(e.user);
+        }
         Ok(Ledger {
             path: path.to_path_buf(),
             mapping: Mapping::parse(&text),
+            history,
         })
     }
 
@@ -115,6 +122,12 @@ impl Ledger {
 
     pub fn user(&self, key: &str) -> Option<&str> {
         self.mapping.user(key)
+    }
+
+    /// True when `user` was the value of `key` once but is no longer: a line asserting it
+    /// again is an echo of a superseded change.
+    pub fn superseded(&self, key: &str, user: &str) -> bool {
+        self.user(key) != Some(user) && self.history.get(key).is_some_and(|h| h.contains(user))
     }
 
     /// Appends `user key date` lines and syncs them to disk before returning: the ledger is
@@ -147,6 +160,10 @@ impl Ledger {
             .and_then(|_| f.sync_all())
             .map_err(err)?;
         for (user, key) in entries {
+            self.history
+                .entry(key.clone())
+                .or_default()
+                .insert(user.clone());
             self.mapping.set(Entry {
                 user: user.clone(),
                 key: key.clone(),
@@ -204,6 +221,9 @@ mod tests {
         let again = Ledger::load(&path).unwrap();
         assert_eq!(again.user("K1"), Some("disabled"));
         assert_eq!(again.user("K2"), Some("U2"));
+        assert!(again.superseded("K1", "U1"));
+        assert!(!again.superseded("K1", "disabled"));
+        assert!(!again.superseded("K2", "U1"));
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# header\nU1 K1 d\nU2 K2 "), "{text}");
     }
