@@ -445,28 +445,9 @@ impl Actor {
         }
         let home = tail.mapping.user(key);
         let ledger = self.ledger.user(key);
-        if home == ledger {
+        let superseded = home.is_some_and(|h| self.ledger.superseded(key, h));
+        let Some(action) = decide(home, ledger, superseded, mode) else {
             return;
-        }
-        let action = match (home, ledger) {
-            (None, None) => return,
-            (None, Some(_)) => Action::Push,
-            // Roles are the topology's business, never the ledger's.
-            (Some(h), _) if is_privileged(h) => return,
-            (Some(h), None) => Action::Adopt(h.to_string()),
-            // A claim: the first LOGIN on a free key bound it.
-            (Some(h), Some(l)) if l.eq_ignore_ascii_case(UNDEFINED) && is_user(h) => {
-                Action::Adopt(h.to_string())
-            }
-            // A bound key is never made free again by a stray line.
-            (Some(h), Some(l)) if is_user(l) && h.eq_ignore_ascii_case(UNDEFINED) => Action::Push,
-            // An old value coming back is an echo (the peer site passing on a change it
-            // had from us), not news: the instance gets the ledger's value again.
-            (Some(h), Some(_)) if self.ledger.superseded(key, h) => Action::Push,
-            (Some(h), Some(_)) => match mode {
-                Mode::Steady => Action::Adopt(h.to_string()),
-                Mode::Reconcile => Action::Push,
-            },
         };
         match action {
             Action::Push => {
@@ -570,6 +551,39 @@ impl Actor {
     }
 }
 
+/// What to do when an instance's value of a key (`home`) is not the ledger's: take it into
+/// the ledger (and to the other instances), or send the ledger's value to the instance.
+fn decide(
+    home: Option<&str>,
+    ledger: Option<&str>,
+    superseded: bool,
+    mode: Mode,
+) -> Option<Action> {
+    if home == ledger {
+        return None;
+    }
+    Some(match (home, ledger) {
+        (None, None) => return None,
+        (None, Some(_)) => Action::Push,
+        // Roles are the topology's business, never the ledger's.
+        (Some(h), _) if is_privileged(h) => return None,
+        (Some(h), None) => Action::Adopt(h.to_string()),
+        // A claim: the first LOGIN on a free key bound it.
+        (Some(h), Some(l)) if l.eq_ignore_ascii_case(UNDEFINED) && is_user(h) => {
+            Action::Adopt(h.to_string())
+        }
+        // A bound key is never made free again by a stray line.
+        (Some(h), Some(l)) if is_user(l) && h.eq_ignore_ascii_case(UNDEFINED) => Action::Push,
+        // An old value coming back is an echo (the peer site passing on a change it had
+        // from us), not news: the instance gets the ledger's value again.
+        (Some(_), Some(_)) if superseded => Action::Push,
+        (Some(h), Some(_)) => match mode {
+            Mode::Steady => Action::Adopt(h.to_string()),
+            Mode::Reconcile => Action::Push,
+        },
+    })
+}
+
 /// Waits (bounded) for the instances' answers and sends the report.
 async fn collect(waits: Vec<Wait>, mut report: Report, reply: Reply) {
     let deadline = Instant::now() + REPORT_WAIT;
@@ -598,4 +612,46 @@ async fn collect(waits: Vec<Wait>, mut report: Report, reply: Reply) {
     }
     report.instances.sort_by_key(|d| d.id);
     let _ = reply.send(Ok(report));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const X: &str = "00112233445566778899AABBCCDDEEFF00112233";
+    const Y: &str = "FFEEDDCCBBAA99887766554433221100FFEEDDCC";
+
+    fn d(home: Option<&str>, ledger: Option<&str>, superseded: bool, mode: Mode) -> String {
+        match decide(home, ledger, superseded, mode) {
+            None => "nothing".into(),
+            Some(Action::Push) => "push".into(),
+            Some(Action::Adopt(u)) => format!("adopt {u}"),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        use Mode::{Reconcile as R, Steady as S};
+        for m in [S, R] {
+            assert_eq!(d(Some(X), Some(X), false, m), "nothing");
+            assert_eq!(d(None, Some(X), false, m), "push");
+            // Claims are taken, whenever seen.
+            assert_eq!(
+                d(Some(X), Some("undefined"), false, m),
+                format!("adopt {X}")
+            );
+            // Unknown keys are taken.
+            assert_eq!(d(Some("undefined"), None, false, m), "adopt undefined");
+            // A claimed key is not freed; roles are left alone.
+            assert_eq!(d(Some("undefined"), Some(X), false, m), "push");
+            assert_eq!(d(Some("administrator"), Some(X), false, m), "nothing");
+            // Echoes of old values are repaired.
+            assert_eq!(d(Some(X), Some("disabled"), true, m), "push");
+        }
+        // A new value while running is news (REPLOGIN from the peer); after a restart it
+        // is a change the instance missed.
+        assert_eq!(d(Some(Y), Some(X), false, S), format!("adopt {Y}"));
+        assert_eq!(d(Some("disabled"), Some(X), false, S), "adopt disabled");
+        assert_eq!(d(Some(Y), Some(X), false, R), "push");
+    }
 }
