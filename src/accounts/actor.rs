@@ -11,9 +11,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, Instant, MissedTickBehavior};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::deliver::{self, Batch, Delivered, Keys, Op};
 use super::ledger::{is_privileged, is_special, is_user, valid_token, Ledger, DISABLED, UNDEFINED};
@@ -22,7 +23,8 @@ use super::{AccountsError, Command, Delivery, Msg, Reply, Report, MAX_GEN};
 use crate::admin::api::{ControlError, InstanceState};
 use crate::supervisor::provision::{new_key, Prepared};
 
-/// How often every home's auth.txt is checked for new lines.
+/// How often every home's auth.txt is checked for new lines without a notification (some
+/// file systems, NFS among them, send none).
 const POLL: Duration = Duration::from_millis(200);
 /// How often changes that a ready instance missed (an error, BUSY) are sent again.
 const RETRY: Duration = Duration::from_secs(3);
@@ -88,6 +90,10 @@ pub struct Actor {
     insts: BTreeMap<u32, Inst>,
     results: mpsc::UnboundedSender<Delivered>,
     results_rx: Option<mpsc::UnboundedReceiver<Delivered>>,
+    /// Notifications of writes to the followed auth.txt files: a claim then reaches the other
+    /// instances in milliseconds, keeping short the time a second claim could slip in.
+    watcher: Option<RecommendedWatcher>,
+    wake_rx: Option<mpsc::UnboundedReceiver<()>>,
 }
 
 /// The start of a key, for logs: keys are secrets.
@@ -98,6 +104,14 @@ fn short(key: &str) -> String {
 impl Actor {
     pub fn new(prepared: &Prepared) -> Result<Actor, AccountsError> {
         let (results, results_rx) = mpsc::unbounded_channel();
+        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok_and(|ev| ev.kind.is_modify() || ev.kind.is_create()) {
+                let _ = wake_tx.send(());
+            }
+        })
+        .map_err(|e| warn!("not watching auth.txt files ({e}); polling them"))
+        .ok();
         Ok(Actor {
             ledger: Ledger::load(&prepared.ledger)?,
             admin_key: prepared.admin_key.clone(),
@@ -105,11 +119,14 @@ impl Actor {
             insts: BTreeMap::new(),
             results,
             results_rx: Some(results_rx),
+            watcher,
+            wake_rx: Some(wake_rx),
         })
     }
 
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut results_rx = self.results_rx.take().expect("run once");
+        let mut wake_rx = self.wake_rx.take().expect("run once");
         let mut poll = interval(POLL);
         poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut retry = interval(RETRY);
@@ -119,10 +136,17 @@ impl Actor {
                 msg = rx.recv() => match msg {
                     Some(Msg::Command(cmd, reply)) => self.command(cmd, reply),
                     Some(Msg::Instance { id, addr, home, state }) => self.on_instance(id, addr, home, state),
-                    Some(Msg::Gone(id)) => { self.insts.remove(&id); }
+                    Some(Msg::Gone(id)) => self.on_gone(id),
                     None => break,
                 },
                 Some(d) = results_rx.recv() => self.on_delivered(d),
+                Some(()) = wake_rx.recv() => {
+                    while wake_rx.try_recv().is_ok() {}
+                    let ids: Vec<u32> = self.insts.keys().copied().collect();
+                    for id in ids {
+                        self.poll_one(id);
+                    }
+                }
                 _ = poll.tick() => {
                     let ids: Vec<u32> = self.insts.keys().copied().collect();
                     for id in ids {
@@ -358,6 +382,14 @@ impl Actor {
         self.flush(id);
     }
 
+    fn on_gone(&mut self, id: u32) {
+        if let (Some(inst), Some(w)) = (self.insts.remove(&id), self.watcher.as_mut()) {
+            if inst.tail.is_some() {
+                let _ = w.unwatch(&inst.home.join("auth.txt"));
+            }
+        }
+    }
+
     fn open_tail(&mut self, id: u32) {
         let Some(inst) = self.insts.get_mut(&id) else {
             return;
@@ -367,6 +399,12 @@ impl Actor {
             Ok(t) => {
                 inst.tail = Some(t);
                 inst.tail_failing = false;
+                if let Some(w) = self.watcher.as_mut() {
+                    // Without a notification the poll still sees every line.
+                    if let Err(e) = w.watch(&path, RecursiveMode::NonRecursive) {
+                        debug!(instance = id, "not watching {}: {e}", path.display());
+                    }
+                }
             }
             Err(e) => {
                 inst.tail = None;
