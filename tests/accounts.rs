@@ -281,3 +281,59 @@ fn foreign_auth_lines_reach_the_ledger_and_echoes_do_not_undo_changes() {
         "{out}"
     );
 }
+
+/// With a peer site (only site a runs here): a REPLOGIN from the peer reaches the ledger and
+/// the other local instances, and is not sent back to the instance it came from; a claim is
+/// sent back to its own instance by ADDLOGIN (so that instance passes it to its peer).
+#[test]
+fn with_a_peer_site_replogin_lines_spread_and_claims_go_back_to_their_instance() {
+    const KEY2: &str = "89ABCDEF0123456789ABCDEF0123456789ABCDEF";
+    let b_ports = harness::free_range(4);
+    let extra = format!(
+        "sites:\n  a: {{ host: 127.0.0.1 }}\n  b: {{ host: 127.0.0.1, ports: {{ server: {b_ports}, entangled: {} }}, listen: 127.0.0.1:{}, admin: {{ listen: 127.0.0.1:{} }}, data: b-data }}\nreplication: {{ authkey_file: repl.key }}\n",
+        b_ports + 2,
+        harness::free_port(),
+        harness::free_port()
+    );
+    let up = Up::start_with("2", &extra, &["--site", "a"]);
+    up.wait_ready(2);
+    let repl_key = std::fs::read_to_string(up.dir.path().join("repl.key")).unwrap();
+    let addrs = instance_addrs(&up);
+    let (a1, a2) = (addrs[0].1, addrs[1].1);
+
+    rt().block_on(async {
+        let mut c = Client::connect(a1, T).await.unwrap();
+        assert!(c.login("replication", repl_key.trim()).await.unwrap());
+        assert!(c
+            .simple(&format!("REPLOGIN {USER_Y} {KEY2}"))
+            .await
+            .unwrap());
+        let _ = c.quit().await;
+    });
+    wait_for("the peer's change reaches instance 2", &up, T, || {
+        auth_txt(&up, 2).contains(&format!("{USER_Y} {KEY2} "))
+    });
+    assert!(login(a2, USER_Y, KEY2));
+    let (_, out, _) = accounts(&up, &["list"]);
+    assert!(out.contains(&format!("{USER_Y} {KEY2} ")), "{out}");
+
+    let (code, out, err) = accounts(&up, &["gen", "1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let key = out.trim().to_string();
+    assert!(login(a1, USER_X, &key));
+    let line = format!("{USER_X} {key} ");
+    wait_for(
+        "the claim reaches instance 2 and goes back to 1",
+        &up,
+        T,
+        || auth_txt(&up, 2).contains(&line) && auth_txt(&up, 1).matches(&line).count() == 2,
+    );
+    assert!(!login(a2, USER_Y, &key));
+    // The REPLOGIN line was not sent back to instance 1.
+    assert_eq!(
+        auth_txt(&up, 1)
+            .matches(&format!("{USER_Y} {KEY2} "))
+            .count(),
+        1
+    );
+}
