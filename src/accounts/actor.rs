@@ -38,8 +38,9 @@ struct Inst {
     worker: mpsc::UnboundedSender<Batch>,
     /// Changes queued or in flight, per key.
     inflight: HashMap<String, u32>,
-    /// Keys whose ledger value this instance has not confirmed: sent when it is ready.
-    pending: BTreeSet<String>,
+    /// Keys whose ledger value this instance has not confirmed, sent when it is ready; and
+    /// whether the change is to be passed on to the peer (a command's) or stays local.
+    pending: BTreeMap<String, bool>,
     /// Its auth.txt, followed from its first time ready.
     tail: Option<Tail>,
     tail_failing: bool,
@@ -51,7 +52,7 @@ impl Inst {
     }
 
     fn busy(&self, key: &str) -> bool {
-        self.inflight.get(key).is_some_and(|n| *n > 0) || self.pending.contains(key)
+        self.inflight.get(key).is_some_and(|n| *n > 0) || self.pending.contains_key(key)
     }
 }
 
@@ -284,7 +285,7 @@ impl Actor {
     }
 
     /// Sends `ops` to the instances `targets` names: at once to the ready ones, and into the
-    /// pending set of the others (sent later as local changes).
+    /// pending set of the others.
     fn fan_out(&mut self, ops: &[Op], targets: Targets, report: bool) -> Vec<Wait> {
         let mut waits = Vec::new();
         for (&id, inst) in self.insts.iter_mut() {
@@ -292,7 +293,9 @@ impl Actor {
                 continue;
             };
             let not_ready = |inst: &mut Inst, why: String| {
-                inst.pending.extend(ops.iter().map(|(_, k)| k.clone()));
+                for (_, k) in ops {
+                    add_pending(&mut inst.pending, k.clone(), replicate);
+                }
                 Wait::Now(Delivery {
                     id,
                     addr: inst.addr.to_string(),
@@ -350,7 +353,7 @@ impl Actor {
                 state: InstanceState::Provisioning,
                 worker: tx,
                 inflight: HashMap::new(),
-                pending: BTreeSet::new(),
+                pending: BTreeMap::new(),
                 tail: None,
                 tail_failing: false,
             }
@@ -489,8 +492,9 @@ impl Actor {
         };
         match action {
             Action::Push => {
+                // A repair: the peer has this value already, or gets it from its own side.
                 if let Some(inst) = self.insts.get_mut(&id) {
-                    inst.pending.insert(key.to_string());
+                    add_pending(&mut inst.pending, key.to_string(), false);
                 }
             }
             Action::Adopt(user) => self.adopt(id, user, key),
@@ -533,26 +537,31 @@ impl Actor {
         if !inst.ready() || inst.pending.is_empty() {
             return;
         }
-        let keys = std::mem::take(&mut inst.pending);
-        let ops: Vec<Op> = keys
-            .into_iter()
-            .filter_map(|k| self.ledger.user(&k).map(|u| (u.to_string(), k)))
-            .collect();
-        if ops.is_empty() {
-            return;
-        }
-        let batch = Batch {
-            addr: inst.addr,
-            ops: ops.clone(),
-            replicate: false,
-            done: None,
-        };
-        if inst.worker.send(batch).is_err() {
-            inst.pending.extend(ops.into_iter().map(|(_, k)| k));
-            return;
-        }
-        for (_, k) in ops {
-            *inst.inflight.entry(k).or_default() += 1;
+        let pending = std::mem::take(&mut inst.pending);
+        for replicate in [true, false] {
+            let ops: Vec<Op> = pending
+                .iter()
+                .filter(|(_, r)| **r == replicate)
+                .filter_map(|(k, _)| self.ledger.user(k).map(|u| (u.to_string(), k.clone())))
+                .collect();
+            if ops.is_empty() {
+                continue;
+            }
+            let batch = Batch {
+                addr: inst.addr,
+                ops: ops.clone(),
+                replicate,
+                done: None,
+            };
+            if inst.worker.send(batch).is_err() {
+                for (_, k) in ops {
+                    add_pending(&mut inst.pending, k, replicate);
+                }
+                continue;
+            }
+            for (_, k) in ops {
+                *inst.inflight.entry(k).or_default() += 1;
+            }
         }
     }
 
@@ -575,7 +584,9 @@ impl Actor {
                     keys = d.keys.len(),
                     "account changes not applied: {e}; sent again when it is ready"
                 );
-                inst.pending.extend(d.keys);
+                for k in d.keys {
+                    add_pending(&mut inst.pending, k, d.replicate);
+                }
             }
             Ok(()) => {
                 // Lines that arrived while these keys were busy are judged now.
@@ -587,6 +598,11 @@ impl Actor {
             }
         }
     }
+}
+
+/// Marks `key` pending; a change for the peer stays one even if a local repair joins it.
+fn add_pending(pending: &mut BTreeMap<String, bool>, key: String, replicate: bool) {
+    *pending.entry(key).or_default() |= replicate;
 }
 
 /// What to do when an instance's value of a key (`home`) is not the ledger's: take it into

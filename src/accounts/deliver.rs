@@ -69,6 +69,7 @@ pub struct Batch {
 pub struct Delivered {
     pub id: u32,
     pub keys: Vec<String>,
+    pub replicate: bool,
     pub result: Result<(), String>,
 }
 
@@ -97,7 +98,13 @@ pub async fn worker(
             let _ = done.send(result.clone());
         }
         let keys = batch.ops.into_iter().map(|(_, k)| k).collect();
-        if results.send(Delivered { id, keys, result }).is_err() {
+        let done = Delivered {
+            id,
+            keys,
+            replicate: batch.replicate,
+            result,
+        };
+        if results.send(done).is_err() {
             return;
         }
     }

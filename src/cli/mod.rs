@@ -161,6 +161,10 @@ pub struct RestartArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status 3: the ledger has the change, but an instance did not answer DONE \
+                  (named on stderr); the supervisor sends it again when that instance is ready."
+)]
 pub struct AccountsArgs {
     #[command(subcommand)]
     pub action: AccountsAction,
