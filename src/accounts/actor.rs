@@ -438,6 +438,14 @@ impl Actor {
             return;
         };
         let Some(tail) = inst.tail.as_mut() else {
+            // It could not be read when the instance became ready: try again.
+            if inst.tail_failing {
+                self.open_tail(id);
+                if self.insts.get(&id).is_some_and(|i| i.tail.is_some()) {
+                    self.reconcile(id);
+                    self.flush(id);
+                }
+            }
             return;
         };
         match tail.poll() {
