@@ -146,10 +146,13 @@ pub fn accounts(_args: AccountsArgs) -> Outcome {
 /// `storeherd shards apply [--move]`: links the first-level folders as the topology's shards
 /// say; with `--move`, moves existing data into place first. Only while nothing runs.
 pub fn shards(args: ShardsArgs) -> Outcome {
-    let ShardsAction::Apply { move_data } = args.action;
+    let ShardsAction::Apply {
+        move_data,
+        topology,
+    } = args.action;
     let plan = Plan::load(
-        args.topology.file.as_deref(),
-        args.topology.site.as_deref(),
+        topology.file.as_deref(),
+        topology.site.as_deref(),
         &crate::topology::Overrides::default(),
     )?;
     refuse_while_running(&plan)?;
