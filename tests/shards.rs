@@ -381,9 +381,17 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A new `storeherd up` on the same directory and topology as the stopped `up`.
+/// A new `storeherd up` on the same data and shards as the stopped `up`, on fresh ports:
+/// while it was stopped, another process may have taken one of the old ones.
 fn restart(up: &mut Up) -> Up {
     let dir = std::mem::replace(&mut up.dir, tempfile::tempdir().unwrap());
+    let text = std::fs::read_to_string(&up.file).unwrap();
+    let shards = &text[text.find("shards:").unwrap()..];
+    let listen: SocketAddr = format!("127.0.0.1:{}", harness::free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", harness::free_port()).parse().unwrap();
+    let (sport, eport) = (harness::free_range(8), harness::free_range(8));
+    let topology = Up::topology(dir.path(), "2", listen, admin, sport, eport, shards);
+    std::fs::write(&up.file, topology).unwrap();
     let log = dir.path().join("up2.log");
     let child = Command::new(BIN)
         .arg("up")
@@ -398,10 +406,10 @@ fn restart(up: &mut Up) -> Up {
         child: Some(child),
         file: up.file.clone(),
         dir,
-        listen: up.listen,
-        admin: up.admin,
-        sport: up.sport,
-        eport: up.eport,
+        listen,
+        admin,
+        sport,
+        eport,
         stderr_log: log,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
