@@ -262,7 +262,13 @@ fn apply_move_from_an_unsharded_store_resumes_and_loses_nothing() {
     assert!(out.contains("would refuse to start"), "{out}");
 
     // Running the command finishes it.
+    let t0 = Instant::now();
     let out = shards_apply(&up.file, &["--move"]);
+    eprintln!(
+        "shards apply --move finished the remaining {} blocks in {:?}",
+        BLOCKS - 400,
+        t0.elapsed()
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -387,8 +393,12 @@ fn restart(up: &mut Up) -> Up {
     let dir = std::mem::replace(&mut up.dir, tempfile::tempdir().unwrap());
     let text = std::fs::read_to_string(&up.file).unwrap();
     let shards = &text[text.find("shards:").unwrap()..];
-    let listen: SocketAddr = format!("127.0.0.1:{}", harness::free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", harness::free_port()).parse().unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+        .parse()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+        .parse()
+        .unwrap();
     let (sport, eport) = (harness::free_range(8), harness::free_range(8));
     let topology = Up::topology(dir.path(), "2", listen, admin, sport, eport, shards);
     std::fs::write(&up.file, topology).unwrap();

@@ -354,7 +354,7 @@ impl Layout {
                 state,
                 EntryState::Missing | EntryState::Linked | EntryState::Placeholder
             ) {
-                fs::create_dir_all(target).map_err(io_at(target))?;
+                make_dirs(target, &self.store)?;
             }
             match state {
                 EntryState::Missing => {
@@ -385,6 +385,7 @@ impl Layout {
             Err(e) => return Err(io_at(&tmp)(e)),
         }
         symlink(target, &tmp).map_err(io_at(&tmp))?;
+        adopt_owner(&tmp, &self.store);
         fs::rename(&tmp, &entry).map_err(io_at(&entry))?;
         sync_dir(&self.store)
     }
@@ -510,7 +511,7 @@ impl Layout {
                     );
                     return Ok(());
                 }
-                fs::create_dir_all(target).map_err(io_at(target))?;
+                make_dirs(target, &self.store)?;
                 if is_dir {
                     if !remove_empty_tree(&entry)? {
                         let files = count_files(&entry)?.0;
@@ -604,15 +605,18 @@ impl Mover<'_> {
             .collect::<Result<_, _>>()
             .map_err(io_at(from))?;
         names.sort();
-        let created = !to.is_dir();
-        fs::create_dir_all(to).map_err(io_at(to))?;
-        if created {
+        if !to.is_dir() {
+            make_dirs(to, from)?;
             if let Some(parent) = to.parent() {
                 sync_dir(parent)?;
             }
         }
         let _lock = if depth == 2 {
-            Some(LeafLock::acquire(&to.join(LOCKFILE))?)
+            let lockfile = to.join(LOCKFILE);
+            let lock = LeafLock::acquire(&lockfile)?;
+            // Store servers open it for append: it must be theirs, not root's.
+            adopt_owner(&lockfile, from);
+            Some(lock)
         } else {
             None
         };
@@ -712,11 +716,46 @@ fn place(src: &Path, dst: &Path, len: u64) -> Result<Placed, StoreError> {
     // fs::copy truncates a stale temp file of an interrupted run and keeps the permissions;
     // it copies the bytes, never renames, so a shard on another file system works.
     fs::copy(src, &tmp).map_err(io_at(&tmp))?;
+    adopt_owner(&tmp, src);
     fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(io_at(&tmp))?;
     fs::rename(&tmp, dst).map_err(io_at(dst))?;
     Ok(Placed::Copied)
+}
+
+/// `mkdir -p dir`, each folder it creates owned like `like`.
+fn make_dirs(dir: &Path, like: &Path) -> Result<(), StoreError> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while fs::symlink_metadata(at).is_err() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(p) => at = p,
+            None => break,
+        }
+    }
+    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    for d in missing.iter().rev() {
+        adopt_owner(d, like);
+    }
+    Ok(())
+}
+
+/// Gives `path` the owner and group of `like`, so that store servers running as the store's
+/// user can still write where `shards apply` (often run as root) created or copied things.
+/// Best effort: without the right to change owners, what we create is ours already.
+fn adopt_owner(path: &Path, like: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(want), Ok(have)) = (fs::metadata(like), fs::symlink_metadata(path)) else {
+        return;
+    };
+    if (want.uid(), want.gid()) == (have.uid(), have.gid()) {
+        return;
+    }
+    if let Err(e) = std::os::unix::fs::lchown(path, Some(want.uid()), Some(want.gid())) {
+        tracing::debug!(path = %path.display(), "cannot take the store's owner: {e}");
+    }
 }
 
 /// `<name>.move`: never 40 characters long, and it starts with the key's first digits, so a
@@ -1037,5 +1076,45 @@ mod tests {
         assert!(!store.join(".02.local").exists());
         assert!(layout.conflicts().unwrap().is_empty());
         assert_eq!(count_files(&old).unwrap().0, 0);
+    }
+
+    #[test]
+    fn moved_data_keeps_the_store_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        if std::os::unix::fs::chown(dir.path(), Some(4321), None).is_err() {
+            eprintln!("cannot give files another owner (not root): skipping the ownership check");
+            return;
+        }
+        let store = dir.path().join("store");
+        let d0 = dir.path().join("shard/d0");
+        let k = key(0);
+        let block = put(&store, &k, b"owned");
+        for p in [
+            store.clone(),
+            store.join("00"),
+            block.parent().unwrap().to_path_buf(),
+            block.clone(),
+        ] {
+            std::os::unix::fs::chown(&p, Some(4321), Some(4322)).unwrap();
+        }
+        let layout = Layout::new(&store, &[shard(0x00, 0x01, &d0)]);
+        layout
+            .apply_move(MoveOptions::default(), &mut |_| {})
+            .unwrap();
+        let leaf = d0.join("00").join(&k[2..4]);
+        for p in [
+            d0.clone(),
+            d0.join("00"),
+            d0.join("01"),
+            leaf.clone(),
+            leaf.join(LOCKFILE),
+            leaf.join(&k),
+        ] {
+            let m = fs::symlink_metadata(&p).unwrap();
+            assert_eq!((m.uid(), m.gid()), (4321, 4322), "{}", p.display());
+        }
+        let link = fs::symlink_metadata(store.join("00")).unwrap();
+        assert_eq!(link.uid(), 4321);
     }
 }
