@@ -236,7 +236,13 @@ fn apply_move_from_an_unsharded_store_resumes_and_loses_nothing() {
     let plan = Plan::load(Some(&up.file), None, &Overrides::default()).unwrap();
     let layout = Layout::new(&plan.store, &plan.shards);
     let r = layout
-        .apply_move(MoveOptions { limit: Some(400) }, &mut |_| {})
+        .apply_move(
+            MoveOptions {
+                limit: Some(400),
+                ..MoveOptions::default()
+            },
+            &mut |_| {},
+        )
         .unwrap();
     assert!(r.interrupted && r.files_moved == 400, "{r:?}");
     for (k, _) in &blocks {
