@@ -21,6 +21,9 @@ const BUSY_LINE: &[u8] = b"CONFIDANT MAIL SERVER PROTOCOL 1 BUSY\r\n";
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a turned-away client may take to close after the BUSY line.
 const TURN_AWAY_LINGER: Duration = Duration::from_secs(1);
+/// Turned-away clients lingering at once; past it they are closed at once, so a flood of
+/// rejected clients cannot pile up descriptors.
+const MAX_LINGERING: usize = 1024;
 
 /// Accepts on `listener` until `shutdown` turns true (or its sender is dropped), then stops
 /// accepting at once and returns; sessions already open run on as their own tasks.
@@ -90,7 +93,7 @@ fn admit(client: TcpStream, pool: &Pool) {
         }
         None => {
             debug!("over max_connections; BUSY");
-            tokio::spawn(turn_away(client));
+            tokio::spawn(turn_away(client, pool.clone()));
         }
     }
 }
@@ -99,7 +102,7 @@ async fn session(mut client: TcpStream, pool: Pool, _slot: ClientSlot) {
     let Some((mut server, greeting, id, counters)) = place(&pool).await else {
         pool.count_rejected();
         debug!("no instance can take the client; BUSY");
-        turn_away(client).await;
+        turn_away(client, pool).await;
         return;
     };
     let instance = InstanceSlot::open(counters);
@@ -154,10 +157,13 @@ async fn place(pool: &Pool) -> Option<(TcpStream, Received, u32, Arc<Counters>)>
 /// Sends the BUSY line and closes. The client's own bytes are read and dropped until it
 /// closes (briefly), because closing with unread input would reset the connection and could
 /// discard the line before the client reads it.
-async fn turn_away(mut client: TcpStream) {
+async fn turn_away(mut client: TcpStream, pool: Pool) {
     if client.write_all(BUSY_LINE).await.is_err() || client.shutdown().await.is_err() {
         return;
     }
+    let Some(_lingering) = pool.linger(MAX_LINGERING) else {
+        return;
+    };
     let drain = async {
         let mut sink = [0u8; 64];
         while let Ok(n) = client.read(&mut sink).await {

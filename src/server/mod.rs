@@ -13,6 +13,7 @@ pub mod dt;
 pub mod header;
 pub mod identity;
 pub mod ingest;
+pub mod keyannounce;
 pub mod pow;
 pub mod run;
 pub mod session;

@@ -5,8 +5,10 @@
 //!
 //! Blocks that are waiting are taken as a batch: their leaf locks are taken in sorted order
 //! (a global order, so two storeherd instances cannot deadlock; the original holds one lock
-//! at a time), blocks are merged one at a time in FIFO order, and the temporary files of the
-//! whole batch are made durable by one round of syncs before being renamed into place.
+//! at a time), blocks are merged one at a time in FIFO order, the temporary files of the whole
+//! batch are made durable by one `syncfs` per file system (a group commit), renamed into
+//! place under the locks, and the renames (and any new directories) made durable by a second
+//! `syncfs` before the queue files are deleted.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -21,10 +23,10 @@ use crate::server::validate::{validate_merge, Limits};
 use crate::store::lock::LeafLock;
 use crate::store::queue::{name_of, Queue};
 use crate::store::tree::{PendingWrite, Tree};
-use crate::store::{sync_dir, StoreError};
+use crate::store::{sync_filesystems, StoreError};
 
 /// Most blocks processed in one batch.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 256;
 
 /// Name, in the home, of the list of temporary files a batch is about to create; start-up
 /// removes any that a crash left behind.
@@ -228,10 +230,8 @@ impl Worker {
             for (k, tmp) in order.iter().zip(&names) {
                 pending.push(self.tree.write_temp_at(k, tmp, &results[k])?);
             }
-            for w in &pending {
-                w.sync()?;
-            }
-            Ok(())
+            let temps: Vec<&std::path::Path> = pending.iter().map(|w| w.temp_path()).collect();
+            sync_filesystems(&temps)
         })();
         if let Err(e) = result {
             for w in pending {
@@ -244,10 +244,8 @@ impl Worker {
             dirs.insert(w.publish()?);
         }
         drop(locks);
-        for d in &dirs {
-            sync_dir(d)?;
-        }
-        Ok(())
+        let dirs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
+        sync_filesystems(&dirs)
     }
 }
 

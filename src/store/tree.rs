@@ -142,6 +142,10 @@ impl PendingWrite {
         &self.tmp
     }
 
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Makes the temporary file's content durable.
     pub fn sync(&self) -> Result<(), StoreError> {
         self.file.sync_data().map_err(StoreError::at(&self.tmp))
