@@ -126,7 +126,10 @@ pub enum Next {
     /// Read another line.
     Line,
     /// Read `n` raw bytes, keeping them if `keep`, then call [`BlockLines::finish`].
-    Raw { n: usize, keep: bool },
+    Raw {
+        n: usize,
+        keep: bool,
+    },
     Done(Upload),
 }
 
@@ -332,7 +335,9 @@ mod tests {
 
     #[test]
     fn endblock_upload_and_too_large() {
-        let input = format!("REPLICATE {H} none\r\nA: 1\r\nendblock\r\nSTORE SERVER {H}\r\nData: 67108865\r\nxyz");
+        let input = format!(
+            "REPLICATE {H} none\r\nA: 1\r\nendblock\r\nSTORE SERVER {H}\r\nData: 67108865\r\nxyz"
+        );
         let ev = replay([input.as_bytes()]);
         assert_eq!(
             ev[1],

@@ -265,7 +265,8 @@ impl StoreStream {
         let date = dt::format_dt(chrono::Utc::now());
         let tasks = (0..conns)
             .map(|_| {
-                let (stop, rec, next, date) = (stop.clone(), rec.clone(), next.clone(), date.clone());
+                let (stop, rec, next, date) =
+                    (stop.clone(), rec.clone(), next.clone(), date.clone());
                 rt.spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         let conn_start = Instant::now();
@@ -394,7 +395,8 @@ pub fn leftovers(data: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy().to_string();
             // A block is named by its 40-hex key; LOCKFILE guards each leaf.
-            !(name == "LOCKFILE" || (name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit())))
+            !(name == "LOCKFILE"
+                || (name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit())))
         })
         .collect();
     let mut queued = Vec::new();
