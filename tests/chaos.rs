@@ -83,6 +83,7 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
     let mut restarts_seen = std::collections::BTreeMap::<u64, u64>::new();
     let (mut removed, mut added, mut rolled) = (false, false, false);
     let mut rolling_from = None;
+    let mut removing: Option<(u64, Instant)> = None;
     let mut next_kill = start + kill_every;
     let mut rng = rand::thread_rng();
     while Instant::now() < end {
@@ -92,6 +93,17 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
                 let (id, r) = (i["id"].as_u64().unwrap(), i["restarts"].as_u64().unwrap());
                 let e = restarts_seen.entry(id).or_default();
                 *e = (*e).max(r);
+            }
+        }
+        if let Some((id, from)) = removing {
+            let listed = svc.ids().is_none_or(|ids| ids.contains(&id));
+            if !listed {
+                events.push(Event {
+                    from,
+                    to: Instant::now(),
+                    what: format!("remove {id}"),
+                });
+                removing = None;
             }
         }
         if Instant::now() >= next_kill {
@@ -126,11 +138,9 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
                 out.status,
                 String::from_utf8_lossy(&out.stdout).trim()
             );
-            events.push(Event {
-                from,
-                to: Instant::now(),
-                what: format!("remove {id}"),
-            });
+            // The instance drains and stops after the command returns: the span ends when
+            // /status no longer lists it.
+            removing = Some((id, from));
         }
         if !added && t >= 0.4 {
             added = true;
@@ -159,6 +169,13 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
     let bench_out = bench.wait(Duration::from_secs(60));
     // The rolling restart may still be going: wait for 4 ready instances and no drain.
     let settled = svc.wait_ready(4, Duration::from_secs(120));
+    if let Some((id, from)) = removing {
+        events.push(Event {
+            from,
+            to: Instant::now(),
+            what: format!("remove {id}"),
+        });
+    }
     if let Some(from) = rolling_from {
         events.push(Event {
             from,
@@ -196,7 +213,7 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
     println!("instances killed (SIGKILL)       {kills}");
     println!("remove / add / rolling restart   {removed} / {added} / {rolled}");
     println!(
-        "restarts observed (/status)      {} {:?}",
+        "restarts observed (/status, max per id) {} {:?}",
         restarts_seen.values().sum::<u64>(),
         restarts_seen
     );
@@ -222,7 +239,7 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
     }
     println!("temporary files left in store    {}", temps.len());
     println!("blocks left in input queues      {}", queued.len());
-    println!("bench --op mixed: {}", bench_out.trim());
+    println!("bench: {}", bench_out.trim());
     for e in &events {
         let (from, to) = (e.from.duration_since(start), e.to.duration_since(start));
         println!(

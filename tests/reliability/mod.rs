@@ -155,6 +155,18 @@ impl Service {
         }
     }
 
+    /// Ids of the listed instances, whatever their state (empty if /status fails).
+    pub fn ids(&self) -> Option<Vec<u64>> {
+        let st = self.status()?;
+        Some(
+            st["instances"]
+                .as_array()?
+                .iter()
+                .filter_map(|i| i["id"].as_u64())
+                .collect(),
+        )
+    }
+
     /// (id, pid) of the instances that have a process.
     pub fn pids(&self) -> Vec<(u64, i32)> {
         let Some(st) = self.status() else {
