@@ -35,6 +35,7 @@ pub mod compose;
 pub mod config;
 pub mod conn;
 pub mod dt;
+pub mod framing;
 pub mod header;
 pub mod identity;
 pub mod ingest;
