@@ -27,6 +27,15 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The serialized tests hold [`SERIAL`] outside the runtime that runs their body.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 // ---------------------------------------------------------------------------------------------
 // (a) The wire, against a recording peer and a real receiver
 // ---------------------------------------------------------------------------------------------
@@ -320,6 +329,8 @@ fn two_site_topology(
 struct TwoSites {
     a: Up,
     b: Up,
+    /// How site b was started (to start it again).
+    b_prefix: Vec<String>,
 }
 
 impl TwoSites {
@@ -342,8 +353,8 @@ impl TwoSites {
             ports[0].admin,
             ports[0].sport,
             ports[0].eport,
-            pa,
-            vec!["--site".into(), "a".into()],
+            &pa,
+            &["--site".into(), "a".into()],
         );
         // Site a generates the key file; b must not race it.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -358,10 +369,10 @@ impl TwoSites {
             ports[1].admin,
             ports[1].sport,
             ports[1].eport,
-            pb,
-            vec!["--site".into(), "b".into()],
+            &pb,
+            &["--site".into(), "b".into()],
         );
-        TwoSites { a, b }
+        TwoSites { a, b, b_prefix: pb }
     }
 }
 
@@ -420,9 +431,13 @@ async fn wait_readable(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_sites_replicate_both_ways() {
+#[test]
+fn two_sites_replicate_both_ways() {
     let _g = serial();
+    runtime().block_on(two_sites_body());
+}
+
+async fn two_sites_body() {
     let ports = [SitePorts::free(), SitePorts::free()];
     let mut s = TwoSites::start(["127.0.0.1", "127.0.0.1"], ports, [vec![], vec![]]);
     ready(&mut s.a);
@@ -471,9 +486,13 @@ async fn two_sites_replicate_both_ways() {
     assert!(reached, "the REPLOGIN never reached site b");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backlog_reaches_a_site_that_was_stopped() {
+#[test]
+fn backlog_reaches_a_site_that_was_stopped() {
     let _g = serial();
+    runtime().block_on(backlog_after_stop_body());
+}
+
+async fn backlog_after_stop_body() {
     let ports = [SitePorts::free(), SitePorts::free()];
     let mut s = TwoSites::start(["127.0.0.1", "127.0.0.1"], ports, [vec![], vec![]]);
     ready(&mut s.a);
@@ -490,7 +509,7 @@ async fn backlog_reaches_a_site_that_was_stopped() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let restarted = Instant::now();
-    s.b.respawn();
+    s.b.respawn(&s.b_prefix, &["--site".into(), "b".into()]);
     ready(&mut s.b);
     let ready_after = restarted.elapsed();
     let t = wait_readable(s.b.listen, &admin_b, &backlog, Duration::from_secs(60))

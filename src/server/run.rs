@@ -84,13 +84,13 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
     let queue = Queue::new(home.join("inputqueue"));
     let sendqueue = Queue::new(home.join("sendqueue"));
     let liveness = Liveness::new(config.run_queue_interval);
-    let worker = Worker {
-        tree: tree.clone(),
-        queue: queue.clone(),
-        limits: config.limits,
-        inflight: home.join(INFLIGHT),
-        liveness: liveness.clone(),
-    };
+    let worker = Worker::new(
+        tree.clone(),
+        queue.clone(),
+        config.limits,
+        home.join(INFLIGHT),
+    )
+    .with_liveness(liveness.clone());
     worker.recover()?;
     // A queue file torn by a crash mid-write (never acknowledged) must go before clients can
     // send the same block again: the committer would take the torn file for a durable copy.

@@ -42,13 +42,18 @@ pub enum Job {
 }
 
 pub struct Worker {
-    pub tree: Tree,
-    pub queue: Queue,
-    pub limits: Limits,
+    tree: Tree,
+    queue: Queue,
+    limits: Limits,
     /// `<home>/store-inflight.txt`.
-    pub inflight: PathBuf,
-    /// The sender's timer, for SELFTEST.
-    pub liveness: std::sync::Arc<crate::server::sender::Liveness>,
+    inflight: PathBuf,
+    /// The sender's timer, for SELFTEST (none: always `PASS`).
+    liveness: Option<std::sync::Arc<crate::server::sender::Liveness>>,
+    /// Queue files whose results are renamed into place, but whose renames are not yet known
+    /// to be durable; deleted after the next sync of `unsettled_dirs`' file systems. The
+    /// next batch's first sync does that at no extra cost.
+    unsettled: Vec<String>,
+    unsettled_dirs: BTreeSet<PathBuf>,
 }
 
 /// What a queue file asks for (its prefix, PROTOCOL.md §6.2).
@@ -60,6 +65,24 @@ struct Entry {
 }
 
 impl Worker {
+    pub fn new(tree: Tree, queue: Queue, limits: Limits, inflight: PathBuf) -> Worker {
+        Worker {
+            tree,
+            queue,
+            limits,
+            inflight,
+            liveness: None,
+            unsettled: Vec::new(),
+            unsettled_dirs: BTreeSet::new(),
+        }
+    }
+
+    /// SELFTEST answers `FAIL SENDER <s>` when this timer stops (PROTOCOL.md §3.10).
+    pub fn with_liveness(mut self, l: std::sync::Arc<crate::server::sender::Liveness>) -> Worker {
+        self.liveness = Some(l);
+        self
+    }
+
     /// Removes temporary files that a crashed run left in the tree.
     pub fn recover(&self) -> Result<(), StoreError> {
         let text = match fs::read_to_string(&self.inflight) {
@@ -83,20 +106,35 @@ impl Worker {
             .spawn(move || self.run(rx))
     }
 
-    fn run(self, rx: mpsc::Receiver<Job>) {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
         let mut next: Option<Job> = None;
         loop {
             let job = match next.take() {
                 Some(j) => j,
-                None => match rx.recv() {
+                None => match rx.try_recv() {
                     Ok(j) => j,
-                    Err(_) => return,
+                    Err(_) => {
+                        // Idle: settle the last batch before waiting.
+                        self.settle();
+                        match rx.recv() {
+                            Ok(j) => j,
+                            Err(_) => return,
+                        }
+                    }
                 },
             };
             match job {
-                Job::Stop => return,
+                Job::Stop => {
+                    self.settle();
+                    return;
+                }
                 Job::SelfTest(reply) => {
-                    let _ = reply.send(self.liveness.selftest_line());
+                    self.settle();
+                    let line = match &self.liveness {
+                        Some(l) => l.selftest_line(),
+                        None => "PASS".into(),
+                    };
+                    let _ = reply.send(line);
                 }
                 Job::Block(first) => {
                     let mut names = vec![first];
@@ -116,7 +154,32 @@ impl Worker {
         }
     }
 
-    fn batch(&self, names: Vec<String>) {
+    /// Makes the renames of earlier batches durable, then deletes their queue files.
+    fn settle(&mut self) {
+        if self.unsettled.is_empty() {
+            return;
+        }
+        let dirs = std::mem::take(&mut self.unsettled_dirs);
+        let paths: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
+        match sync_filesystems(&paths) {
+            Ok(()) => self.delete_settled(),
+            Err(e) => {
+                // Keep the queue files: they are processed again at the next start.
+                tracing::error!("syncing the store: {e}");
+                self.unsettled.clear();
+            }
+        }
+    }
+
+    fn delete_settled(&mut self) {
+        for name in std::mem::take(&mut self.unsettled) {
+            if let Err(e) = self.queue.delete(&name) {
+                tracing::error!("deleting a processed queue file: {e}");
+            }
+        }
+    }
+
+    fn batch(&mut self, names: Vec<String>) {
         let mut entries = Vec::new();
         let mut done = Vec::new();
         for name in names {
@@ -131,11 +194,7 @@ impl Worker {
             // Leave the queue files: they are processed again at the next start.
             Err(e) => tracing::error!("storing a batch of {} blocks: {e}", entries.len()),
         }
-        for name in done {
-            if let Err(e) = self.queue.delete(&name) {
-                tracing::error!("deleting a processed queue file: {e}");
-            }
-        }
+        self.unsettled.extend(done);
     }
 
     fn load(&self, name: &str) -> Load {
@@ -164,7 +223,7 @@ impl Worker {
     }
 
     /// Merges and stores a batch. Errors are I/O errors; rejected blocks are only logged.
-    fn store(&self, entries: &[Entry]) -> Result<(), StoreError> {
+    fn store(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -231,8 +290,10 @@ impl Worker {
             for (k, tmp) in order.iter().zip(&names) {
                 pending.push(self.tree.write_temp_at(k, tmp, &results[k])?);
             }
-            let temps: Vec<&std::path::Path> = pending.iter().map(|w| w.temp_path()).collect();
-            sync_filesystems(&temps)
+            // One sync makes this batch's data and the earlier batches' renames durable.
+            let mut paths: Vec<&std::path::Path> = pending.iter().map(|w| w.temp_path()).collect();
+            paths.extend(self.unsettled_dirs.iter().map(PathBuf::as_path));
+            sync_filesystems(&paths)
         })();
         if let Err(e) = result {
             for w in pending {
@@ -245,8 +306,11 @@ impl Worker {
             dirs.insert(w.publish()?);
         }
         drop(locks);
-        let dirs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
-        sync_filesystems(&dirs)
+        // The previous batches are durable now (the sync above covered their file systems).
+        self.unsettled_dirs.clear();
+        self.delete_settled();
+        self.unsettled_dirs.extend(dirs);
+        Ok(())
     }
 }
 

@@ -43,9 +43,6 @@ pub struct Up {
     pub sport: u16,
     pub eport: u16,
     pub stderr_log: PathBuf,
-    /// Program and arguments put before `storeherd` (e.g. `ip netns exec NS`).
-    pub prefix: Vec<String>,
-    pub args: Vec<String>,
 }
 
 impl Up {
@@ -83,7 +80,7 @@ impl Up {
         )
         .unwrap();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let mut up = Up::launch(dir, file, listen, admin, sport, eport, Vec::new(), args);
+        let mut up = Up::launch(dir, file, listen, admin, sport, eport, &[], &args);
         up.wait_admin();
         up
     }
@@ -99,8 +96,8 @@ impl Up {
         admin: SocketAddr,
         sport: u16,
         eport: u16,
-        prefix: Vec<String>,
-        args: Vec<String>,
+        prefix: &[String],
+        args: &[String],
     ) -> Up {
         let stderr_log = dir.path().join("up.log");
         let mut up = Up {
@@ -112,23 +109,21 @@ impl Up {
             sport,
             eport,
             stderr_log,
-            prefix,
-            args,
         };
-        up.respawn();
+        up.respawn(prefix, args);
         up
     }
 
-    /// Starts the supervisor again (after [`Up::terminate`]) with the same file and
-    /// arguments; its log is appended to.
-    pub fn respawn(&mut self) {
+    /// Starts the supervisor (again, after [`Up::terminate`]) with this file, under
+    /// `prefix`, with `args`; its log is appended to.
+    pub fn respawn(&mut self, prefix: &[String], args: &[String]) {
         assert!(self.child.is_none(), "the supervisor is still running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.stderr_log)
             .unwrap();
-        let mut cmd = match self.prefix.split_first() {
+        let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
                 c.args(rest).arg(BIN);
@@ -140,7 +135,7 @@ impl Up {
             .arg("up")
             .arg("-f")
             .arg(&self.file)
-            .args(&self.args)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
