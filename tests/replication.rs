@@ -789,3 +789,52 @@ fn wait_file(path: &Path) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// deploy/two-site/storeherd.yaml, checked for each site: instance k pairs with the other
+/// site's instance k, listens on its own site's host, and shares the key file.
+#[test]
+fn two_site_example_pairs_instance_k_with_instance_k() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/two-site/storeherd.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    // System paths moved under the temporary directory, so that the check does not depend
+    // on who runs it.
+    let body = std::fs::read_to_string(&src)
+        .unwrap()
+        .replace(" /var/lib/", &format!(" {}/var/lib/", dir.path().display()));
+    let file = dir.path().join("storeherd.yaml");
+    std::fs::write(&file, body).unwrap();
+    for (site, own, peer) in [("a", "10.0.0.1", "10.0.0.2"), ("b", "10.0.0.2", "10.0.0.1")] {
+        let out = Command::new(harness::BIN)
+            .args([
+                "check",
+                "-f",
+                file.to_str().unwrap(),
+                "--site",
+                site,
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "site {site}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let instances = doc["instances"].as_array().unwrap();
+        assert_eq!(instances.len(), 4);
+        for (k, inst) in instances.iter().enumerate() {
+            let port = 18101 + k;
+            assert_eq!(inst["replpeer"], format!("{peer}:{port}"), "site {site}");
+            let config: Vec<&str> = inst["config"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap())
+                .collect();
+            assert!(config.contains(&format!("listen_address: {own}").as_str()));
+            assert!(config.contains(&format!("replpeer: {peer}:{port}").as_str()));
+            assert!(config.iter().any(|l| l.starts_with("repl_authkey: ")));
+        }
+    }
+}
