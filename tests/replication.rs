@@ -50,10 +50,13 @@ struct Recorded {
 
 /// Plays the peer of §10.4's observed session for one connection: READY, PROCEED, TLS,
 /// ENCRYPTED, DONE to LOGIN, REPLICATE and REPLOGIN, GOODBYE to QUIT.
+/// With `fail_first`, the first REPLICATE is answered `FAILED`.
 async fn recording_peer(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    fail_first: bool,
 ) -> Recorded {
+    let mut failed_one = !fail_first;
     let (mut tcp, _) = listener.accept().await.unwrap();
     tcp.write_all(b"CONFIDANT MAIL SERVER PROTOCOL 1 READY\r\n")
         .await
@@ -94,7 +97,12 @@ async fn recording_peer(
                     break;
                 }
             }
-            b"DONE\r\n"
+            if failed_one {
+                b"DONE\r\n"
+            } else {
+                failed_one = true;
+                b"FAILED\r\n"
+            }
         } else if text == "QUIT\r\n" {
             r.get_mut().write_all(b"GOODBYE\r\n").await.unwrap();
             break;
@@ -133,7 +141,7 @@ async fn sender_speaks_the_original_wire() {
     let (acceptor, pin) = tls_identity(&dir.path().join("peer-ssl"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let peer_addr = listener.local_addr().unwrap();
-    let peer = tokio::spawn(recording_peer(listener, acceptor));
+    let peer = tokio::spawn(recording_peer(listener, acceptor, false));
     let peer_s = peer_addr.to_string();
     // A long interval: the only run is the one started when the storing session closes.
     let a = TestServer::start_with(Options::default().auth(&accounts()).config(&[
@@ -190,6 +198,48 @@ async fn sender_speaks_the_original_wire() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(sendqueue_files(a.home()).is_empty());
+}
+
+/// An entry the peer refuses waits out its own back-off; the entries after it still go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_entry_does_not_hold_back_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acceptor, _) = tls_identity(&dir.path().join("peer-ssl"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_s = listener.local_addr().unwrap().to_string();
+    let peer = tokio::spawn(recording_peer(listener, acceptor, true));
+    let a = TestServer::start_with(Options::default().config(&[
+        ("replpeer", peer_s.as_str()),
+        ("repl_authkey", "KEYFORPEER12345"),
+        ("run_queue_interval", "600"),
+        ("retry_schedule", "0,600"),
+    ]));
+    let (k1, b1) = compose::data_block(b"refused by the peer", Utc::now());
+    let (k2, b2) = compose::data_block(b"accepted by the peer", Utc::now());
+    let mut c = a.client().await;
+    assert!(c.store(&k1, &b1).await.unwrap());
+    assert!(c.store(&k2, &b2).await.unwrap());
+    c.quit().await.unwrap();
+    let rec = tokio::time::timeout(Duration::from_secs(30), peer)
+        .await
+        .unwrap_or_else(|_| panic!("the sender never finished a session:\n{}", a.log()))
+        .unwrap();
+    let text = String::from_utf8_lossy(&rec.encrypted).to_string();
+    let first = text.find(&format!("REPLICATE {k1} none")).expect(&text);
+    let second = text.find(&format!("REPLICATE {k2} none")).expect(&text);
+    assert!(first < second && text.ends_with("QUIT\r\n"), "{text}");
+    // Only the refused entry is left, for a later run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sendqueue_files(a.home()).len() != 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = sendqueue_files(a.home());
+    assert_eq!(left.len(), 1);
+    let content = std::fs::read_to_string(&left[0]).unwrap();
+    assert!(
+        content.contains(&format!("StoreKeyid: {k1}\n")),
+        "{content}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

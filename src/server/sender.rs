@@ -7,8 +7,10 @@
 //! being unreachable (refused or timed-out connection, a dropped link), a cheap connect probe
 //! every [`PROBE_INTERVAL`] ends the back-off as soon as the peer answers `READY` again, so a
 //! backlog does not wait out a long delay. A peer that answers but refuses (a wrong
-//! `repl_authkey`, a pin mismatch, `FAILED`) keeps the full schedule.
+//! `repl_authkey`, a pin mismatch) keeps the full schedule. An entry the peer answers
+//! `FAILED` waits out its own back-off while the others are sent.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -233,6 +235,43 @@ impl Backoff {
     }
 }
 
+/// Per-entry back-off for entries the peer answered `FAILED` (the session itself worked).
+#[derive(Debug, Default)]
+struct Delayed {
+    entries: HashMap<String, (u32, Instant)>,
+}
+
+impl Delayed {
+    /// `files` without those still waiting.
+    fn ready(&mut self, files: Vec<String>, now: Instant) -> Vec<String> {
+        // Forget entries whose files are gone (sent, or removed by hand).
+        if !self.entries.is_empty() {
+            let present: std::collections::HashSet<&String> = files.iter().collect();
+            self.entries.retain(|n, _| present.contains(n));
+        }
+        files
+            .into_iter()
+            .filter(|n| self.entries.get(n).is_none_or(|&(_, until)| until <= now))
+            .collect()
+    }
+
+    /// Records a refusal; returns how long the entry now waits.
+    fn failed(&mut self, name: &str, schedule: &[u64], now: Instant) -> Duration {
+        let e = self.entries.entry(name.to_string()).or_insert((0, now));
+        e.0 += 1;
+        let secs = schedule
+            .get((e.0 as usize).min(schedule.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0);
+        e.1 = now + Duration::from_secs(secs);
+        Duration::from_secs(secs)
+    }
+
+    fn done(&mut self, name: &str) {
+        self.entries.remove(name);
+    }
+}
+
 /// Runs the sender until the network thread stops.
 pub async fn run(shared: Rc<Shared>) {
     let cfg = &shared.config;
@@ -241,6 +280,7 @@ pub async fn run(shared: Rc<Shared>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let queue = Queue::new(shared.sendqueue.dir());
     let mut backoff = Backoff::default();
+    let mut delayed = Delayed::default();
     let mut warned_no_peer = false;
     // The first run right away: blocks queued before a stop go out without waiting.
     shared.sender_kick.notify_one();
@@ -259,7 +299,7 @@ pub async fn run(shared: Rc<Shared>) {
             continue;
         };
         let files = match scan(&queue) {
-            Ok(f) => f,
+            Ok(f) => delayed.ready(f, Instant::now()),
             Err(e) => {
                 tracing::error!("listing sendqueue/: {e}");
                 continue;
@@ -277,7 +317,7 @@ pub async fn run(shared: Rc<Shared>) {
         let started = std::time::Instant::now();
         let total = files.len();
         // The timer keeps ticking during a run, so SELFTEST follows the timer, not the run.
-        let send = send_all(&shared, peer, &queue, files);
+        let send = send_all(&shared, peer, &queue, files, &mut delayed);
         tokio::pin!(send);
         let result = loop {
             tokio::select! {
@@ -371,6 +411,7 @@ async fn send_all(
     peer: &HostPort,
     queue: &Queue,
     files: Vec<String>,
+    delayed: &mut Delayed,
 ) -> Result<usize, (usize, Failure)> {
     let cfg = &shared.config;
     let timeout = Duration::from_secs(cfg.timeout.max(1));
@@ -424,6 +465,16 @@ async fn send_all(
         };
         client.queue_raw(&out.to_wire());
         let reply = client.read_line().await.map_err(|e| (sent, classify(e)))?;
+        if reply.eq_ignore_ascii_case("FAILED") {
+            // This entry only: it waits out its own back-off while the others go on, so one
+            // entry the peer refuses cannot hold back everything queued after it.
+            let wait = delayed.failed(&name, &cfg.retry_schedule, Instant::now());
+            tracing::warn!(
+                "the replication peer answered FAILED to {name}; retried in {}s",
+                wait.as_secs()
+            );
+            continue;
+        }
         if !reply.eq_ignore_ascii_case("DONE") {
             let _ = client.send_line("QUIT").await;
             return Err((sent, Failure::Refused(format!("{name}: {reply}"))));
@@ -431,6 +482,7 @@ async fn send_all(
         if let Err(e) = queue.delete(&name) {
             tracing::error!("deleting a sent send-queue file: {e}");
         }
+        delayed.done(&name);
         sent += 1;
     }
     // The files are all done; a lost GOODBYE changes nothing.
@@ -488,6 +540,18 @@ mod tests {
         assert!(b.active(&[0, 120], now + Duration::from_secs(119)));
         assert!(!b.active(&[0, 120], now + Duration::from_secs(120)));
         assert!(!b.active(&[0], now + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn refused_entries_wait_alone() {
+        let now = Instant::now();
+        let mut d = Delayed::default();
+        let files = vec!["A".to_string(), "B".to_string()];
+        assert_eq!(d.failed("A", &[0, 30], now), Duration::from_secs(30));
+        assert_eq!(d.ready(files.clone(), now), vec!["B".to_string()]);
+        assert_eq!(d.ready(files.clone(), now + Duration::from_secs(30)), files);
+        d.done("A");
+        assert!(d.entries.is_empty());
     }
 
     #[test]
