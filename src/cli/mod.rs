@@ -190,16 +190,17 @@ pub enum AccountsAction {
 pub struct ShardsArgs {
     #[command(subcommand)]
     pub action: ShardsAction,
-    #[command(flatten)]
-    pub topology: TopologyArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ShardsAction {
     /// Create the first-level links; with --move, move existing data into place.
     Apply {
+        /// Move data already in the store (or behind an old link) to its shard first.
         #[arg(long = "move")]
         move_data: bool,
+        #[command(flatten)]
+        topology: TopologyArgs,
     },
 }
 

@@ -2,6 +2,7 @@
 
 pub mod lock;
 pub mod queue;
+pub mod shards;
 pub mod tree;
 
 use std::path::PathBuf;
