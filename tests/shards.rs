@@ -344,6 +344,7 @@ fn up_refuses_data_outside_its_shard() {
             dir.path().join("old/C1").display(),
             dirs[3].join("C1").display()
         ),
+        "not starting any instance".to_string(),
         "storeherd shards apply --move".to_string(),
         "ln -sfn".to_string(),
     ];
