@@ -428,6 +428,8 @@ fn restart(up: &mut Up) -> Up {
         sport,
         eport,
         stderr_log: log,
+        prefix: Vec::new(),
+        args: Vec::new(),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while again.try_http("GET", "/status", None).is_err() {
