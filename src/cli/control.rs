@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use super::*;
+use crate::accounts::{Command, MAX_GEN};
 use crate::admin::api::{InstanceState, Status};
 use crate::admin::client::{AdminClient, ClientError, ControlReply};
 use crate::store::shards::{Layout, MoveOptions, Progress, ShardError};
@@ -139,8 +140,68 @@ pub fn restart(args: RestartArgs) -> Outcome {
     print_reply(reply)
 }
 
-pub fn accounts(_args: AccountsArgs) -> Outcome {
-    bail!("`storeherd accounts` is not available yet (it comes with the accounts work)")
+/// Exit status of an accounts change that some instance has not taken yet (the ledger has
+/// it, and the supervisor sends it again once that instance is ready).
+pub const ACCOUNTS_INCOMPLETE: u8 = 3;
+
+/// `storeherd accounts add|add-key|rm|gen|list`. Keys (`gen`) and the list go to stdout,
+/// one per line; the report of instances that did not answer `DONE` goes to stderr.
+pub fn accounts(args: AccountsArgs) -> Outcome {
+    let cmd = match args.action {
+        AccountsAction::Add { userhash, authkey } => Command::Add {
+            user: userhash,
+            key: authkey,
+        },
+        AccountsAction::AddKey { authkey } => Command::AddKey { key: authkey },
+        AccountsAction::Rm { authkey } => Command::Rm { key: authkey },
+        AccountsAction::Gen { n } => {
+            if n == 0 || n > MAX_GEN {
+                bail!("gen makes 1 to {MAX_GEN} keys");
+            }
+            Command::Gen { count: n }
+        }
+        AccountsAction::List => Command::List,
+    };
+    let client = client(&args.control)?;
+    let report = runtime()?.block_on(client.accounts(&cmd))?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        Command::List => {
+            for e in &report.accounts {
+                writeln!(out, "{} {} {}", e.user, e.key, e.date)?;
+            }
+        }
+        Command::Gen { .. } => {
+            for k in &report.keys {
+                writeln!(out, "{k}")?;
+            }
+            eprintln!("{}", report.message);
+        }
+        _ => writeln!(out, "{}", report.message)?,
+    }
+    out.flush()?;
+    let missed: Vec<_> = report.missed().collect();
+    for d in &missed {
+        eprintln!(
+            "instance {} ({}) did not answer DONE: {}; it gets the change when it is ready again",
+            d.id,
+            d.addr,
+            d.error.as_deref().unwrap_or("no reason given")
+        );
+    }
+    if missed.is_empty() {
+        if cmd != Command::List && !report.instances.is_empty() {
+            eprintln!("{} instance(s) updated", report.instances.len());
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "{} of {} instance(s) updated; the ledger has the change",
+            report.instances.len() - missed.len(),
+            report.instances.len()
+        );
+        Ok(ExitCode::from(ACCOUNTS_INCOMPLETE))
+    }
 }
 
 /// `storeherd shards apply [--move]`: links the first-level folders as the topology's shards

@@ -68,23 +68,45 @@ async fn connect_and_greet(addr: SocketAddr) -> Result<(TcpStream, Received), Op
         }
         let scanned = got.len;
         got.len += n;
-        if let Some(lf) = got.buf[scanned..got.len].iter().position(|&b| b == b'\n') {
-            let line = &got.buf[..scanned + lf];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            // The stock greeting, matched without the general parser's allocation.
-            if line == GREETING_READY.as_bytes() {
-                return Ok((stream, got));
-            }
-            let text = String::from_utf8_lossy(line);
-            return match parse_greeting(&text) {
-                Some(Greeting::Ready) => Ok((stream, got)),
-                Some(Greeting::Busy) => Err(OpenError::Busy),
-                None => Err(OpenError::Garbage(text.into_owned())),
-            };
-        }
-        if got.len == MAX_GREETING {
-            let text = String::from_utf8_lossy(got.bytes()).into_owned();
-            return Err(OpenError::Garbage(text));
+        match judge(&got.buf[..got.len], scanned) {
+            Verdict::More => {}
+            Verdict::Ready => return Ok((stream, got)),
+            Verdict::Busy => return Err(OpenError::Busy),
+            Verdict::Garbage(text) => return Err(OpenError::Garbage(text)),
         }
     }
+}
+
+/// What the bytes received so far from a backend say.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No complete line yet, and room for more.
+    More,
+    Ready,
+    Busy,
+    Garbage(String),
+}
+
+/// Judges the greeting in `got`, of which the first `scanned` bytes held no LF. Pure, so the
+/// proxy's reader can be fuzzed.
+pub fn judge(got: &[u8], scanned: usize) -> Verdict {
+    let scanned = scanned.min(got.len());
+    if let Some(lf) = got[scanned..].iter().position(|&b| b == b'\n') {
+        let line = &got[..scanned + lf];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // The stock greeting, matched without the general parser's allocation.
+        if line == GREETING_READY.as_bytes() {
+            return Verdict::Ready;
+        }
+        let text = String::from_utf8_lossy(line);
+        return match parse_greeting(&text) {
+            Some(Greeting::Ready) => Verdict::Ready,
+            Some(Greeting::Busy) => Verdict::Busy,
+            None => Verdict::Garbage(text.into_owned()),
+        };
+    }
+    if got.len() >= MAX_GREETING {
+        return Verdict::Garbage(String::from_utf8_lossy(got).into_owned());
+    }
+    Verdict::More
 }

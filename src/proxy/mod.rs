@@ -8,7 +8,7 @@
 //! it without locks.
 
 mod accept;
-mod greeting;
+pub mod greeting;
 mod pool;
 mod relay;
 

@@ -29,6 +29,32 @@ pub enum LoginResult {
     Failed,
 }
 
+/// The key → user map of `auth.txt` bytes, and warnings for the lines skipped (`path` only
+/// names the file in them).
+pub fn parse(path: &Path, bytes: &[u8]) -> (HashMap<String, String>, Vec<String>) {
+    let mut map = HashMap::new();
+    let mut warnings = Vec::new();
+    let text = String::from_utf8_lossy(bytes);
+    for (i, raw) in text.split('\n').enumerate() {
+        let line = raw.trim_end_matches(['\r', '\n']);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.splitn(3, ' ');
+        match (parts.next(), parts.next()) {
+            (Some(user), Some(key)) => {
+                map.insert(key.to_string(), user.to_string());
+            }
+            _ => warnings.push(format!(
+                "{}:{}: line without a user and a key ignored",
+                path.display(),
+                i + 1
+            )),
+        }
+    }
+    (map, warnings)
+}
+
 impl AuthTable {
     /// Loads `path` (created if missing) and keeps it open for appending. Lines of one word
     /// are skipped with a warning (the original aborts, PROTOCOL.md §14 #16).
@@ -37,32 +63,11 @@ impl AuthTable {
             path: path.to_path_buf(),
             source,
         };
-        let mut map = HashMap::new();
-        let mut warnings = Vec::new();
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                for (i, raw) in text.split('\n').enumerate() {
-                    let line = raw.trim_end_matches(['\r', '\n']);
-                    if line.is_empty() || line.starts_with('#') {
-                        continue;
-                    }
-                    let mut parts = line.splitn(3, ' ');
-                    match (parts.next(), parts.next()) {
-                        (Some(user), Some(key)) => {
-                            map.insert(key.to_string(), user.to_string());
-                        }
-                        _ => warnings.push(format!(
-                            "{}:{}: line without a user and a key ignored",
-                            path.display(),
-                            i + 1
-                        )),
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        let (map, warnings) = match std::fs::read(path) {
+            Ok(bytes) => parse(path, &bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (HashMap::new(), Vec::new()),
             Err(e) => return Err(err(e)),
-        }
+        };
         let file = OpenOptions::new()
             .append(true)
             .create(true)

@@ -84,12 +84,12 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
 
     let tree = Tree::new(store_root);
     let queue = Queue::new(home.join("inputqueue"));
-    let worker = Worker {
-        tree: tree.clone(),
-        queue: queue.clone(),
-        limits: config.limits,
-        inflight: home.join(INFLIGHT),
-    };
+    let worker = Worker::new(
+        tree.clone(),
+        queue.clone(),
+        config.limits,
+        home.join(INFLIGHT),
+    );
     worker.recover()?;
     // A queue file torn by a crash mid-write (never acknowledged) must go before clients can
     // send the same block again: the committer would take the torn file for a durable copy.

@@ -12,14 +12,12 @@ use tokio::time::Instant;
 use crate::server::auth::LoginResult;
 use crate::server::command::{self, Command};
 use crate::server::conn::{Conn, Rewind};
+use crate::server::framing::{BlockLines, Input, Line, Next, Upload};
 use crate::server::worker::Job;
 use crate::server::{since, Shared};
-use crate::wire::{GREETING_BUSY, GREETING_READY, MAX_LINE};
+use crate::wire::{GREETING_BUSY, GREETING_READY};
 
-/// Largest `Data: n` payload buffered. The original buffers any size; a block this large can
-/// never pass validation (8 MiB limit), so larger payloads are read, discarded and answered
-/// `FAILED` rather than held in memory.
-pub const MAX_PAYLOAD: usize = 64 << 20;
+pub use crate::server::framing::MAX_PAYLOAD;
 
 /// Largest `GENLOGIN n` served in one command (the original has no limit and would stall).
 pub const MAX_GENLOGIN: u64 = 100_000;
@@ -43,16 +41,6 @@ impl Drop for Counted {
     }
 }
 
-/// A complete uploaded block.
-enum Upload {
-    Block {
-        lines: Vec<Vec<u8>>,
-        payload: Option<Vec<u8>>,
-    },
-    /// `Data: n` above [`MAX_PAYLOAD`]; the bytes were read and discarded.
-    TooLarge,
-}
-
 enum Flow {
     Continue,
     Close,
@@ -61,9 +49,7 @@ enum Flow {
 pub struct Session {
     shared: Rc<Shared>,
     conn: Conn,
-    buf: Vec<u8>,
-    /// Start of unread bytes in `buf`.
-    start: usize,
+    input: Input,
     out: Vec<u8>,
     deadline: Instant,
     timeout: Duration,
@@ -82,8 +68,7 @@ pub async fn serve(shared: Rc<Shared>, tcp: TcpStream, id: u64) {
     let mut s = Session {
         shared,
         conn: Conn::Plain(tcp),
-        buf: Vec::with_capacity(8192),
-        start: 0,
+        input: Input::new(),
         out: Vec::with_capacity(1024),
         deadline: Instant::now() + timeout,
         timeout,
@@ -152,15 +137,8 @@ impl Session {
         if !self.flush().await {
             return false;
         }
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > 65536 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        self.buf.reserve(16384);
-        match tokio::time::timeout_at(self.deadline, self.conn.read_buf(&mut self.buf)).await {
+        let space = self.input.space();
+        match tokio::time::timeout_at(self.deadline, self.conn.read_buf(space)).await {
             Ok(Ok(n)) if n > 0 => true,
             Ok(_) => false,
             Err(_) => {
@@ -177,26 +155,18 @@ impl Session {
     /// The next CRLF-terminated line; `None` closes the session (EOF, idle timeout, or a line
     /// over the limit — closed silently, as Twisted does).
     async fn next_line(&mut self) -> Option<Vec<u8>> {
-        // Bytes after `start` already searched for CRLF (fill may move `start`).
-        let mut scanned = 0usize;
         loop {
-            let from = self.start + scanned.saturating_sub(1);
-            if let Some(i) = self.buf[from..].windows(2).position(|w| w == b"\r\n") {
-                let end = from + i;
-                if end - self.start > MAX_LINE {
-                    return None;
+            match self.input.line() {
+                Line::Got(line) => {
+                    self.touch();
+                    return Some(line);
                 }
-                let line = self.buf[self.start..end].to_vec();
-                self.start = end + 2;
-                self.touch();
-                return Some(line);
-            }
-            if self.buf.len() - self.start >= MAX_LINE + 2 {
-                return None;
-            }
-            scanned = self.buf.len() - self.start;
-            if !self.fill().await {
-                return None;
+                Line::TooLong => return None,
+                Line::More => {
+                    if !self.fill().await {
+                        return None;
+                    }
+                }
             }
         }
     }
@@ -206,12 +176,7 @@ impl Session {
         let mut got = Vec::with_capacity(if keep { n.min(1 << 20) } else { 0 });
         let mut left = n;
         loop {
-            let take = left.min(self.buf.len() - self.start);
-            if keep {
-                got.extend_from_slice(&self.buf[self.start..self.start + take]);
-            }
-            self.start += take;
-            left -= take;
+            left -= self.input.take(left, keep.then_some(&mut got));
             if left == 0 {
                 return Some(got);
             }
@@ -224,31 +189,17 @@ impl Session {
 
     /// Block-lines and block-bytes states (PROTOCOL.md §4.1).
     async fn read_upload(&mut self) -> Option<Upload> {
-        let mut lines = Vec::new();
+        let mut up = BlockLines::default();
         loop {
             let line = self.next_line().await?;
-            if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"padding: ") {
-                continue;
-            }
-            if line.eq_ignore_ascii_case(b"EndBlock") {
-                return Some(Upload::Block {
-                    lines,
-                    payload: None,
-                });
-            }
-            if let Some(n) = data_len(&line) {
-                lines.push(line);
-                if n > MAX_PAYLOAD {
-                    self.raw(n, false).await?;
-                    return Some(Upload::TooLarge);
+            match up.feed(line) {
+                Next::Line => {}
+                Next::Done(u) => return Some(u),
+                Next::Raw { n, keep } => {
+                    let payload = self.raw(n, keep).await?;
+                    return Some(up.finish(keep.then_some(payload)));
                 }
-                let payload = self.raw(n, true).await?;
-                return Some(Upload::Block {
-                    lines,
-                    payload: Some(payload),
-                });
             }
-            lines.push(line);
         }
     }
 
@@ -481,9 +432,7 @@ impl Session {
         let Conn::Plain(tcp) = std::mem::replace(&mut self.conn, Conn::Closed) else {
             return Flow::Close;
         };
-        let early = self.buf.split_off(self.start);
-        self.buf.clear();
-        self.start = 0;
+        let early = self.input.split_off();
         let acceptor = self.shared.tls.clone();
         let hs = tokio::time::timeout_at(self.deadline, acceptor.accept(Rewind::new(early, tcp)));
         match hs.await {
@@ -500,18 +449,6 @@ impl Session {
             Err(_) => Flow::Close,
         }
     }
-}
-
-/// `Data: <n>`, n a positive decimal without a leading zero, any case (PROTOCOL.md §4.1).
-fn data_len(line: &[u8]) -> Option<usize> {
-    if line.len() < 7 || !line[..6].eq_ignore_ascii_case(b"data: ") {
-        return None;
-    }
-    let d = &line[6..];
-    if d[0] == b'0' || d.len() > 18 || !d.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(d).ok()?.parse().ok()
 }
 
 fn forbidden(line: &[u8]) -> bool {
@@ -560,9 +497,6 @@ mod tests {
 
     #[test]
     fn upload_line_rules() {
-        assert_eq!(data_len(b"DATA: 12"), Some(12));
-        assert_eq!(data_len(b"Data: 0"), None);
-        assert_eq!(data_len(b"Data: 01"), None);
         assert!(forbidden(b"LoginUser: x"));
         assert!(forbidden(b"storetype: x"));
         assert!(!forbidden(b"LoginUser:x"));

@@ -272,6 +272,10 @@ impl Runner {
                 }
                 // BUSY proves the process answers; it is full, not broken, so it stays.
                 Err(HealthError::Wire(WireError::Busy)) => last_answer = Instant::now(),
+                // Our own descriptors ran out: no verdict on the instance either way.
+                Err(e) if e.is_local() => {
+                    debug!(instance = self.id, "health check not made: {e}")
+                }
                 Err(e) => {
                     fails += 1;
                     ready_since = None;

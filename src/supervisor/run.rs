@@ -17,6 +17,7 @@ use super::instance::{Ctl, Event, InstanceInfo, Runner};
 use super::metrics::Sampler;
 use super::provision::{self, Prepared};
 use super::watcher;
+use crate::accounts::Accounts;
 use crate::admin::api::{Answer, ControlError, Handle, InstanceState, Request, Status};
 use crate::admin::server as admin_server;
 use crate::proxy::{self, Pool, ProxyLimits};
@@ -44,6 +45,8 @@ pub enum SupervisorError {
     },
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Accounts(#[from] crate::accounts::AccountsError),
 }
 
 /// One instance as the supervisor sees it.
@@ -74,6 +77,8 @@ struct Supervisor {
     ready_set: Vec<(u32, SocketAddr)>,
     rolling: Option<tokio::task::JoinHandle<()>>,
     shutting_down: bool,
+    /// The accounts ledger's owner: told about every instance change, answers `accounts`.
+    accounts: Accounts,
 }
 
 fn limits(plan: &Plan) -> ProxyLimits {
@@ -108,6 +113,7 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
     // The store (and shard links) exist before any instance starts: the original crashes
     // when two instances race to create it.
     let prepared = Arc::new(provision::prepare_data(&plan)?);
+    let accounts = Accounts::start(prepared.clone())?;
     let proxy_listener = bind(plan.listen, "public proxy port").await?;
     let admin_listener = bind(plan.admin.listen, "admin API").await?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(SupervisorError::Signals)?;
@@ -176,6 +182,7 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
         ready_set: Vec::new(),
         rolling: None,
         shutting_down: false,
+        accounts,
     };
     sup.scale_to(want);
 
@@ -349,12 +356,15 @@ impl Supervisor {
                     {
                         slot.draining = false;
                     }
+                    let home = self.plan_tx.borrow().instance(id).home;
+                    self.accounts.instance(id, info.addr, home, info.state);
                     slot.info = info;
                 }
             }
             Event::Gone { id } => {
                 info!(instance = id, "gone");
                 self.slots.remove(&id);
+                self.accounts.gone(id);
             }
         }
         self.update_pool();
@@ -467,6 +477,11 @@ impl Supervisor {
                 Ok(format!("rolling restart of {count} instances started"))
             }
             Request::Reload => self.reload(),
+            // The accounts actor answers on the request's own channel, with a full report.
+            Request::Accounts { cmd, reply } => {
+                self.accounts.submit(cmd, reply);
+                Ok("handed to the accounts ledger".into())
+            }
         }
     }
 

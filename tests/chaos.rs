@@ -1,0 +1,328 @@
+//! Chaos run: `storeherd up` with 4 instances under `storeherd bench --op mixed` and a STORE
+//! stream that records every `DONE`, while instances are SIGKILLed every 2 s, one is
+//! removed, one added, and all are restarted one at a time. Afterwards every block answered
+//! `DONE` must be readable, no client connect may have failed, and every failed operation
+//! must have been in flight on a connection that a kill or a stop could have cut.
+//!
+//! `chaos_short` runs in the test suite (a few seconds); `deploy/chaos/chaos` runs
+//! `chaos_full` (60 s, `CHAOS_SECS` to change).
+
+mod harness;
+mod reliability;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use reliability::{env_or, leftovers, unreadable, wait_drained, Site, StoreStream};
+
+/// Something that can cut connections: a kill (an instant) or a stop in progress (a span).
+struct Event {
+    from: Instant,
+    to: Instant,
+    what: String,
+}
+
+/// `bench_op`: `mixed` in the full run; the suite's short run uses `get`, because a mixed
+/// bench first computes proofs of work for 20,000 blocks per second of run, which takes
+/// minutes in an unoptimized build (the STORE stream still stores throughout).
+fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
+    let dir = reliability::Scratch::new();
+    let site = Site::new(
+        dir.path(),
+        4,
+        "proxy: { connect_timeout: 1s, idle_timeout: 60s, drain_timeout: 3s }\n",
+    );
+    let svc = site.start(None);
+    svc.wait_ready(4, Duration::from_secs(60));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = svc.admin_key();
+    let bench = Command::new(harness::BIN)
+        .args([
+            "bench", "--op", bench_op, "-c", "4", "--size", "1024", "--json",
+        ])
+        .arg("--target")
+        .arg(svc.listen.to_string())
+        .arg("-d")
+        .arg(format!("{secs}"))
+        .arg("--login")
+        .arg(format!("administrator:{key}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bench = ChildGuard(Some(bench));
+    // The chaos starts once the bench's connections are open (after its set-up).
+    let ready_by = Instant::now() + Duration::from_secs(300);
+    loop {
+        let open = svc
+            .status()
+            .map_or(0, |s| s["connections_active"].as_u64().unwrap_or(0));
+        if open >= 4 {
+            break;
+        }
+        if let Some(Ok(Some(st))) = bench.0.as_mut().map(|c| c.try_wait()) {
+            panic!(
+                "bench exited before the run ({st}): {}",
+                bench.wait(Duration::ZERO)
+            );
+        }
+        assert!(Instant::now() < ready_by, "bench never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stream = StoreStream::start(&rt, svc.listen, 4);
+
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut events: Vec<Event> = Vec::new();
+    let mut kills = 0;
+    let mut restarts_seen = std::collections::BTreeMap::<u64, u64>::new();
+    let (mut removed, mut added, mut rolled) = (false, false, false);
+    let mut rolling_from = None;
+    let mut removing: Option<(u64, Instant)> = None;
+    let mut next_kill = start + kill_every;
+    let mut rng = rand::thread_rng();
+    while Instant::now() < end {
+        let t = start.elapsed().as_secs_f64() / secs;
+        if let Some(st) = svc.status() {
+            for i in st["instances"].as_array().unwrap() {
+                let (id, r) = (i["id"].as_u64().unwrap(), i["restarts"].as_u64().unwrap());
+                let e = restarts_seen.entry(id).or_default();
+                *e = (*e).max(r);
+            }
+        }
+        if let Some((id, from)) = removing {
+            let listed = svc.ids().is_none_or(|ids| ids.contains(&id));
+            if !listed {
+                events.push(Event {
+                    from,
+                    to: Instant::now(),
+                    what: format!("remove {id}"),
+                });
+                removing = None;
+            }
+        }
+        if Instant::now() >= next_kill {
+            next_kill += kill_every;
+            if let Some(&(id, pid)) = svc.pids().choose(&mut rng) {
+                let at = Instant::now();
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                kills += 1;
+                println!(
+                    "{:6.2}s  SIGKILL instance {id} (pid {pid})",
+                    start.elapsed().as_secs_f64()
+                );
+                events.push(Event {
+                    from: at,
+                    to: at,
+                    what: format!("kill {id}"),
+                });
+            }
+        }
+        if !removed && t >= 0.25 {
+            removed = true;
+            let ids: Vec<u64> = svc.pids().iter().map(|p| p.0).collect();
+            let id = *ids.choose(&mut rng).unwrap_or(&1);
+            let from = Instant::now();
+            let out = svc.ctl(&["remove", &id.to_string()]);
+            println!(
+                "{:6.2}s  remove {id}: {} {}",
+                start.elapsed().as_secs_f64(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+            // The instance drains and stops after the command returns: the span ends when
+            // /status no longer lists it.
+            removing = Some((id, from));
+        }
+        if !added && t >= 0.4 {
+            added = true;
+            let out = svc.ctl(&["add"]);
+            println!(
+                "{:6.2}s  add: {} {}",
+                start.elapsed().as_secs_f64(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        if !rolled && t >= 0.55 {
+            rolled = true;
+            rolling_from = Some(Instant::now());
+            let out = svc.ctl(&["restart", "--rolling"]);
+            println!(
+                "{:6.2}s  restart --rolling: {} {}",
+                start.elapsed().as_secs_f64(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let record = stream.stop(&rt);
+    let bench_out = bench.wait(Duration::from_secs(60));
+    // The rolling restart may still be going: wait for 4 ready instances and no drain.
+    let settled = svc.wait_ready(4, Duration::from_secs(120));
+    if let Some((id, from)) = removing {
+        events.push(Event {
+            from,
+            to: Instant::now(),
+            what: format!("remove {id}"),
+        });
+    }
+    if let Some(from) = rolling_from {
+        events.push(Event {
+            from,
+            to: Instant::now(),
+            what: "rolling restart".into(),
+        });
+    }
+    for i in settled["instances"].as_array().unwrap() {
+        let (id, r) = (i["id"].as_u64().unwrap(), i["restarts"].as_u64().unwrap());
+        let e = restarts_seen.entry(id).or_default();
+        *e = (*e).max(r);
+    }
+    let queued = wait_drained(&svc.data, Duration::from_secs(60));
+    let missing = unreadable(
+        &rt,
+        svc.listen,
+        &key,
+        &record.acked,
+        Duration::from_secs(60),
+    );
+    let (temps, _) = leftovers(&svc.data);
+    let unexplained: Vec<_> = record
+        .op_failures
+        .iter()
+        .filter(|f| {
+            !events
+                .iter()
+                .any(|e| e.from <= f.at && e.to >= f.conn_start)
+        })
+        .collect();
+
+    println!(
+        "--- chaos run: {secs} s, 4 instances, SIGKILL every {kill_every:?}, bench --op {bench_op}"
+    );
+    println!("instances killed (SIGKILL)       {kills}");
+    println!("remove / add / rolling restart   {removed} / {added} / {rolled}");
+    println!(
+        "restarts observed (/status, max per id) {} {:?}",
+        restarts_seen.values().sum::<u64>(),
+        restarts_seen
+    );
+    println!("STORE stream: connects           {}", record.connects);
+    println!("blocks answered DONE             {}", record.acked.len());
+    println!("  of them unreadable             {}", missing.len());
+    println!("blocks answered FAILED           {}", record.refused.len());
+    println!(
+        "client connects failed           {}",
+        record.connect_failures.len()
+    );
+    println!(
+        "operations failed                {} ({} not in flight during a kill or stop)",
+        record.op_failures.len(),
+        unexplained.len()
+    );
+    for f in record.op_failures.iter().take(10) {
+        println!(
+            "  {:6.2}s  {}",
+            f.at.duration_since(start).as_secs_f64(),
+            f.error
+        );
+    }
+    println!("temporary files left in store    {}", temps.len());
+    println!("blocks left in input queues      {}", queued.len());
+    println!("bench: {}", bench_out.trim());
+    for e in &events {
+        let (from, to) = (e.from.duration_since(start), e.to.duration_since(start));
+        println!(
+            "  event {:6.2}s..{:6.2}s {}",
+            from.as_secs_f64(),
+            to.as_secs_f64(),
+            e.what
+        );
+    }
+
+    assert!(
+        missing.is_empty(),
+        "blocks answered DONE but unreadable: {missing:?}"
+    );
+    assert!(
+        record.connect_failures.is_empty(),
+        "client connects failed: {:?}\n{}",
+        record
+            .connect_failures
+            .iter()
+            .map(|c| &c.1)
+            .collect::<Vec<_>>(),
+        svc.log()
+    );
+    assert!(
+        record.refused.is_empty(),
+        "valid blocks refused: {}",
+        record.refused.len()
+    );
+    assert!(
+        unexplained.is_empty(),
+        "failures outside any kill or stop: {unexplained:?}"
+    );
+    assert!(temps.is_empty(), "temporary files left: {temps:?}");
+    assert!(queued.is_empty(), "input queues not drained: {queued:?}");
+    assert!(!record.acked.is_empty(), "the STORE stream stored nothing");
+}
+
+/// Kills and reaps a child process when dropped.
+struct ChildGuard(Option<std::process::Child>);
+
+impl ChildGuard {
+    /// Waits (bounded) for its exit and returns its standard output.
+    fn wait(mut self, timeout: Duration) -> String {
+        let mut child = self.0.take().unwrap();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                let out = child.wait_with_output().unwrap();
+                return format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        "bench did not finish".into()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn chaos_short() {
+    chaos(6.0, Duration::from_secs(2), "get");
+}
+
+#[test]
+#[ignore = "the full 60 s run: deploy/chaos/chaos"]
+fn chaos_full() {
+    chaos(
+        env_or("CHAOS_SECS", 60.0),
+        Duration::from_millis(env_or("CHAOS_KILL_MS", 2000)),
+        "mixed",
+    );
+}
