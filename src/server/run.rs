@@ -89,8 +89,8 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
         queue.clone(),
         config.limits,
         home.join(INFLIGHT),
-    )
-    .with_liveness(liveness.clone());
+        liveness.clone(),
+    );
     worker.recover()?;
     // A queue file torn by a crash mid-write (never acknowledged) must go before clients can
     // send the same block again: the committer would take the torn file for a durable copy.

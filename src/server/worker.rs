@@ -47,8 +47,8 @@ pub struct Worker {
     limits: Limits,
     /// `<home>/store-inflight.txt`.
     inflight: PathBuf,
-    /// The sender's timer, for SELFTEST (none: always `PASS`).
-    liveness: Option<std::sync::Arc<crate::server::sender::Liveness>>,
+    /// The sender's timer, for SELFTEST.
+    liveness: std::sync::Arc<crate::server::sender::Liveness>,
     /// Queue files whose results are renamed into place, but whose renames are not yet known
     /// to be durable; deleted after the next sync of `unsettled_dirs`' file systems. The
     /// next batch's first sync does that at no extra cost.
@@ -65,22 +65,22 @@ struct Entry {
 }
 
 impl Worker {
-    pub fn new(tree: Tree, queue: Queue, limits: Limits, inflight: PathBuf) -> Worker {
+    pub fn new(
+        tree: Tree,
+        queue: Queue,
+        limits: Limits,
+        inflight: PathBuf,
+        liveness: std::sync::Arc<crate::server::sender::Liveness>,
+    ) -> Worker {
         Worker {
             tree,
             queue,
             limits,
             inflight,
-            liveness: None,
+            liveness,
             unsettled: Vec::new(),
             unsettled_dirs: BTreeSet::new(),
         }
-    }
-
-    /// SELFTEST answers `FAIL SENDER <s>` when this timer stops (PROTOCOL.md §3.10).
-    pub fn with_liveness(mut self, l: std::sync::Arc<crate::server::sender::Liveness>) -> Worker {
-        self.liveness = Some(l);
-        self
     }
 
     /// Removes temporary files that a crashed run left in the tree.
@@ -130,11 +130,7 @@ impl Worker {
                 }
                 Job::SelfTest(reply) => {
                     self.settle();
-                    let line = match &self.liveness {
-                        Some(l) => l.selftest_line(),
-                        None => "PASS".into(),
-                    };
-                    let _ = reply.send(line);
+                    let _ = reply.send(self.liveness.selftest_line());
                 }
                 Job::Block(first) => {
                     let mut names = vec![first];

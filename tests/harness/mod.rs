@@ -22,7 +22,8 @@ pub fn free_port() -> u16 {
 /// A base port with `n` consecutive free TCP and UDP ports.
 pub fn free_range(n: u16) -> u16 {
     for _ in 0..200 {
-        let base = 20_000 + (rand::random::<u16>() % 35_000);
+        // Below Linux's ephemeral range (32768+), so outgoing connections do not take them.
+        let base = 20_000 + (rand::random::<u16>() % 12_000);
         let ok = (0..n).all(|i| {
             TcpListener::bind(("127.0.0.1", base + i)).is_ok()
                 && UdpSocket::bind(("127.0.0.1", base + i)).is_ok()
