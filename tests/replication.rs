@@ -379,8 +379,6 @@ fn two_site_topology(
 struct TwoSites {
     a: Up,
     b: Up,
-    /// How site b was started (to start it again).
-    b_prefix: Vec<String>,
 }
 
 impl TwoSites {
@@ -403,8 +401,8 @@ impl TwoSites {
             ports[0].admin,
             ports[0].sport,
             ports[0].eport,
-            &pa,
-            &["--site".into(), "a".into()],
+            pa,
+            vec!["--site".into(), "a".into()],
         );
         // Site a generates the key file; b must not race it.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -419,10 +417,10 @@ impl TwoSites {
             ports[1].admin,
             ports[1].sport,
             ports[1].eport,
-            &pb,
-            &["--site".into(), "b".into()],
+            pb,
+            vec!["--site".into(), "b".into()],
         );
-        TwoSites { a, b, b_prefix: pb }
+        TwoSites { a, b }
     }
 }
 
@@ -559,7 +557,7 @@ async fn backlog_after_stop_body() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let restarted = Instant::now();
-    s.b.respawn(&s.b_prefix, &["--site".into(), "b".into()]);
+    s.b.respawn();
     ready(&mut s.b);
     let ready_after = restarted.elapsed();
     let t = wait_readable(s.b.listen, &admin_b, &backlog, Duration::from_secs(60))

@@ -44,6 +44,9 @@ pub struct Up {
     pub sport: u16,
     pub eport: u16,
     pub stderr_log: PathBuf,
+    /// Program and arguments put before `storeherd` (e.g. `ip netns exec NS`).
+    pub prefix: Vec<String>,
+    pub args: Vec<String>,
 }
 
 impl Up {
@@ -81,7 +84,7 @@ impl Up {
         )
         .unwrap();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let mut up = Up::launch(dir, file, listen, admin, sport, eport, &[], &args);
+        let mut up = Up::launch(dir, file, listen, admin, sport, eport, Vec::new(), args);
         up.wait_admin();
         up
     }
@@ -97,8 +100,8 @@ impl Up {
         admin: SocketAddr,
         sport: u16,
         eport: u16,
-        prefix: &[String],
-        args: &[String],
+        prefix: Vec<String>,
+        args: Vec<String>,
     ) -> Up {
         let stderr_log = dir.path().join("up.log");
         let mut up = Up {
@@ -110,21 +113,23 @@ impl Up {
             sport,
             eport,
             stderr_log,
+            prefix,
+            args,
         };
-        up.respawn(prefix, args);
+        up.respawn();
         up
     }
 
-    /// Starts the supervisor (again, after [`Up::terminate`]) with this file, under
-    /// `prefix`, with `args`; its log is appended to.
-    pub fn respawn(&mut self, prefix: &[String], args: &[String]) {
+    /// Starts the supervisor again (after [`Up::terminate`]) with the same file and
+    /// arguments; its log is appended to.
+    pub fn respawn(&mut self) {
         assert!(self.child.is_none(), "the supervisor is still running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.stderr_log)
             .unwrap();
-        let mut cmd = match prefix.split_first() {
+        let mut cmd = match self.prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
                 c.args(rest).arg(BIN);
@@ -136,7 +141,7 @@ impl Up {
             .arg("up")
             .arg("-f")
             .arg(&self.file)
-            .args(args)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
