@@ -328,10 +328,11 @@ struct SitePorts {
 impl SitePorts {
     fn free() -> SitePorts {
         SitePorts {
-            listen: format!("127.0.0.1:{}", harness::free_port())
+            // Below the ephemeral range, which outgoing connections draw from.
+            listen: format!("127.0.0.1:{}", harness::free_range(1))
                 .parse()
                 .unwrap(),
-            admin: format!("127.0.0.1:{}", harness::free_port())
+            admin: format!("127.0.0.1:{}", harness::free_range(1))
                 .parse()
                 .unwrap(),
             sport: harness::free_range(2),
@@ -405,11 +406,7 @@ impl TwoSites {
             vec!["--site".into(), "a".into()],
         );
         // Site a generates the key file; b must not race it.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !keyfile.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(keyfile.exists(), "site a never wrote the key:\n{}", a.log());
+        wait_file(&keyfile);
         let b = Up::launch(
             db,
             fb,
