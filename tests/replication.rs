@@ -533,67 +533,47 @@ async fn two_sites_body() {
     // `storeherd accounts add` on site a reaches every instance of both sites: site a's
     // supervisor fans it out locally, each pair replicates it, and site b's supervisor
     // spreads what arrived by REPLOGIN to its other instances.
-    let out =
-        s.a.ctl(&["accounts", "add", "USERYYYY33334444", "KEYYYYY555566667777"]);
+    let (user, key) = ("USERYYYY33334444", "KEYYYYY555566667777");
+    let out = s.a.ctl(&["accounts", "add", user, key]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for (site, up) in [("a", &s.a), ("b", &s.b)] {
-        for k in 0..2u16 {
-            let addr: SocketAddr = format!("127.0.0.1:{}", up.sport + k).parse().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let mut c = storeherd::wire::Client::connect(addr, Duration::from_secs(5))
-                    .await
-                    .unwrap();
-                if c.login("USERYYYY33334444", "KEYYYYY555566667777")
-                    .await
-                    .unwrap()
-                {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the account never reached site {site} instance {}\n{}\n{}",
-                    k + 1,
-                    s.a.log(),
-                    s.b.log()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+    for up in [&s.a, &s.b] {
+        wait_login_everywhere(up, user, key, true).await;
     }
     // `accounts rm` disables it everywhere.
-    let out = s.a.ctl(&["accounts", "rm", "KEYYYYY555566667777"]);
+    let out = s.a.ctl(&["accounts", "rm", key]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for (site, up) in [("a", &s.a), ("b", &s.b)] {
-        for k in 0..2u16 {
-            let addr: SocketAddr = format!("127.0.0.1:{}", up.sport + k).parse().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let mut c = storeherd::wire::Client::connect(addr, Duration::from_secs(5))
-                    .await
-                    .unwrap();
-                if !c
-                    .login("USERYYYY33334444", "KEYYYYY555566667777")
-                    .await
-                    .unwrap()
-                {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the removal never reached site {site} instance {}",
-                    k + 1
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    for up in [&s.a, &s.b] {
+        wait_login_everywhere(up, user, key, false).await;
+    }
+}
+
+/// Waits (bounded) until `LOGIN user key` answers `works` on both instances of a site.
+async fn wait_login_everywhere(up: &Up, user: &str, key: &str, works: bool) {
+    for k in 0..2u16 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", up.sport + k).parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut c = storeherd::wire::Client::connect(addr, Duration::from_secs(5))
+                .await
+                .unwrap();
+            if c.login(user, key).await.unwrap() == works {
+                break;
             }
+            assert!(
+                Instant::now() < deadline,
+                "LOGIN {user} on {addr} never answered {}\n{}",
+                if works { "DONE" } else { "FAILED" },
+                up.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
