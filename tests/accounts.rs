@@ -337,3 +337,55 @@ fn with_a_peer_site_replogin_lines_spread_and_claims_go_back_to_their_instance()
         1
     );
 }
+
+/// The ledger outlives the supervisor: after a restart on the same data, a claimed key stays
+/// bound everywhere and a free key is still free, and claims still propagate.
+#[test]
+fn ledger_and_claims_survive_a_restart_of_the_supervisor() {
+    let mut up = Up::start(2, "");
+    up.wait_ready(2);
+    let (code, out, err) = accounts(&up, &["gen", "2"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let keys: Vec<String> = out.lines().map(str::to_string).collect();
+    let addrs = instance_addrs(&up);
+    assert!(login(addrs[0].1, USER_X, &keys[0]));
+    wait_for("the claim reaches instance 2", &up, T, || {
+        auth_txt(&up, 2).contains(&format!("{USER_X} {} ", keys[0]))
+    });
+    assert!(up
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+
+    // Same topology file, same data directory.
+    let log = up.dir.path().join("up2.log");
+    up.child = Some(
+        std::process::Command::new(harness::BIN)
+            .arg("up")
+            .arg("-f")
+            .arg(&up.file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    up.stderr_log = log;
+    wait_for(
+        "the admin API is back",
+        &up,
+        Duration::from_secs(30),
+        || up.try_http("GET", "/status", None).is_ok(),
+    );
+    up.wait_ready(2);
+    let addrs = instance_addrs(&up);
+    assert!(!login(addrs[1].1, USER_Y, &keys[0]));
+    assert!(login(addrs[1].1, USER_X, &keys[0]));
+    assert!(login(addrs[1].1, USER_Y, &keys[1]));
+    wait_for("the new claim reaches instance 1", &up, T, || {
+        auth_txt(&up, 1).contains(&format!("{USER_Y} {} ", keys[1]))
+    });
+    assert!(!login(addrs[0].1, USER_X, &keys[1]));
+    let (_, out, _) = accounts(&up, &["list"]);
+    assert!(out.contains(&format!("{USER_X} {} ", keys[0])), "{out}");
+    assert!(out.contains(&format!("{USER_Y} {} ", keys[1])), "{out}");
+}

@@ -27,7 +27,7 @@ struct Event {
 /// bench first computes proofs of work for 20,000 blocks per second of run, which takes
 /// minutes in an unoptimized build (the STORE stream still stores throughout).
 fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reliability::Scratch::new();
     let site = Site::new(
         dir.path(),
         4,

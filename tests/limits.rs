@@ -129,7 +129,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// `idle` connections held open through the proxy, then `more` arriving on top.
 fn idle_connections(idle: usize, more: usize) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reliability::Scratch::new();
     let per_instance = idle.div_ceil(4) + 64;
     let site = Site::new(
         dir.path(),
@@ -195,7 +195,7 @@ fn limits_full() {
 /// the proxy takes clients to the others instead.
 #[test]
 fn full_instance_is_routed_around() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reliability::Scratch::new();
     let site = Site::new(
         dir.path(),
         3,
@@ -235,7 +235,7 @@ fn out_of_descriptors_at_accept_is_survived() {
 }
 
 fn out_of_descriptors(nofile: u64, conns: usize) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reliability::Scratch::new();
     let site = Site::new(dir.path(), 2, "");
     let svc = site.start(Some(nofile));
     svc.wait_ready(2, Duration::from_secs(60));

@@ -15,7 +15,7 @@ use rand::Rng;
 use reliability::{env_or, leftovers, unreadable, wait_drained, Site, StoreStream};
 
 fn powercut(reps: u32, max_load: Duration) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reliability::Scratch::new();
     let site = Site::new(dir.path(), 4, "");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -27,7 +27,7 @@ fn powercut(reps: u32, max_load: Duration) {
     let mut rng = rand::thread_rng();
     println!("--- power-cut run: {reps} cuts, 4 instances");
     println!(
-        " cut  load(s)  DONE  total-DONE  killed  unreadable  temp-files  queued-after-restart"
+        " cut  load(s)  DONE  total-DONE  killed  left tmp/queued  unreadable  temp-files  queued-after-restart"
     );
     let mut svc = site.start(None);
     svc.wait_ready(4, Duration::from_secs(60));
@@ -39,6 +39,8 @@ fn powercut(reps: u32, max_load: Duration) {
             std::thread::sleep(Duration::from_millis(10));
         }
         let killed = svc.power_cut();
+        // What the cut left for recovery to deal with.
+        let (cut_temps, cut_queued) = leftovers(&site.data);
         let record = stream.stop(&rt);
         drop(svc);
         cut_failures += record.op_failures.len();
@@ -65,9 +67,11 @@ fn powercut(reps: u32, max_load: Duration) {
         total_missing += missing.len();
         total_temps += temps.len();
         println!(
-            "{rep:4}  {:7.2}  {done:4}  {:10}  {killed:6}  {:10}  {:10}  {:12}",
+            "{rep:4}  {:7.2}  {done:4}  {:10}  {killed:6}  {:6}/{:<6}  {:10}  {:10}  {:12}",
             load.as_secs_f64(),
             acked.len(),
+            cut_temps.len(),
+            cut_queued.len(),
             missing.len(),
             temps.len(),
             queued.len()

@@ -267,12 +267,52 @@ fn apply_move_from_an_unsharded_store_resumes_and_loses_nothing() {
     let out = String::from_utf8_lossy(&check.stdout);
     assert!(out.contains("would refuse to start"), "{out}");
 
-    // Running the command finishes it.
+    // The command itself, killed (SIGKILL) once it has copied more files: it resumes too.
+    let mut child = Command::new(BIN)
+        .args(["shards", "apply", "--move", "-f"])
+        .arg(&up.file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let killed = loop {
+        let placed = dirs
+            .iter()
+            .flat_map(|d| walk(d))
+            .filter(|p| p.file_name().unwrap().len() == 40)
+            .count();
+        if placed >= 600 {
+            let _ = child.kill();
+            let st = child.wait().unwrap();
+            break st.code().is_none();
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let placed = dirs
+        .iter()
+        .flat_map(|d| walk(d))
+        .filter(|p| p.file_name().unwrap().len() == 40)
+        .count();
+    eprintln!("shards apply --move killed mid-run: {killed}, {placed} blocks in their shard");
+    for (k, _) in &blocks {
+        assert!(
+            store.join(rel(k)).is_file() || shard_of(&dirs, k).join(rel(k)).is_file(),
+            "block {k} lost"
+        );
+    }
+
+    // Running the command again finishes it.
     let t0 = Instant::now();
     let out = shards_apply(&up.file, &["--move"]);
     eprintln!(
-        "shards apply --move finished the remaining {} blocks in {:?}",
-        BLOCKS - 400,
+        "shards apply --move finished the move in {:?}",
         t0.elapsed()
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -344,6 +384,7 @@ fn up_refuses_data_outside_its_shard() {
             dir.path().join("old/C1").display(),
             dirs[3].join("C1").display()
         ),
+        "not starting any instance".to_string(),
         "storeherd shards apply --move".to_string(),
         "ln -sfn".to_string(),
     ];
@@ -427,6 +468,8 @@ fn restart(up: &mut Up) -> Up {
         sport,
         eport,
         stderr_log: log,
+        prefix: Vec::new(),
+        args: Vec::new(),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while again.try_http("GET", "/status", None).is_err() {

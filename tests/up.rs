@@ -346,10 +346,16 @@ fn busy_instance_is_routed_around() {
     let st = up.wait_ready(2);
     let port1 = instances(&st)[0]["port"].as_u64().unwrap();
     rt().block_on(async {
-        // Hold instance 1's only connection slot.
-        let held = Client::connect(format!("127.0.0.1:{port1}").parse().unwrap(), T)
-            .await
-            .unwrap();
+        // Hold instance 1's only connection slot (a health check may hold it for a moment).
+        let addr1 = format!("127.0.0.1:{port1}").parse().unwrap();
+        let deadline = Instant::now() + T;
+        let held = loop {
+            match Client::connect(addr1, T).await {
+                Ok(c) => break c,
+                Err(e) => assert!(Instant::now() < deadline, "instance 1 never free: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         for _ in 0..6 {
             let mut c = Client::connect(up.listen, T).await.unwrap();
             c.ping().await.unwrap();

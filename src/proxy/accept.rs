@@ -19,6 +19,8 @@ use super::ProxyError;
 const BUSY_LINE: &[u8] = b"CONFIDANT MAIL SERVER PROTOCOL 1 BUSY\r\n";
 /// Pause after an accept error caused by a resource limit (EMFILE…), so as not to spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause between placement passes while no instance can take a client.
+const PLACE_RETRY: Duration = Duration::from_millis(50);
 /// How long a turned-away client may take to close after the BUSY line.
 const TURN_AWAY_LINGER: Duration = Duration::from_secs(1);
 /// Turned-away clients lingering at once; past it they are closed at once, so a flood of
@@ -143,28 +145,36 @@ async fn session(mut client: TcpStream, pool: Pool, _slot: ClientSlot) {
 }
 
 /// Tries each ready instance at most once, starting at the round-robin cursor, until one
-/// greets `READY`.
+/// greets `READY`. When none can, it tries again with the current ready set for up to
+/// `connect_timeout`: a moment with no ready instance (a kill, a rolling restart and a
+/// removal at once) then costs the client a short wait instead of a BUSY line.
 async fn place(pool: &Pool) -> Option<(TcpStream, Received, u32, Arc<Counters>)> {
-    let (snapshot, start) = pool.pick();
-    let n = snapshot.backends.len();
     let timeout = pool.connect_timeout();
-    for i in 0..n {
-        let backend = &snapshot.backends[start.wrapping_add(i) % n];
-        match greeting::open(backend.addr, timeout).await {
-            Ok((server, greeting)) => {
-                return Some((server, greeting, backend.id, backend.counters.clone()))
-            }
-            Err(OpenError::Busy) => {
-                backend.counters.busy_total.fetch_add(1, Relaxed);
-                debug!(instance = backend.id, "instance BUSY; trying the next");
-            }
-            Err(e) => {
-                backend.counters.connect_failures.fetch_add(1, Relaxed);
-                debug!(instance = backend.id, error = %e, "instance failed; trying the next");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (snapshot, start) = pool.pick();
+        let n = snapshot.backends.len();
+        for i in 0..n {
+            let backend = &snapshot.backends[start.wrapping_add(i) % n];
+            match greeting::open(backend.addr, timeout).await {
+                Ok((server, greeting)) => {
+                    return Some((server, greeting, backend.id, backend.counters.clone()))
+                }
+                Err(OpenError::Busy) => {
+                    backend.counters.busy_total.fetch_add(1, Relaxed);
+                    debug!(instance = backend.id, "instance BUSY; trying the next");
+                }
+                Err(e) => {
+                    backend.counters.connect_failures.fetch_add(1, Relaxed);
+                    debug!(instance = backend.id, error = %e, "instance failed; trying the next");
+                }
             }
         }
+        if tokio::time::Instant::now() + PLACE_RETRY >= deadline {
+            return None;
+        }
+        tokio::time::sleep(PLACE_RETRY).await;
     }
-    None
 }
 
 /// Sends the BUSY line and closes. The client's own bytes are read and dropped until it

@@ -42,6 +42,7 @@ pub mod ingest;
 pub mod keyannounce;
 pub mod pow;
 pub mod run;
+pub mod sender;
 pub mod session;
 pub mod since;
 pub mod tls;
@@ -62,6 +63,11 @@ pub struct Shared {
     pub server_key: Vec<u8>,
     pub tls: tokio_rustls::TlsAcceptor,
     pub ingest: ingest::Ingest,
+    /// `sendqueue/` (PROTOCOL.md §10.1).
+    pub sendqueue: crate::store::queue::Queue,
+    /// Starts a sender run (a session that queued something for the peer has closed).
+    pub sender_kick: tokio::sync::Notify,
+    pub liveness: std::sync::Arc<sender::Liveness>,
     pub worker: mpsc::Sender<worker::Job>,
     /// Open connections, refused ones included (PROTOCOL.md §2).
     pub conns: Cell<usize>,

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use crate::server::auth::{AuthError, AuthTable};
 use crate::server::config::{Config, ConfigError};
 use crate::server::ingest::Ingest;
+use crate::server::sender::{self, Liveness};
 use crate::server::tls::{self, TlsError};
 use crate::server::worker::{Job, Worker, INFLIGHT};
 use crate::server::{session, Shared};
@@ -74,9 +75,6 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
         }
         None => home.join("localstore"),
     };
-    if config.replpeer.is_some() {
-        tracing::warn!("replpeer is set, but replication is not built yet: uploads stay local");
-    }
     let (auth, warnings) = AuthTable::load(&home.join("auth.txt"))?;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -84,11 +82,14 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
 
     let tree = Tree::new(store_root);
     let queue = Queue::new(home.join("inputqueue"));
+    let sendqueue = Queue::new(home.join("sendqueue"));
+    let liveness = Liveness::new(config.run_queue_interval);
     let worker = Worker::new(
         tree.clone(),
         queue.clone(),
         config.limits,
         home.join(INFLIGHT),
+        liveness.clone(),
     );
     worker.recover()?;
     // A queue file torn by a crash mid-write (never acknowledged) must go before clients can
@@ -103,7 +104,7 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
         let _ = job_tx.send(Job::Block(name));
     }
     let worker_thread = worker.start(job_rx)?;
-    let (ingest, ingest_thread) = Ingest::start(queue, job_tx.clone())?;
+    let (ingest, ingest_thread) = Ingest::start(queue, sendqueue.clone(), job_tx.clone())?;
 
     // `enable_ipv6`: 0.0.0.0 becomes one dual-stack [::] socket; 127.0.0.1 gains [::1].
     let mut addrs = vec![SocketAddr::new(config.listen_address, config.sport)];
@@ -136,6 +137,9 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
         server_key,
         tls: acceptor,
         ingest,
+        sendqueue,
+        sender_kick: tokio::sync::Notify::new(),
+        liveness,
         worker: job_tx.clone(),
         conns: Cell::new(0),
         stopping: Cell::new(false),
@@ -186,6 +190,7 @@ async fn serve(
     for a in &addrs {
         tracing::info!("listening on {a}");
     }
+    tokio::task::spawn_local(sender::run(shared.clone()));
     let mut next_id = 0u64;
     loop {
         tokio::select! {

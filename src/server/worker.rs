@@ -47,6 +47,8 @@ pub struct Worker {
     limits: Limits,
     /// `<home>/store-inflight.txt`.
     inflight: PathBuf,
+    /// The sender's timer, for SELFTEST.
+    liveness: std::sync::Arc<crate::server::sender::Liveness>,
     /// Queue files whose results are renamed into place, but whose renames are not yet known
     /// to be durable; deleted after the next sync of `unsettled_dirs`' file systems. The
     /// next batch's first sync does that at no extra cost.
@@ -63,12 +65,19 @@ struct Entry {
 }
 
 impl Worker {
-    pub fn new(tree: Tree, queue: Queue, limits: Limits, inflight: PathBuf) -> Worker {
+    pub fn new(
+        tree: Tree,
+        queue: Queue,
+        limits: Limits,
+        inflight: PathBuf,
+        liveness: std::sync::Arc<crate::server::sender::Liveness>,
+    ) -> Worker {
         Worker {
             tree,
             queue,
             limits,
             inflight,
+            liveness,
             unsettled: Vec::new(),
             unsettled_dirs: BTreeSet::new(),
         }
@@ -121,8 +130,7 @@ impl Worker {
                 }
                 Job::SelfTest(reply) => {
                     self.settle();
-                    // No sender exists yet, so nothing can be stale (PROTOCOL.md §3.10).
-                    let _ = reply.send("PASS".into());
+                    let _ = reply.send(self.liveness.selftest_line());
                 }
                 Job::Block(first) => {
                     let mut names = vec![first];

@@ -13,6 +13,15 @@
 //! folder that goes back into the store from a link is filled under a staging name
 //! (`.XX.local`) first, so that an interrupted run finds every byte again. Copying (never
 //! renaming across directories) keeps it correct when the shard is another file system.
+//!
+//! Choices where the design is silent:
+//! - a store folder holding no file (only folders and `LOCKFILE`s) where a link belongs is
+//!   replaced by the link at `up`, as if it were missing: there is nothing to move;
+//! - a link that resolves to the planned folder (relative, or through other links) counts as
+//!   the planned link;
+//! - `check` exits 1 when `up` would refuse, listing each folder and what to do;
+//! - moved files, folders and `LOCKFILE`s take the owner of their source (the move usually
+//!   runs as root, the servers do not); eight first-level folders move at a time.
 
 use std::fs;
 use std::io::{self, Read};

@@ -24,8 +24,15 @@ pub enum ProvisionError {
     BadKeyFile { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     BadIdentity { path: PathBuf, reason: String },
-    #[error("shards: {0}")]
-    Shards(#[from] crate::store::shards::ShardError),
+    /// Not a `#[source]`: the message already holds the whole explanation, once.
+    #[error("not starting any instance: {0}")]
+    Shards(crate::store::shards::ShardError),
+}
+
+impl From<crate::store::shards::ShardError> for ProvisionError {
+    fn from(e: crate::store::shards::ShardError) -> Self {
+        ProvisionError::Shards(e)
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ProvisionError + '_ {

@@ -139,12 +139,6 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
         status: status_rx,
         requests: req_tx,
     };
-    let admin_task = tokio::spawn(admin_server::serve(
-        admin_listener,
-        handle,
-        token,
-        shutdown_rx.clone(),
-    ));
     info!(
         listen = %plan.listen,
         admin = %plan.admin.listen,
@@ -187,6 +181,15 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
     sup.scale_to(want);
 
     let mut sampler = Sampler::default();
+    // The admin API starts serving once /status lists the instances, so that no reader sees
+    // an empty set that is only a start-up artefact.
+    sup.publish(&mut sampler, &status_tx);
+    let admin_task = tokio::spawn(admin_server::serve(
+        admin_listener,
+        handle,
+        token,
+        shutdown_rx.clone(),
+    ));
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     loop {
         tokio::select! {
@@ -209,11 +212,7 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
             }
             _ = sigterm.recv() => { info!("SIGTERM: draining and stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: draining and stopping"); break; }
-            _ = status_tick.tick() => {
-                let plan = sup.plan_tx.borrow().clone();
-                let infos: BTreeMap<u32, InstanceInfo> = sup.slots.iter().map(|(id, s)| (*id, s.info.clone())).collect();
-                status_tx.send_replace(sampler.status(&plan, &infos, &sup.pool));
-            }
+            _ = status_tick.tick() => sup.publish(&mut sampler, &status_tx),
         }
     }
 
@@ -250,6 +249,17 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
 impl Supervisor {
     fn plan(&self) -> Arc<Plan> {
         self.plan_tx.borrow().clone()
+    }
+
+    /// Refreshes the `/status` document.
+    fn publish(&self, sampler: &mut Sampler, status_tx: &watch::Sender<Status>) {
+        let plan = self.plan();
+        let infos: BTreeMap<u32, InstanceInfo> = self
+            .slots
+            .iter()
+            .map(|(id, s)| (*id, s.info.clone()))
+            .collect();
+        status_tx.send_replace(sampler.status(&plan, &infos, &self.pool));
     }
 
     /// Ids of instances that count toward the wanted number (not being removed).

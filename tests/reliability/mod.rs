@@ -17,6 +17,29 @@ use storeherd::wire::Client;
 
 use crate::harness::{free_port, free_range, http, BIN};
 
+/// A temporary directory kept (and named on stderr) if the test panics, for inspection.
+pub struct Scratch(Option<tempfile::TempDir>);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch(Some(tempfile::tempdir().unwrap()))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.0.take() {
+                eprintln!("kept for inspection: {}", d.keep().display());
+            }
+        }
+    }
+}
+
 /// A supervisor process; killed (SIGKILL, instances die with it) when dropped.
 pub struct Service {
     pub child: Option<Child>,
