@@ -58,7 +58,7 @@ impl std::str::FromStr for Op {
 pub enum BenchError {
     #[error("unknown --op {0:?}: expected ping, connect, store, get or mixed")]
     BadOp(String),
-    #[error("cannot reach {addr}: {source}")]
+    #[error("cannot reach {addr}")]
     Unreachable { addr: SocketAddr, source: WireError },
     #[error("--login must be USER:KEY")]
     BadLogin,
