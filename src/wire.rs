@@ -24,7 +24,8 @@ pub const GREETING_BUSY: &str = "CONFIDANT MAIL SERVER PROTOCOL 1 BUSY";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("i/o error: {0}")]
+    /// Transparent, so that an error chain (`{:#}`) names the cause once.
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, &'static str),
