@@ -301,6 +301,44 @@ fn out_of_descriptors(nofile: u64, conns: usize) {
     assert_eq!(restarts, 0, "instances restarted: {}", svc.log());
 }
 
+/// Idle sessions held under `ulimit -n 256` must not take the descriptors the admin API
+/// needs (regression: at 10,000 idle clients the admin API failed every accept with EMFILE).
+#[test]
+fn sessions_leave_descriptors_for_the_admin_api() {
+    let dir = reliability::Scratch::new();
+    // Instances with room for every client: only descriptors limit the proxy.
+    let site = Site::new(
+        dir.path(),
+        2,
+        "server: { config: { max_connections: 1000 } }\n",
+    );
+    let svc = site.start(Some(256));
+    svc.wait_ready(2, Duration::from_secs(60));
+    let rt = runtime();
+    let mut held = Vec::new();
+    let got = rt.block_on(open_idle(svc.listen, 200, &mut held));
+    let during = svc.status();
+    let log = svc.log();
+    drop(held);
+    println!(
+        "200 idle under ulimit -n 256: {got:?}; /status answered: {}",
+        during.is_some()
+    );
+    assert!(
+        during.is_some(),
+        "/status unanswered with sessions held:\n{log}"
+    );
+    let budget = storeherd::proxy::fds::sessions_within(256);
+    assert!(
+        got.ready <= budget,
+        "{got:?}: more sessions than the budget of {budget}"
+    );
+    assert!(
+        log.contains("open-files limit"),
+        "the cap was not logged:\n{log}"
+    );
+}
+
 #[test]
 #[ignore = "the full run: deploy/chaos/limits"]
 fn limits_full_descriptors() {
