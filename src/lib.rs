@@ -3,6 +3,7 @@
 //! See `../shared/DESIGN.md` for the product contract and `../shared/PROTOCOL.md` for the
 //! store protocol that the built-in server ([`server`]) implements.
 
+pub mod accounts;
 pub mod admin;
 pub mod bench;
 pub mod cli;

@@ -431,7 +431,34 @@ impl Client {
 
     /// `STARTTLS`: `PROCEED`, a TLS handshake (certificate not checked, as the stock client
     /// does; see `pinned_sha1` to pin one), then `ENCRYPTED` inside TLS.
-    pub async fn starttls(mut self, pinned_sha1: Option<&str>) -> Result<Client> {
+    pub async fn starttls(self, pinned_sha1: Option<&str>) -> Result<Client> {
+        self.starttls_with(tls_client_config(), pinned_sha1).await
+    }
+
+    /// `STARTTLS` offering TLS 1.2 only, as the original client does (the replication
+    /// sender uses it; check the peer with [`Client::peer_cert_sha1`]).
+    pub async fn starttls_tls12(self) -> Result<Client> {
+        self.starttls_with(tls12_client_config(), None).await
+    }
+
+    /// The SHA-1 of the server's certificate in `repl_cert` form, once encrypted.
+    pub fn peer_cert_sha1(&self) -> Option<String> {
+        match &self.stream {
+            Stream::Tls(t) => t
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| cert_sha1(c.as_ref())),
+            Stream::Plain(_) => None,
+        }
+    }
+
+    async fn starttls_with(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+        pinned_sha1: Option<&str>,
+    ) -> Result<Client> {
         expect(self.command("STARTTLS").await?, "PROCEED")?;
         if !self.buf.is_empty() {
             return Err(WireError::Tls(
@@ -441,7 +468,6 @@ impl Client {
         let Stream::Plain(tcp) = self.stream else {
             return Err(WireError::Tls("already encrypted".into()));
         };
-        let config = tls_client_config();
         let connector = tokio_rustls::TlsConnector::from(config);
         let name = rustls::pki_types::ServerName::try_from("storeherd.invalid")
             .map_err(|e| WireError::Tls(e.to_string()))?;
@@ -514,6 +540,23 @@ fn done_or_failed(got: String) -> Result<bool> {
             got,
         })
     }
+}
+
+/// [`tls_client_config`] limited to TLS 1.2.
+fn tls12_client_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .expect("ring supports TLS 1.2")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+                .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
 }
 
 /// A TLS client config that accepts any certificate: the protocol's clients never check the

@@ -75,6 +75,8 @@ fn answer(req: &Request) -> Option<Answer> {
             "topology.yaml:3:1: unknown key `instancs`".into(),
         )),
         Request::RollingRestart => return None,
+        // Answered on their own channel by the accounts actor (tests/accounts.rs).
+        Request::Accounts { .. } => Err(ControlError::Invalid("no accounts here".into())),
     })
 }
 
@@ -648,7 +650,7 @@ async fn body_limit_unknown_routes_and_wrong_methods() {
         "/nope",
         "/status/extra",
         "/instances/1/stop",
-        "/accounts",
+        "/accounts/extra",
     ] {
         assert_error(&request(addr, "GET", path, None).await, 404, "no route");
     }

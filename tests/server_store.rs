@@ -356,3 +356,42 @@ async fn kill9_during_stores_loses_no_done_block() {
     }
     assert_clean_tree(&s.home().join("localstore"));
 }
+
+#[tokio::test]
+async fn leftover_queue_files_are_processed_at_start_and_torn_ones_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let q = home.join("inputqueue");
+    std::fs::create_dir_all(&q).unwrap();
+    let (key, block) = compose::data_block(&payload(11, 3000), Utc::now());
+    let mut content =
+        format!("StoreType: server\nStoreKeyid: {key}\nLoginUser: none\n").into_bytes();
+    content.extend_from_slice(&block);
+    let name = storeherd::store::queue::name_of(&content);
+    std::fs::write(q.join(&name), &content).unwrap();
+    // Torn: its name is the sha1 of the full content, but only half was written.
+    let (key2, block2) = compose::data_block(&payload(12, 3000), Utc::now());
+    let mut full2 =
+        format!("StoreType: server\nStoreKeyid: {key2}\nLoginUser: none\n").into_bytes();
+    full2.extend_from_slice(&block2);
+    let name2 = storeherd::store::queue::name_of(&full2);
+    std::fs::write(q.join(&name2), &full2[..full2.len() / 2]).unwrap();
+
+    let s = TestServer::start_in(&home, Options::default().auth(&accounts()));
+    assert!(s.wait_queue_empty(WAIT));
+    let mut c = user_client(&s).await;
+    assert_eq!(
+        c.get(&key, None).await.unwrap().as_deref(),
+        Some(&block[..])
+    );
+    assert_eq!(c.get(&key2, None).await.unwrap(), None);
+    // The client, never told DONE, sends the block again (same queue-file name): stored now.
+    let mut anon = s.client().await;
+    assert!(anon.store(&key2, &block2).await.unwrap());
+    assert!(s.wait_queue_empty(WAIT));
+    assert_eq!(
+        c.get(&key2, None).await.unwrap().as_deref(),
+        Some(&block2[..])
+    );
+    assert!(s.log().contains("torn"));
+}

@@ -475,3 +475,149 @@ fn sigkill_of_the_supervisor_leaves_no_instance() {
         "instances outlived the supervisor: {left:?}"
     );
 }
+
+#[test]
+fn rolling_restart_replaces_every_instance_one_at_a_time() {
+    let up = Up::start(3, "");
+    let st = up.wait_ready(3);
+    let old: Vec<u64> = instances(&st)
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    let out = up.ctl(&["restart", "--rolling"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // At every moment at least two instances serve; at the end all three are new.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = up.status();
+        let list = instances(&st);
+        let ready = list.iter().filter(|i| i["state"] == "ready").count();
+        assert!(ready >= 2, "more than one instance out at once: {st:#}");
+        let fresh = list
+            .iter()
+            .filter(|i| i["state"] == "ready" && !old.contains(&i["pid"].as_u64().unwrap_or(0)))
+            .count();
+        if fresh == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rolling restart never finished: {st:#}\n{}",
+            up.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        up.log().contains("rolling restart complete"),
+        "{}",
+        up.log()
+    );
+    rt().block_on(async {
+        let mut c = Client::connect(up.listen, T).await.unwrap();
+        c.ping().await.unwrap();
+    });
+}
+
+#[test]
+fn remove_and_restart_one_instance() {
+    let up = Up::start(3, "");
+    let st = up.wait_ready(3);
+    let pid2 = instances(&st)[1]["pid"].as_u64().unwrap() as u32;
+    let out = up.ctl(&["remove", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    up.wait_ready_ids(&[1, 3], Duration::from_secs(30));
+    assert!(wait_dead(&[pid2], Duration::from_secs(5)).is_empty());
+    // Its home stays on disk.
+    assert!(up.data().join("homes/2/config.txt").exists());
+    let out = up.ctl(&["remove", "9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no instance 9"));
+    // `add` takes the lowest free id again, with its old home.
+    let out = up.ctl(&["add"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = up.wait_ready(3);
+    let pid1 = instances(&st)[0]["pid"].as_u64().unwrap();
+    let out = up.ctl(&["restart", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = up.status();
+        let i = &instances(&st)[0];
+        if i["state"] == "ready" && i["pid"].as_u64() != Some(pid1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance 1 not restarted: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn default_up_in_a_fresh_directory() {
+    // No topology file: data under ./storeherd-data, one instance per core, built-in server.
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", harness::free_port());
+    let admin = format!("127.0.0.1:{}", harness::free_port());
+    let mut child = std::process::Command::new(harness::BIN)
+        .args(["up", "--listen", &listen, "--admin", &admin])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = scopeguard(&mut child);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((200, body)) = harness::http(admin.parse().unwrap(), "GET", "/status", None, None)
+        {
+            let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let list = instances(&st);
+            if list.len() == cores && list.iter().all(|i| i["state"] == "ready") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "default up never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dir.path().join("storeherd-data/store").is_dir());
+    assert!(dir
+        .path()
+        .join("storeherd-data/homes/1/config.txt")
+        .is_file());
+    rt().block_on(async {
+        let mut c = Client::connect(listen.parse().unwrap(), T).await.unwrap();
+        c.ping().await.unwrap();
+    });
+    drop(guard);
+}
+
+/// Kills and reaps the child when the test ends, also on panic.
+fn scopeguard(child: &mut std::process::Child) -> impl Drop + '_ {
+    struct G<'a>(&'a mut std::process::Child);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    G(child)
+}

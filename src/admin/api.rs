@@ -73,10 +73,18 @@ pub struct Status {
 pub enum Request {
     Scale(u32),
     Add(u32),
-    Remove { id: u32, now: bool },
+    Remove {
+        id: u32,
+        now: bool,
+    },
     Restart(u32),
     RollingRestart,
     Reload,
+    /// `storeherd accounts …`: answered on its own channel with a structured report.
+    Accounts {
+        cmd: crate::accounts::Command,
+        reply: crate::accounts::Reply,
+    },
 }
 
 /// The supervisor's answer: a human-readable message, or an error with its HTTP status.
@@ -90,6 +98,9 @@ pub enum ControlError {
     Invalid(String),
     #[error("supervisor is shutting down")]
     ShuttingDown,
+    /// The supervisor could not do it (a write failed); the text says what.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// What the admin server holds: the latest status and a way to send requests.

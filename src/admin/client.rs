@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use super::api::Status;
 use super::server::Limits;
+use crate::accounts::{Command, Report};
 
 /// Bound on an answer's size: a status of thousands of instances fits many times over.
 const MAX_ANSWER: usize = 64 << 20;
@@ -167,6 +168,29 @@ impl AdminClient {
 
     pub async fn reload(&self) -> Result<ControlReply, ClientError> {
         self.post("/reload", None).await
+    }
+
+    /// `storeherd accounts …`: `GET /accounts` for the list, `POST /accounts` for a change.
+    pub async fn accounts(&self, cmd: &Command) -> Result<Report, ClientError> {
+        let (status, body) = match cmd {
+            Command::List => {
+                self.send(Method::GET, "/accounts", None, self.read_timeout)
+                    .await?
+            }
+            cmd => {
+                let json = serde_json::to_value(cmd)
+                    .map_err(|e| self.bad(format!("encoding the request: {e}")))?;
+                self.send(Method::POST, "/accounts", Some(json), self.control_timeout)
+                    .await?
+            }
+        };
+        self.expect_success(status, &body)?;
+        serde_json::from_slice(&body).map_err(|e| {
+            self.bad(format!(
+                "accounts report: {e}: {}",
+                String::from_utf8_lossy(&body)
+            ))
+        })
     }
 
     fn bad(&self, detail: String) -> ClientError {

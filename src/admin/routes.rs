@@ -17,6 +17,7 @@ use tower::Service;
 
 use super::api::{ControlError, Handle, Request as Control};
 use super::{layers, metrics};
+use crate::accounts::Command as AccountsCommand;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -103,6 +104,16 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     resp
 }
 
+fn control_error(e: &ControlError) -> Response<Full<Bytes>> {
+    let status = match e {
+        ControlError::NoSuchInstance(_) => StatusCode::NOT_FOUND,
+        ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error_response(status, &e.to_string())
+}
+
 fn no_instance(id: &str) -> Response<Full<Bytes>> {
     error_response(StatusCode::NOT_FOUND, &format!("no instance {id}"))
 }
@@ -168,6 +179,13 @@ impl Router {
             ["scale"] | ["instances", _, "restart"] | ["restart"] | ["reload"] => {
                 method_not_allowed("POST")
             }
+            ["accounts"] if is_get => self.accounts(AccountsCommand::List).await,
+            ["accounts"] if is_post => match self.body::<AccountsCommand, B>(req).await {
+                Ok(Some(cmd)) => self.accounts(cmd).await,
+                Ok(None) => error_response(StatusCode::BAD_REQUEST, "a JSON body is required"),
+                Err(resp) => resp,
+            },
+            ["accounts"] => method_not_allowed("GET, HEAD, POST"),
             ["instances"] => method_not_allowed("POST"),
             ["instances", _] => method_not_allowed("DELETE"),
             _ => error_response(StatusCode::NOT_FOUND, &format!("no route {path}")),
@@ -218,6 +236,50 @@ impl Router {
             .map_err(|e| error_response(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
     }
 
+    /// `GET /accounts` (the ledger) and `POST /accounts` (a change sent to every instance):
+    /// `{"ok":true,"message":…,"keys":[…],"accounts":[…],"instances":[…]}`.
+    async fn accounts(&self, cmd: AccountsCommand) -> Response<Full<Bytes>> {
+        if cmd != AccountsCommand::List {
+            tracing::info!(action = cmd_name(&cmd), "admin accounts request");
+        }
+        let wait = tokio::time::Instant::now() + self.control_wait;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued = tokio::time::timeout_at(
+            wait,
+            self.handle.submit(Control::Accounts { cmd, reply: tx }),
+        )
+        .await;
+        match queued {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return control_error(&e),
+            Err(_) => {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the supervisor is not taking requests right now; try again",
+                )
+            }
+        }
+        match tokio::time::timeout_at(wait, rx).await {
+            Ok(Ok(Ok(report))) => match serde_json::to_value(&report) {
+                Ok(serde_json::Value::Object(mut doc)) => {
+                    doc.insert("ok".into(), true.into());
+                    json_response(StatusCode::OK, &serde_json::Value::Object(doc))
+                }
+                _ => error_response(StatusCode::INTERNAL_SERVER_ERROR, "encoding the report"),
+            },
+            Ok(Ok(Err(e))) => control_error(&e),
+            Ok(Err(_)) => control_error(&ControlError::ShuttingDown),
+            Err(_) => json_response(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({
+                    "ok": true,
+                    "pending": true,
+                    "message": "accepted; the instances are still being updated (see `storeherd accounts list`)",
+                }),
+            ),
+        }
+    }
+
     async fn control(&self, req: Control) -> Response<Full<Bytes>> {
         tracing::info!(request = ?req, "admin control request");
         let wait = tokio::time::Instant::now() + self.control_wait;
@@ -236,14 +298,7 @@ impl Router {
                 StatusCode::OK,
                 &serde_json::json!({ "ok": true, "message": message }),
             ),
-            Ok(Ok(Err(e))) => {
-                let status = match e {
-                    ControlError::NoSuchInstance(_) => StatusCode::NOT_FOUND,
-                    ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
-                    ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-                };
-                error_response(status, &e.to_string())
-            }
+            Ok(Ok(Err(e))) => control_error(&e),
             // The supervisor dropped the answer: it is going away.
             Ok(Err(_)) => error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -258,6 +313,17 @@ impl Router {
                 }),
             ),
         }
+    }
+}
+
+/// The action's name for logs: the command itself carries keys, which stay out of them.
+fn cmd_name(cmd: &AccountsCommand) -> &'static str {
+    match cmd {
+        AccountsCommand::Add { .. } => "add",
+        AccountsCommand::AddKey { .. } => "add-key",
+        AccountsCommand::Rm { .. } => "rm",
+        AccountsCommand::Gen { .. } => "gen",
+        AccountsCommand::List => "list",
     }
 }
 

@@ -27,6 +27,14 @@ pub fn run(args: CheckArgs) -> Outcome {
     {
         // `check | head` closes the pipe early; that is not an error of the topology.
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        // A valid file that `up` would still refuse (data outside its shard) is an error too.
+        _ if !report.conflicts.is_empty() => {
+            eprintln!(
+                "storeherd: `up` would refuse to start: {} store folder(s) hold data somewhere else than the shards say",
+                report.conflicts.len()
+            );
+            Ok(ExitCode::from(1))
+        }
         _ => Ok(ExitCode::SUCCESS),
     }
 }
@@ -159,6 +167,12 @@ pub fn render(r: &PlanReport) -> String {
                 links.len(),
                 missing
             );
+        }
+    }
+    if !r.conflicts.is_empty() {
+        let _ = writeln!(o, "\n`storeherd up` would refuse to start:");
+        for c in &r.conflicts {
+            let _ = writeln!(o, "  - {c}");
         }
     }
     let _ = writeln!(o, "\n`storeherd up` would");

@@ -5,12 +5,15 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use super::*;
+use crate::accounts::{Command, MAX_GEN};
 use crate::admin::api::{InstanceState, Status};
-use crate::admin::client::{AdminClient, ControlReply};
+use crate::admin::client::{AdminClient, ClientError, ControlReply};
+use crate::store::shards::{Layout, MoveOptions, Progress, ShardError};
 use crate::topology::Plan;
 
 /// Where `storeherd up` puts the admin API when nothing says otherwise.
@@ -137,12 +140,206 @@ pub fn restart(args: RestartArgs) -> Outcome {
     print_reply(reply)
 }
 
-pub fn accounts(_args: AccountsArgs) -> Outcome {
-    bail!("`storeherd accounts` is not available yet (it comes with the accounts work)")
+/// Exit status of an accounts change that some instance has not taken yet (the ledger has
+/// it, and the supervisor sends it again once that instance is ready).
+pub const ACCOUNTS_INCOMPLETE: u8 = 3;
+
+/// `storeherd accounts add|add-key|rm|gen|list`. Keys (`gen`) and the list go to stdout,
+/// one per line; the report of instances that did not answer `DONE` goes to stderr.
+pub fn accounts(args: AccountsArgs) -> Outcome {
+    let cmd = match args.action {
+        AccountsAction::Add { userhash, authkey } => Command::Add {
+            user: userhash,
+            key: authkey,
+        },
+        AccountsAction::AddKey { authkey } => Command::AddKey { key: authkey },
+        AccountsAction::Rm { authkey } => Command::Rm { key: authkey },
+        AccountsAction::Gen { n } => {
+            if n == 0 || n > MAX_GEN {
+                bail!("gen makes 1 to {MAX_GEN} keys");
+            }
+            Command::Gen { count: n }
+        }
+        AccountsAction::List => Command::List,
+    };
+    let client = client(&args.control)?;
+    let report = runtime()?.block_on(client.accounts(&cmd))?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        Command::List => {
+            for e in &report.accounts {
+                writeln!(out, "{} {} {}", e.user, e.key, e.date)?;
+            }
+        }
+        Command::Gen { .. } => {
+            for k in &report.keys {
+                writeln!(out, "{k}")?;
+            }
+            eprintln!("{}", report.message);
+        }
+        _ => writeln!(out, "{}", report.message)?,
+    }
+    out.flush()?;
+    let missed: Vec<_> = report.missed().collect();
+    for d in &missed {
+        eprintln!(
+            "instance {} ({}) did not answer DONE: {}; it gets the change when it is ready again",
+            d.id,
+            d.addr,
+            d.error.as_deref().unwrap_or("no reason given")
+        );
+    }
+    if missed.is_empty() {
+        if cmd != Command::List && !report.instances.is_empty() {
+            eprintln!("{} instance(s) updated", report.instances.len());
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "{} of {} instance(s) updated; the ledger has the change",
+            report.instances.len() - missed.len(),
+            report.instances.len()
+        );
+        Ok(ExitCode::from(ACCOUNTS_INCOMPLETE))
+    }
 }
 
-pub fn shards(_args: ShardsArgs) -> Outcome {
-    bail!("`storeherd shards` is not available yet (it comes with the sharded-store work)")
+/// `storeherd shards apply [--move]`: links the first-level folders as the topology's shards
+/// say; with `--move`, moves existing data into place first. Only while nothing runs.
+pub fn shards(args: ShardsArgs) -> Outcome {
+    let ShardsAction::Apply {
+        move_data,
+        topology,
+    } = args.action;
+    let plan = Plan::load(
+        topology.file.as_deref(),
+        topology.site.as_deref(),
+        &crate::topology::Overrides::default(),
+    )?;
+    refuse_while_running(&plan)?;
+    let layout = Layout::new(&plan.store, &plan.shards);
+    std::fs::create_dir_all(&plan.store)
+        .with_context(|| format!("creating the store {}", plan.store.display()))?;
+    if !move_data {
+        let made = layout.link()?;
+        let conflicts = layout.conflicts()?;
+        println!("created {made} shard link(s) in {}", plan.store.display());
+        if conflicts.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        bail!(
+            "{}\nrun `storeherd shards apply --move` to move the data",
+            ShardError::Conflicts(conflicts)
+        );
+    }
+    let bar = move_bar();
+    let report = layout.apply_move(MoveOptions::default(), &mut |p| match p {
+        Progress::Total { files, bytes } => {
+            bar.set_length(bytes);
+            bar.set_message(format!("{files} files"));
+        }
+        Progress::File { bytes } => bar.inc(bytes),
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "moved {} file(s) ({} bytes), removed {} source copies already in place, created {} link(s)",
+        report.files_moved, report.bytes_moved, report.duplicates_removed, report.links_created
+    );
+    if report.differing.is_empty() && report.unresolved.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (src, dst) in &report.differing {
+        eprintln!(
+            "storeherd: {} and {} differ: both kept; compare them, remove the wrong one, then run again",
+            src.display(),
+            dst.display()
+        );
+    }
+    if !report.unresolved.is_empty() {
+        eprintln!("storeherd: {}", ShardError::Conflicts(report.unresolved));
+    }
+    Ok(ExitCode::from(1))
+}
+
+/// A byte-counting bar on stderr when it is a terminal; hidden otherwise.
+fn move_bar() -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} ({msg}) {elapsed_precise} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Refuses while the supervisor answers on its admin API or a home's pidfile names a live
+/// process running in that home: a store server could write into a folder being moved.
+fn refuse_while_running(plan: &Plan) -> anyhow::Result<()> {
+    let addr = reachable(plan.admin.listen);
+    let token = plan
+        .admin
+        .token_file
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let client =
+        AdminClient::new(addr, token).with_timeouts(Duration::from_secs(3), Duration::from_secs(3));
+    match runtime()?.block_on(client.get_status()) {
+        Err(ClientError::Unreachable { .. }) => {}
+        // Anything that answers there (even refusing the token) is a running supervisor.
+        _ => bail!(
+            "storeherd is running (its admin API answers at {addr}): stop it first (SIGTERM to              `storeherd up`), then run `storeherd shards apply` again"
+        ),
+    }
+    let homes = plan.data.join("homes");
+    let Ok(dir) = std::fs::read_dir(&homes) else {
+        return Ok(());
+    };
+    for e in dir.flatten() {
+        let home = e.path();
+        let pidfile = home.join(crate::supervisor::process::PIDFILE);
+        let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if process_runs_in(pid, &home) {
+            bail!(
+                "a store server (pid {pid}, from {}) still runs in {}: stop it first, then run                  `storeherd shards apply` again",
+                pidfile.display(),
+                home.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// True when `pid` is alive (not a zombie) and works in `home` (its cwd or an argument).
+fn process_runs_in(pid: u32, home: &Path) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X')));
+    if zombie {
+        return false;
+    }
+    // The pidfile's process names the home as spelled in the topology; cwd is resolved.
+    let canon = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
+    if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == canon) {
+        return true;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+        cmd.split(|&b| b == 0).any(|arg| {
+            arg == home.as_os_str().as_encoded_bytes()
+                || arg == canon.as_os_str().as_encoded_bytes()
+        })
+    })
 }
 
 /// `12s`, `5m03s`, `2h05m`, `3d04h`.

@@ -63,10 +63,11 @@ pub enum Command {
 #[derive(Debug, Clone, Args, Default)]
 pub struct TopologyArgs {
     /// Topology file (YAML). Without it, the built-in default.
-    #[arg(short = 'f', long = "file")]
+    // Global: also accepted after a nested subcommand (`accounts add … -f FILE`).
+    #[arg(short = 'f', long = "file", global = true)]
     pub file: Option<PathBuf>,
     /// Which site of a two-site topology this is.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub site: Option<String>,
 }
 
@@ -103,10 +104,10 @@ pub struct ControlArgs {
     #[command(flatten)]
     pub topology: TopologyArgs,
     /// Admin API address (overrides the one from the topology).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub admin: Option<SocketAddr>,
     /// File holding the admin bearer token.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
 }
 
@@ -160,6 +161,10 @@ pub struct RestartArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status 3: the ledger has the change, but an instance did not answer DONE \
+                  (named on stderr); the supervisor sends it again when that instance is ready."
+)]
 pub struct AccountsArgs {
     #[command(subcommand)]
     pub action: AccountsAction,
@@ -185,16 +190,17 @@ pub enum AccountsAction {
 pub struct ShardsArgs {
     #[command(subcommand)]
     pub action: ShardsAction,
-    #[command(flatten)]
-    pub topology: TopologyArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ShardsAction {
     /// Create the first-level links; with --move, move existing data into place.
     Apply {
+        /// Move data already in the store (or behind an old link) to its shard first.
         #[arg(long = "move")]
         move_data: bool,
+        #[command(flatten)]
+        topology: TopologyArgs,
     },
 }
 

@@ -21,6 +21,9 @@ const BUSY_LINE: &[u8] = b"CONFIDANT MAIL SERVER PROTOCOL 1 BUSY\r\n";
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a turned-away client may take to close after the BUSY line.
 const TURN_AWAY_LINGER: Duration = Duration::from_secs(1);
+/// Turned-away clients lingering at once; past it they are closed at once, so a flood of
+/// rejected clients cannot pile up descriptors.
+const MAX_LINGERING: usize = 1024;
 
 /// Accepts on `listener` until `shutdown` turns true (or its sender is dropped), then stops
 /// accepting at once and returns; sessions already open run on as their own tasks.
@@ -32,6 +35,7 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    widen_backlog(&listener, &addr);
     info!(listen = %addr, "proxy accepting");
     while !*shutdown.borrow_and_update() {
         tokio::select! {
@@ -59,6 +63,18 @@ pub async fn serve(
     }
     info!(listen = %addr, "proxy stopped accepting");
     Ok(())
+}
+
+/// tokio's `TcpListener::bind` listens with a backlog of 128: a burst of more connects than
+/// that (clients reconnecting after a restart, the idle-connection benchmark) overflows the
+/// accept queue, the kernel drops the SYNs, and each of those clients waits a 1 s (then 3 s)
+/// SYN retransmit. Calling listen(2) again on a listening socket only resizes its queue
+/// (capped by `net.core.somaxconn`), whoever bound it; haproxy asks for the same.
+fn widen_backlog(listener: &TcpListener, addr: &str) {
+    use nix::sys::socket::{listen, Backlog};
+    if let Err(e) = listen(listener, Backlog::MAXCONN) {
+        warn!(listen = %addr, error = %e, "cannot widen the accept backlog; bursts may wait");
+    }
 }
 
 enum AcceptError {
@@ -90,7 +106,7 @@ fn admit(client: TcpStream, pool: &Pool) {
         }
         None => {
             debug!("over max_connections; BUSY");
-            tokio::spawn(turn_away(client));
+            tokio::spawn(turn_away(client, pool.clone()));
         }
     }
 }
@@ -99,7 +115,7 @@ async fn session(mut client: TcpStream, pool: Pool, _slot: ClientSlot) {
     let Some((mut server, greeting, id, counters)) = place(&pool).await else {
         pool.count_rejected();
         debug!("no instance can take the client; BUSY");
-        turn_away(client).await;
+        turn_away(client, pool).await;
         return;
     };
     let instance = InstanceSlot::open(counters);
@@ -154,10 +170,13 @@ async fn place(pool: &Pool) -> Option<(TcpStream, Received, u32, Arc<Counters>)>
 /// Sends the BUSY line and closes. The client's own bytes are read and dropped until it
 /// closes (briefly), because closing with unread input would reset the connection and could
 /// discard the line before the client reads it.
-async fn turn_away(mut client: TcpStream) {
+async fn turn_away(mut client: TcpStream, pool: Pool) {
     if client.write_all(BUSY_LINE).await.is_err() || client.shutdown().await.is_err() {
         return;
     }
+    let Some(_lingering) = pool.linger(MAX_LINGERING) else {
+        return;
+    };
     let drain = async {
         let mut sink = [0u8; 64];
         while let Ok(n) = client.read(&mut sink).await {
@@ -173,6 +192,27 @@ async fn turn_away(mut client: TcpStream) {
 mod tests {
     use super::*;
     use nix::libc;
+
+    /// More simultaneous connects than tokio's default backlog of 128, none accepted yet:
+    /// with the widened queue every handshake completes (no SYN dropped). A dropped SYN is
+    /// only visible as the kernel's retransmit, at least 1 s later: the bound below tells the
+    /// two apart, it is not a speed requirement.
+    #[tokio::test]
+    async fn a_burst_of_connects_fits_the_accept_queue() {
+        const SYN_RETRANSMIT: Duration = Duration::from_millis(950);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        widen_backlog(&listener, "test");
+        let mut held = Vec::new();
+        for _ in 0..400 {
+            let c = tokio::time::timeout(SYN_RETRANSMIT, TcpStream::connect(addr))
+                .await
+                .expect("connect waited for a SYN retransmit: the accept queue overflowed")
+                .unwrap();
+            held.push(c);
+        }
+        drop(listener);
+    }
 
     #[test]
     fn only_a_broken_listener_stops_the_accept_loop() {

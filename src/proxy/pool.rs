@@ -90,6 +90,7 @@ pub(crate) struct Inner {
     pub active: AtomicU64,
     pub rejected_total: AtomicU64,
     pub over_limit_total: AtomicU64,
+    lingering: AtomicUsize,
     max_connections: AtomicUsize,
     connect_timeout_us: AtomicU64,
     idle_timeout_us: AtomicU64,
@@ -115,6 +116,7 @@ impl Pool {
                 active: AtomicU64::new(0),
                 rejected_total: AtomicU64::new(0),
                 over_limit_total: AtomicU64::new(0),
+                lingering: AtomicUsize::new(0),
                 max_connections: AtomicUsize::new(0),
                 connect_timeout_us: AtomicU64::new(0),
                 idle_timeout_us: AtomicU64::new(0),
@@ -227,6 +229,13 @@ impl Pool {
         (snapshot, start)
     }
 
+    /// A turned-away client may linger until it closes, unless `max` already do.
+    pub(crate) fn linger(&self, max: usize) -> Option<Lingering> {
+        let i = &self.inner;
+        let slot = Lingering(self.inner.clone());
+        (i.lingering.fetch_add(1, Relaxed) < max).then_some(slot)
+    }
+
     pub(crate) fn count_rejected(&self) {
         self.inner.rejected_total.fetch_add(1, Relaxed);
     }
@@ -239,6 +248,16 @@ pub(crate) struct ClientSlot(Arc<Inner>);
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One turned-away client waiting for its close; released on drop.
+#[derive(Debug)]
+pub(crate) struct Lingering(Arc<Inner>);
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        self.0.lingering.fetch_sub(1, Relaxed);
     }
 }
 
@@ -331,5 +350,17 @@ mod tests {
         assert_eq!(pool.stats().active, 0);
         assert_eq!(pool.limits().max_connections, 1);
         assert_eq!(pool.limits().connect_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn lingering_is_bounded_and_released_on_drop() {
+        let pool = Pool::new(limits(2));
+        let a = pool.linger(2).expect("first");
+        let b = pool.linger(2).expect("second");
+        assert!(pool.linger(2).is_none());
+        drop(a);
+        let c = pool.linger(2).expect("a place was freed");
+        drop((b, c));
+        assert!(pool.linger(1).is_some());
     }
 }

@@ -3,6 +3,31 @@
 //! Network I/O runs on one thread (a tokio current-thread runtime); uploads are made durable
 //! by the `ingest` committer thread and processed one block at a time by the `worker` thread,
 //! as in the original (PROTOCOL.md §1, §6).
+//!
+//! Deliberate deviations from the original, all toward safety:
+//! - `DONE` only once the queue file is durable (group commit: one `syncfs` per batch of
+//!   uploads from any number of connections); queue files torn by a crash are dropped at
+//!   start-up (they were never acknowledged).
+//! - Store files are replaced atomically (temporary file in the leaf, `syncfs`, rename,
+//!   `syncfs`), under an OFD fcntl lock on the leaf `LOCKFILE`, which excludes Python's
+//!   `lockf`; a queue file is deleted only after its result is durable.
+//! - A failed second LOGIN leaves the session identity unchanged (§14 #1); a block that
+//!   fails or panics validation is dropped and logged, the worker carries on (§14 #2).
+//! - A STORE/REPLICATE with no header lines answers `FAILED` (the original is silent, §14 #3).
+//! - One-word `auth.txt` lines and colon-less `config.txt` lines are skipped with a warning
+//!   (§14 #16); a bad config value stops start-up with exit status 2.
+//! - `Data: n` above 64 MiB is read, discarded and answered `FAILED` (never storable);
+//!   `GENLOGIN n` above 100,000 answers `FAILED`; a second STARTTLS answers `FAILED`.
+//! - TLS 1.2 and 1.3 (the original: 1.2 only); listens on `listen_address` (default
+//!   127.0.0.1), not every interface.
+//! - The idle timeout closes exactly `timeout` seconds after the last input (the original's
+//!   5-second countdown closes 0–5 s later).
+//!
+//! Not supported (answered as the original answers when it cannot serve): `STORE PROXY [AFTER]`
+//! and `STORE ENTANGLED` read the block and answer `FAILED`; `GET ENTANGLED` answers
+//! `NOT FOUND`; `DNS TXT` answers `NOT FOUND` (a failed lookup), or `FAILED` with
+//! `permit_dns_txt: false`. No sender yet: nothing is written to `sendqueue/`, SELFTEST
+//! answers `PASS`; no notifier (`notify.txt`) and no key-announcement verification.
 
 pub mod auth;
 pub mod command;
@@ -14,8 +39,10 @@ pub mod framing;
 pub mod header;
 pub mod identity;
 pub mod ingest;
+pub mod keyannounce;
 pub mod pow;
 pub mod run;
+pub mod sender;
 pub mod session;
 pub mod since;
 pub mod tls;
@@ -36,6 +63,11 @@ pub struct Shared {
     pub server_key: Vec<u8>,
     pub tls: tokio_rustls::TlsAcceptor,
     pub ingest: ingest::Ingest,
+    /// `sendqueue/` (PROTOCOL.md §10.1).
+    pub sendqueue: crate::store::queue::Queue,
+    /// Starts a sender run (a session that queued something for the peer has closed).
+    pub sender_kick: tokio::sync::Notify,
+    pub liveness: std::sync::Arc<sender::Liveness>,
     pub worker: mpsc::Sender<worker::Job>,
     /// Open connections, refused ones included (PROTOCOL.md §2).
     pub conns: Cell<usize>,

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use crate::server::auth::{AuthError, AuthTable};
 use crate::server::config::{Config, ConfigError};
 use crate::server::ingest::Ingest;
+use crate::server::sender::{self, Liveness};
 use crate::server::tls::{self, TlsError};
 use crate::server::worker::{Job, Worker, INFLIGHT};
 use crate::server::{session, Shared};
@@ -74,9 +75,6 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
         }
         None => home.join("localstore"),
     };
-    if config.replpeer.is_some() {
-        tracing::warn!("replpeer is set, but replication is not built yet: uploads stay local");
-    }
     let (auth, warnings) = AuthTable::load(&home.join("auth.txt"))?;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -84,16 +82,21 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
 
     let tree = Tree::new(store_root);
     let queue = Queue::new(home.join("inputqueue"));
-    let worker = Worker {
-        tree: tree.clone(),
-        queue: queue.clone(),
-        limits: config.limits,
-        inflight: home.join(INFLIGHT),
-    };
+    let sendqueue = Queue::new(home.join("sendqueue"));
+    let liveness = Liveness::new(config.run_queue_interval);
+    let worker = Worker::new(
+        tree.clone(),
+        queue.clone(),
+        config.limits,
+        home.join(INFLIGHT),
+        liveness.clone(),
+    );
     worker.recover()?;
+    // A queue file torn by a crash mid-write (never acknowledged) must go before clients can
+    // send the same block again: the committer would take the torn file for a durable copy.
+    let leftovers = verified_leftovers(&queue)?;
     let (job_tx, job_rx) = mpsc::channel();
     // Leftover uploads first, in directory order (PROTOCOL.md §6.4).
-    let leftovers = queue.list()?;
     if !leftovers.is_empty() {
         tracing::info!("{} queued blocks left from the last run", leftovers.len());
     }
@@ -101,19 +104,17 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
         let _ = job_tx.send(Job::Block(name));
     }
     let worker_thread = worker.start(job_rx)?;
-    let (ingest, ingest_thread) = Ingest::start(queue, job_tx.clone())?;
+    let (ingest, ingest_thread) = Ingest::start(queue, sendqueue.clone(), job_tx.clone())?;
 
+    // `enable_ipv6`: 0.0.0.0 becomes one dual-stack [::] socket; 127.0.0.1 gains [::1].
     let mut addrs = vec![SocketAddr::new(config.listen_address, config.sport)];
     if config.enable_ipv6 {
         if let IpAddr::V4(v4) = config.listen_address {
-            let v6 = if v4.is_loopback() {
-                Ipv6Addr::LOCALHOST
-            } else if v4.is_unspecified() {
-                Ipv6Addr::UNSPECIFIED
-            } else {
-                v4.to_ipv6_mapped()
-            };
-            addrs.push(SocketAddr::new(IpAddr::V6(v6), config.sport));
+            if v4.is_unspecified() {
+                addrs = vec![SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), config.sport)];
+            } else if v4.is_loopback() {
+                addrs.push(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), config.sport));
+            }
         }
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -136,6 +137,9 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
         server_key,
         tls: acceptor,
         ingest,
+        sendqueue,
+        sender_kick: tokio::sync::Notify::new(),
+        liveness,
         worker: job_tx.clone(),
         conns: Cell::new(0),
         stopping: Cell::new(false),
@@ -186,6 +190,7 @@ async fn serve(
     for a in &addrs {
         tracing::info!("listening on {a}");
     }
+    tokio::task::spawn_local(sender::run(shared.clone()));
     let mut next_id = 0u64;
     loop {
         tokio::select! {
@@ -214,4 +219,23 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
     sock.listen(4096)
+}
+
+/// The queue files left from the last run whose content matches their name; others are
+/// deleted.
+fn verified_leftovers(queue: &Queue) -> Result<Vec<String>, StoreError> {
+    let mut good = Vec::new();
+    for name in queue.list()? {
+        match queue.read(&name)? {
+            Some(c) if crate::store::queue::name_of(&c) == name => good.push(name),
+            Some(_) => {
+                tracing::warn!(
+                    "queue file {name} was torn by a crash (never acknowledged); deleted"
+                );
+                queue.delete(&name)?;
+            }
+            None => {}
+        }
+    }
+    Ok(good)
 }

@@ -57,6 +57,8 @@ pub struct Session {
     user: Option<String>,
     invalid: u32,
     id: u64,
+    /// Something was queued for the replication peer: the sender runs when the session ends.
+    queued_for_peer: bool,
 }
 
 /// Runs a session to its end; every error just closes the connection.
@@ -75,6 +77,7 @@ pub async fn serve(shared: Rc<Shared>, tcp: TcpStream, id: u64) {
         user: None,
         invalid: 0,
         id,
+        queued_for_peer: false,
     };
     if s.shared.conns.get() > s.shared.config.max_connections {
         s.line(GREETING_BUSY.as_bytes());
@@ -88,6 +91,9 @@ pub async fn serve(shared: Rc<Shared>, tcp: TcpStream, id: u64) {
         }
     })
     .await;
+    if s.queued_for_peer {
+        s.shared.sender_kick.notify_one();
+    }
     drop(counted);
 }
 
@@ -223,9 +229,11 @@ impl Session {
                     return Flow::Close;
                 };
                 let user = self.user.clone().unwrap_or_else(|| "none".into());
-                // With `replpeer` set, the original also writes a `replicate` copy to
-                // `sendqueue/` here (PROTOCOL.md §3.1); replication is not built yet.
-                let ok = self.queue_upload(up, "server", &key, &user).await;
+                // With `replpeer` set, a `replicate` copy goes to `sendqueue/`, durable with
+                // the input-queue file before DONE (PROTOCOL.md §3.1).
+                let peer = self.shared.config.replpeer.is_some();
+                let ok = self.queue_upload(up, "server", &key, &user, peer).await;
+                self.queued_for_peer |= ok && peer;
                 self.reply(ok);
             }
             Command::Replicate(key, from) => {
@@ -234,7 +242,8 @@ impl Session {
                 };
                 // Exactly `replication`, case-sensitive, as the original (PROTOCOL.md §14 #6).
                 let ok = if self.user.as_deref() == Some("replication") {
-                    self.queue_upload(up, "repl-in", &key, &from).await
+                    // Nothing is queued for this server's own peer (no loops).
+                    self.queue_upload(up, "repl-in", &key, &from, false).await
                 } else {
                     false
                 };
@@ -280,11 +289,11 @@ impl Session {
             }
             Command::AddLogin(user, key) => {
                 let user = user.unwrap_or_else(|| "undefined".into());
-                let ok = self.is_admin() && self.set_login(&user, &key, &now());
+                let ok = self.is_admin() && self.set_login(&user, &key, &now(), true);
                 self.reply(ok);
             }
             Command::RmLogin(key) => {
-                let ok = self.is_admin() && self.set_login("disabled", &key, &now());
+                let ok = self.is_admin() && self.set_login("disabled", &key, &now(), true);
                 self.reply(ok);
             }
             Command::RepLogin(user, key) => {
@@ -292,7 +301,8 @@ impl Session {
                     .user
                     .as_deref()
                     .is_some_and(|u| u.eq_ignore_ascii_case("replication"));
-                let ok = repl && self.set_login(&user, &key, &now());
+                // Not queued for this server's peer (PROTOCOL.md §3.7: no loops).
+                let ok = repl && self.set_login(&user, &key, &now(), false);
                 self.reply(ok);
             }
             Command::GenLogin(n) => {
@@ -303,6 +313,12 @@ impl Session {
                             let mut auth = self.shared.auth.borrow_mut();
                             auth.generate(n, &self.shared.server_key, &now())
                         };
+                        let r = r.map_err(|e| e.to_string()).and_then(|keys| {
+                            let changes: Vec<(&str, &str)> =
+                                keys.iter().map(|k| ("undefined", k.as_str())).collect();
+                            self.queue_logins(&changes)?;
+                            Ok(keys)
+                        });
                         match r {
                             Ok(keys) => {
                                 for k in keys {
@@ -311,7 +327,7 @@ impl Session {
                                 self.line(b"EndBlock");
                             }
                             Err(e) => {
-                                tracing::error!("auth.txt: {e}");
+                                tracing::error!("GENLOGIN: {e}");
                                 self.line(b"FAILED");
                             }
                         }
@@ -356,22 +372,71 @@ impl Session {
         Flow::Continue
     }
 
-    /// ADDLOGIN / RMLOGIN / REPLOGIN: key → user, appended to `auth.txt`.
-    fn set_login(&mut self, user: &str, key: &str, now: &str) -> bool {
-        let mut auth = self.shared.auth.borrow_mut();
-        // With `replpeer` set, ADDLOGIN and RMLOGIN also queue a REPLOGIN for the peer here
-        // (PROTOCOL.md §3.7); replication is not built yet.
-        match auth.set(user, key, now).and_then(|_| auth.flush()) {
+    /// ADDLOGIN / RMLOGIN / REPLOGIN: key → user, appended to `auth.txt`; with `replicate`
+    /// (ADDLOGIN, RMLOGIN), also queued for the peer before the reply.
+    fn set_login(&mut self, user: &str, key: &str, now: &str, replicate: bool) -> bool {
+        let r = {
+            let mut auth = self.shared.auth.borrow_mut();
+            auth.set(user, key, now).and_then(|_| auth.flush())
+        };
+        if let Err(e) = r {
+            tracing::error!("auth.txt: {e}");
+            return false;
+        }
+        if !replicate {
+            return true;
+        }
+        match self.queue_logins(&[(user, key)]) {
             Ok(()) => true,
             Err(e) => {
-                tracing::error!("auth.txt: {e}");
+                tracing::error!("{e}");
                 false
             }
         }
     }
 
+    /// Queues REPLOGIN files for the peer, durably, when `replpeer` is set (PROTOCOL.md
+    /// §10.1). A name already queued gets a fresh modification time instead: the sender goes
+    /// oldest first, so the peer applies login changes in the order they were made.
+    fn queue_logins(&mut self, changes: &[(&str, &str)]) -> Result<(), String> {
+        if self.shared.config.replpeer.is_none() || changes.is_empty() {
+            return Ok(());
+        }
+        let q = &self.shared.sendqueue;
+        let mut files = Vec::new();
+        for (user, key) in changes {
+            let content = crate::server::sender::login_file(user, key);
+            let name = crate::store::queue::name_of(&content);
+            if q.exists(&name) {
+                let touched = std::fs::File::options()
+                    .write(true)
+                    .open(q.path(&name))
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                if let Err(e) = touched {
+                    tracing::warn!("touching send-queue file {name}: {e}");
+                }
+                continue;
+            }
+            files.push(
+                q.write_unsynced(&name, &content)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        q.sync_all(&files).map_err(|e| e.to_string())?;
+        self.queued_for_peer = true;
+        Ok(())
+    }
+
     /// Checks an upload and makes it durable in the input queue; true → `DONE`.
-    async fn queue_upload(&mut self, up: Upload, store_type: &str, key: &str, user: &str) -> bool {
+    /// With `replicate`, the `replicate` copy for the peer is made durable with it.
+    async fn queue_upload(
+        &mut self,
+        up: Upload,
+        store_type: &str,
+        key: &str,
+        user: &str,
+        replicate: bool,
+    ) -> bool {
         let Upload::Block { lines, payload } = up else {
             return false;
         };
@@ -382,19 +447,26 @@ impl Session {
         if lines.is_empty() {
             return false;
         }
-        let mut content =
-            format!("StoreType: {store_type}\nStoreKeyid: {key}\nLoginUser: {user}\n").into_bytes();
+        let mut body = Vec::new();
         for l in &lines {
-            content.extend_from_slice(l);
-            content.push(b'\n');
+            body.extend_from_slice(l);
+            body.push(b'\n');
         }
         if let Some(p) = payload {
-            content.extend_from_slice(&p);
+            body.extend_from_slice(&p);
         }
+        let with_prefix = |t: &str| {
+            let mut c =
+                format!("StoreType: {t}\nStoreKeyid: {key}\nLoginUser: {user}\n").into_bytes();
+            c.extend_from_slice(&body);
+            c
+        };
+        let content = with_prefix(store_type);
+        let peer_copy = replicate.then(|| with_prefix("replicate"));
         if !self.flush().await {
             return false;
         }
-        self.shared.ingest.submit(content).await
+        self.shared.ingest.submit(content, peer_copy).await
     }
 
     fn get_server(&mut self, key: &str, since: Option<&str>) {

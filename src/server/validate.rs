@@ -12,6 +12,7 @@ use sha1::{Digest, Sha1};
 
 use super::dt::{is_dt_shape, parse_dt};
 use super::header::{data_len, hex20, is_pow, is_token, value, without_cr};
+use super::keyannounce::{self, KeyRejection};
 use super::pow;
 
 /// Proof-of-work requirements as (bits, nonces) (PROTOCOL.md §7.1).
@@ -76,8 +77,9 @@ pub enum Reject {
     UnknownType(String),
     #[error("Type mismatch")]
     TypeMismatch,
-    #[error("key announcement not stored: OpenPGP verification is not available")]
-    KeyAnnouncementUnverifiable,
+    /// A key announcement failed the checks of §7.5 (the reason is inside).
+    #[error(transparent)]
+    KeyAnnouncement(#[from] KeyRejection),
     #[error("No data")]
     NoPayload,
     #[error("payload too large: {len} > {max} bytes")]
@@ -160,11 +162,17 @@ pub fn validate_merge(
     let ty = new_scan.ty.as_deref().ok_or(Reject::NoType)?;
     match ty {
         b"key-announcement" => {
+            // §7.5: the original reports a type mismatch before the verifier's verdict, so
+            // checking it first (and skipping the crypto) gives the same outcome.
             if old_type.is_some_and(|t| t != ty) {
-                Err(Reject::TypeMismatch)
-            } else {
-                Err(Reject::KeyAnnouncementUnverifiable)
+                return Err(Reject::TypeMismatch);
             }
+            let max_age = ctx.rules.limits.max_age_key;
+            keyannounce::check(&ctx.key, existing, new, posting_user, max_age, now)?;
+            Ok(Merged {
+                block: new.to_vec(),
+                notify: None,
+            })
         }
         b"data" => {
             ctx.data(&new_scan, old_date)?;
@@ -780,7 +788,9 @@ mod tests {
         let key = "A".repeat(40);
         assert_eq!(
             server(&key, None, ka),
-            Err(Reject::KeyAnnouncementUnverifiable)
+            Err(Reject::KeyAnnouncement(KeyRejection::Missing(
+                "signed message end"
+            )))
         );
         assert_eq!(server(&key, Some(&block), ka), Err(Reject::TypeMismatch));
     }

@@ -2,6 +2,7 @@
 
 pub mod lock;
 pub mod queue;
+pub mod shards;
 pub mod tree;
 
 use std::path::PathBuf;
@@ -47,6 +48,30 @@ pub fn ensure_dir(dir: &std::path::Path) -> Result<(), StoreError> {
             source: e,
         }),
     }
+}
+
+/// `syncfs(2)` on the file system holding `path`: everything written there — file data, new
+/// names, renames, new directories — becomes durable, in one call whatever the number of
+/// files. It also flushes other writers' data on that file system, which is the price of
+/// the group commit.
+pub fn syncfs(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).map_err(StoreError::at(path))?;
+    nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| StoreError::at(path)(e.into()))
+}
+
+/// `syncfs` once for each distinct file system among `paths` (shards may put level-1
+/// folders on other devices).
+pub fn sync_filesystems(paths: &[&std::path::Path]) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut devs = std::collections::HashSet::new();
+    for p in paths {
+        let dev = std::fs::metadata(p).map_err(StoreError::at(*p))?.dev();
+        if devs.insert(dev) {
+            syncfs(p)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
-use super::{clean_key, sync_dir, StoreError};
+use super::{clean_key, sync_dir, syncfs, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -50,19 +50,21 @@ impl Queue {
         Ok(f)
     }
 
-    /// Makes written files and their directory entries durable.
+    /// Makes written files and their directory entries durable: one `syncfs` of the queue's
+    /// file system covers every file of a batch, however many (a group commit).
     pub fn sync_all(&self, files: &[File]) -> Result<(), StoreError> {
-        for f in files {
-            f.sync_data().map_err(StoreError::at(&self.dir))?;
+        if files.is_empty() {
+            return Ok(());
         }
-        sync_dir(&self.dir)
+        syncfs(&self.dir)
     }
 
     /// Writes one file durably; returns its name.
     pub fn write(&self, content: &[u8]) -> Result<String, StoreError> {
         let name = name_of(content);
         let f = self.write_unsynced(&name, content)?;
-        self.sync_all(&[f])?;
+        f.sync_data().map_err(StoreError::at(self.path(&name)))?;
+        sync_dir(&self.dir)?;
         Ok(name)
     }
 

@@ -61,6 +61,10 @@ impl Tree {
 
     /// Creates both directory levels of a key's leaf, tolerating "already exists".
     pub fn ensure_leaf(&self, clean: &str) -> Result<PathBuf, StoreError> {
+        let leaf = self.leaf_dir(clean);
+        if leaf.is_dir() {
+            return Ok(leaf);
+        }
         let l1 = self.root.join(&clean[0..2]);
         ensure_dir(&l1)?;
         let leaf = l1.join(&clean[2..4]);
@@ -140,6 +144,10 @@ impl Tree {
 impl PendingWrite {
     pub fn temp_path(&self) -> &Path {
         &self.tmp
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// Makes the temporary file's content durable.

@@ -24,6 +24,15 @@ pub enum ProvisionError {
     BadKeyFile { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     BadIdentity { path: PathBuf, reason: String },
+    /// Not a `#[source]`: the message already holds the whole explanation, once.
+    #[error("not starting any instance: {0}")]
+    Shards(crate::store::shards::ShardError),
+}
+
+impl From<crate::store::shards::ShardError> for ProvisionError {
+    fn from(e: crate::store::shards::ShardError) -> Self {
+        ProvisionError::Shards(e)
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ProvisionError + '_ {
@@ -114,30 +123,13 @@ pub fn prepare_data(plan: &Plan) -> Result<Prepared, ProvisionError> {
     })
 }
 
-/// Creates missing shard links `<store>/XX -> <path>/XX`. An existing folder or a link
-/// elsewhere is left alone (moving data is `storeherd shards apply --move`'s job).
+/// Refuses to start when a first-level store folder holds data somewhere else than the
+/// shards say; otherwise creates the missing links `<store>/XX -> <path>/XX` (and replaces
+/// folders without files by their link). Moving data is `storeherd shards apply --move`'s job.
 fn link_shards(plan: &Plan) -> Result<(), ProvisionError> {
-    for shard in &plan.shards {
-        for (link, target) in shard.links(&plan.store) {
-            match fs::symlink_metadata(&link) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir_all(&target).map_err(io_err(&target))?;
-                    std::os::unix::fs::symlink(&target, &link).map_err(io_err(&link))?;
-                }
-                Err(e) => return Err(io_err(&link)(e)),
-                Ok(m) => {
-                    let ok = m.file_type().is_symlink()
-                        && fs::read_link(&link).ok().as_deref() == Some(target.as_path());
-                    if !ok {
-                        tracing::warn!(
-                            link = %link.display(),
-                            target = %target.display(),
-                            "shard folder is not linked to its shard; run `storeherd shards apply --move`"
-                        );
-                    }
-                }
-            }
-        }
+    let made = crate::store::shards::Layout::new(&plan.store, &plan.shards).prepare()?;
+    if made > 0 {
+        tracing::info!(links = made, "created shard links");
     }
     Ok(())
 }
@@ -655,18 +647,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d1 = dir.path().join("d1");
         let text = format!(
+            "instances: 1\nshards: [{{ range: 00-02, path: {} }}]\n",
+            d1.display()
+        );
+        let plan = plan_in(dir.path(), &text, None);
+        // 01 is a store folder without files (only a leaf and its LOCKFILE): it becomes a link.
+        fs::create_dir_all(plan.store.join("01/AB")).unwrap();
+        fs::write(plan.store.join("01/AB/LOCKFILE"), "").unwrap();
+        prepare_data(&plan).unwrap();
+        for p in ["00", "01", "02"] {
+            assert_eq!(fs::read_link(plan.store.join(p)).unwrap(), d1.join(p));
+            assert!(d1.join(p).is_dir());
+        }
+    }
+
+    #[test]
+    fn data_outside_its_shard_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let d1 = dir.path().join("d1");
+        let text = format!(
             "instances: 1\nshards: [{{ range: 00-01, path: {} }}]\n",
             d1.display()
         );
         let plan = plan_in(dir.path(), &text, None);
-        // 01 already holds data in the store: it is left in place.
-        fs::create_dir_all(plan.store.join("01")).unwrap();
-        prepare_data(&plan).unwrap();
-        assert_eq!(fs::read_link(plan.store.join("00")).unwrap(), d1.join("00"));
-        assert!(d1.join("00").is_dir());
-        assert!(fs::symlink_metadata(plan.store.join("01"))
-            .unwrap()
-            .is_dir());
+        let block = plan
+            .store
+            .join("01/AB")
+            .join(format!("01AB{}", "0".repeat(36)));
+        fs::create_dir_all(block.parent().unwrap()).unwrap();
+        fs::write(&block, "data").unwrap();
+        let e = prepare_data(&plan).unwrap_err().to_string();
+        assert!(e.contains("01 is a folder holding 1 file(s)"), "{e}");
+        assert!(e.contains("storeherd shards apply --move"), "{e}");
+        // Nothing changed: no link made, the data where it was.
+        assert!(fs::symlink_metadata(plan.store.join("00")).is_err());
+        assert_eq!(fs::read_to_string(&block).unwrap(), "data");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::instance::{Ctl, Event, InstanceInfo, Runner};
 use super::metrics::Sampler;
 use super::provision::{self, Prepared};
 use super::watcher;
+use crate::accounts::Accounts;
 use crate::admin::api::{Answer, ControlError, Handle, InstanceState, Request, Status};
 use crate::admin::server as admin_server;
 use crate::proxy::{self, Pool, ProxyLimits};
@@ -44,6 +45,8 @@ pub enum SupervisorError {
     },
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Accounts(#[from] crate::accounts::AccountsError),
 }
 
 /// One instance as the supervisor sees it.
@@ -74,6 +77,8 @@ struct Supervisor {
     ready_set: Vec<(u32, SocketAddr)>,
     rolling: Option<tokio::task::JoinHandle<()>>,
     shutting_down: bool,
+    /// The accounts ledger's owner: told about every instance change, answers `accounts`.
+    accounts: Accounts,
 }
 
 fn limits(plan: &Plan) -> ProxyLimits {
@@ -117,6 +122,7 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
     // The store (and shard links) exist before any instance starts: the original crashes
     // when two instances race to create it.
     let prepared = Arc::new(provision::prepare_data(&plan)?);
+    let accounts = Accounts::start(prepared.clone())?;
     let proxy_listener = bind(plan.listen, "public proxy port").await?;
     let admin_listener = bind(plan.admin.listen, "admin API").await?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(SupervisorError::Signals)?;
@@ -142,12 +148,6 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
         status: status_rx,
         requests: req_tx,
     };
-    let admin_task = tokio::spawn(admin_server::serve(
-        admin_listener,
-        handle,
-        token,
-        shutdown_rx.clone(),
-    ));
     info!(
         listen = %plan.listen,
         admin = %plan.admin.listen,
@@ -185,10 +185,20 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
         ready_set: Vec::new(),
         rolling: None,
         shutting_down: false,
+        accounts,
     };
     sup.scale_to(want);
 
     let mut sampler = Sampler::default();
+    // The admin API starts serving once /status lists the instances, so that no reader sees
+    // an empty set that is only a start-up artefact.
+    sup.publish(&mut sampler, &status_tx);
+    let admin_task = tokio::spawn(admin_server::serve(
+        admin_listener,
+        handle,
+        token,
+        shutdown_rx.clone(),
+    ));
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     loop {
         tokio::select! {
@@ -211,11 +221,7 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
             }
             _ = sigterm.recv() => { info!("SIGTERM: draining and stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: draining and stopping"); break; }
-            _ = status_tick.tick() => {
-                let plan = sup.plan_tx.borrow().clone();
-                let infos: BTreeMap<u32, InstanceInfo> = sup.slots.iter().map(|(id, s)| (*id, s.info.clone())).collect();
-                status_tx.send_replace(sampler.status(&plan, &infos, &sup.pool));
-            }
+            _ = status_tick.tick() => sup.publish(&mut sampler, &status_tx),
         }
     }
 
@@ -252,6 +258,17 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
 impl Supervisor {
     fn plan(&self) -> Arc<Plan> {
         self.plan_tx.borrow().clone()
+    }
+
+    /// Refreshes the `/status` document.
+    fn publish(&self, sampler: &mut Sampler, status_tx: &watch::Sender<Status>) {
+        let plan = self.plan();
+        let infos: BTreeMap<u32, InstanceInfo> = self
+            .slots
+            .iter()
+            .map(|(id, s)| (*id, s.info.clone()))
+            .collect();
+        status_tx.send_replace(sampler.status(&plan, &infos, &self.pool));
     }
 
     /// Ids of instances that count toward the wanted number (not being removed).
@@ -358,12 +375,15 @@ impl Supervisor {
                     {
                         slot.draining = false;
                     }
+                    let home = self.plan_tx.borrow().instance(id).home;
+                    self.accounts.instance(id, info.addr, home, info.state);
                     slot.info = info;
                 }
             }
             Event::Gone { id } => {
                 info!(instance = id, "gone");
                 self.slots.remove(&id);
+                self.accounts.gone(id);
             }
         }
         self.update_pool();
@@ -476,6 +496,11 @@ impl Supervisor {
                 Ok(format!("rolling restart of {count} instances started"))
             }
             Request::Reload => self.reload(),
+            // The accounts actor answers on the request's own channel, with a full report.
+            Request::Accounts { cmd, reply } => {
+                self.accounts.submit(cmd, reply);
+                Ok("handed to the accounts ledger".into())
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::instance::InstancePlan;
 use super::Plan;
+use crate::store::shards::Layout;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanReport {
@@ -17,6 +18,9 @@ pub struct PlanReport {
     pub shard_links: Vec<ShardLink>,
     /// What `up` would create or rewrite on disk, in order; it never deletes anything.
     pub changes: Vec<String>,
+    /// Why `up` would refuse to start: store folders whose data is not where the shards say
+    /// (each with what to do). `check` exits 1 when there is any.
+    pub conflicts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,7 +40,9 @@ pub struct ShardLink {
     pub range: String,
     pub link: PathBuf,
     pub target: PathBuf,
-    /// `missing`, `link` (in place), `wrong-link` (points elsewhere) or `directory` (data to move).
+    /// `missing`, `link` (in place), `empty-directory` (replaced by the link), `wrong-link`
+    /// (points elsewhere), `directory` (data to move) or `unfinished-move` (see
+    /// [`crate::store::shards::EntryState::as_str`]).
     pub state: &'static str,
 }
 
@@ -59,13 +65,19 @@ impl Plan {
     pub fn report(&self) -> PlanReport {
         let instances: Vec<InstancePlan> =
             (1..=self.instances).map(|id| self.instance(id)).collect();
+        let layout = Layout::new(&self.store, &self.shards);
+        let conflicts = match layout.conflicts() {
+            Ok(list) => list.iter().map(ToString::to_string).collect(),
+            Err(e) => vec![format!("cannot inspect the store: {e}")],
+        };
         let shard_links = self
             .shards
             .iter()
             .flat_map(|s| {
                 let range = s.range();
+                let layout = &layout;
                 s.links(&self.store).into_iter().map(move |(link, target)| {
-                    let state = link_state(&link, &target);
+                    let state = link_state(layout, &link);
                     ShardLink {
                         range: range.clone(),
                         link,
@@ -96,14 +108,11 @@ impl Plan {
                     shard.path.display()
                 ));
             }
-            for l in mine
-                .iter()
-                .filter(|l| l.state != "missing" && l.state != "link")
-            {
+            for l in mine.iter().filter(|l| l.state == "empty-directory") {
                 changes.push(format!(
-                    "leave {} as it is ({}): `storeherd shards apply --move` moves it",
+                    "replace {} (a folder without files) with its link to {}",
                     l.link.display(),
-                    l.state
+                    l.target.display()
                 ));
             }
         }
@@ -165,17 +174,18 @@ impl Plan {
             instances: instances.iter().map(InstanceReport::from).collect(),
             shard_links,
             changes,
+            conflicts,
         }
     }
 }
 
-fn link_state(link: &Path, target: &Path) -> &'static str {
-    match std::fs::symlink_metadata(link) {
-        Err(_) => "missing",
-        Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(link) {
-            Ok(t) if t == target => "link",
-            _ => "wrong-link",
-        },
-        Ok(_) => "directory",
+fn link_state(layout: &Layout, link: &Path) -> &'static str {
+    let prefix = link
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| u8::from_str_radix(n, 16).ok());
+    match prefix.map(|p| layout.state(p)) {
+        Some(Ok(state)) => state.as_str(),
+        _ => "unreadable",
     }
 }

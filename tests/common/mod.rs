@@ -169,13 +169,6 @@ impl TestServer {
         &self.home
     }
 
-    /// The local store root (`alt_localstore` or `<home>/localstore`).
-    pub fn store_root(&self, opts_store: Option<&Path>) -> PathBuf {
-        opts_store
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.home.join("localstore"))
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.home.join("server.log")).unwrap_or_default()
     }

@@ -22,7 +22,8 @@ pub fn free_port() -> u16 {
 /// A base port with `n` consecutive free TCP and UDP ports.
 pub fn free_range(n: u16) -> u16 {
     for _ in 0..200 {
-        let base = 20_000 + (rand::random::<u16>() % 35_000);
+        // Below Linux's ephemeral range (32768+), so outgoing connections do not take them.
+        let base = 20_000 + (rand::random::<u16>() % 12_000);
         let ok = (0..n).all(|i| {
             TcpListener::bind(("127.0.0.1", base + i)).is_ok()
                 && UdpSocket::bind(("127.0.0.1", base + i)).is_ok()
@@ -43,6 +44,9 @@ pub struct Up {
     pub sport: u16,
     pub eport: u16,
     pub stderr_log: PathBuf,
+    /// Program and arguments put before `storeherd` (e.g. `ip netns exec NS`).
+    pub prefix: Vec<String>,
+    pub args: Vec<String>,
 }
 
 impl Up {
@@ -79,19 +83,29 @@ impl Up {
             Self::topology(dir.path(), instances, listen, admin, sport, eport, extra),
         )
         .unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut up = Up::launch(dir, file, listen, admin, sport, eport, Vec::new(), args);
+        up.wait_admin();
+        up
+    }
+
+    /// Starts `[prefix…] storeherd up -f <file> <args…>` for a topology written by the
+    /// caller (e.g. one site of a two-site file, or inside a network namespace with
+    /// `ip netns exec NS` as the prefix). Does not wait for anything.
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch(
+        dir: tempfile::TempDir,
+        file: PathBuf,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        sport: u16,
+        eport: u16,
+        prefix: Vec<String>,
+        args: Vec<String>,
+    ) -> Up {
         let stderr_log = dir.path().join("up.log");
-        let child = Command::new(BIN)
-            .arg("up")
-            .arg("-f")
-            .arg(&file)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_log).unwrap())
-            .spawn()
-            .unwrap();
         let mut up = Up {
-            child: Some(child),
+            child: None,
             dir,
             file,
             listen,
@@ -99,9 +113,46 @@ impl Up {
             sport,
             eport,
             stderr_log,
+            prefix,
+            args,
         };
-        up.wait_admin();
+        up.respawn();
         up
+    }
+
+    /// Starts the supervisor again (after [`Up::terminate`]) with the same file and
+    /// arguments; its log is appended to.
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "the supervisor is still running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_log)
+            .unwrap();
+        let mut cmd = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
+            .arg("up")
+            .arg("-f")
+            .arg(&self.file)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Waits (bounded) until the admin API answers.
+    pub fn wait_admin_up(&mut self) {
+        self.wait_admin();
     }
 
     fn wait_admin(&mut self) {

@@ -1,0 +1,175 @@
+//! `cargo bench --bench store`: one real `storeherd store` server; STORE SERVER of 4 KiB data
+//! blocks and GET SERVER, with 1 and 16 connections. Reports blocks/s *processed* (acknowledged,
+//! stored by the worker and readable: the clock stops when `inputqueue/` is empty) and the
+//! latency percentiles of each request (hdrhistogram). Proofs of work are computed before the
+//! clock starts.
+//!
+//! Environment: `STORE_BENCH_BLOCKS` (blocks per connection for 16 connections, default 1500).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::{accounts, Options, TestServer, USER, USER_KEY};
+use hdrhistogram::Histogram;
+use storeherd::server::compose;
+use storeherd::wire::Client;
+
+type Blocks = Arc<Vec<(String, Vec<u8>)>>;
+
+fn make_blocks(n: usize, size: usize) -> Vec<(String, Vec<u8>)> {
+    let now = Utc::now();
+    let threads = 2;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (0..n)
+                    .filter(|i| i % threads == t)
+                    .map(|i| {
+                        let mut p = format!(
+                            "bench block {i} {} ",
+                            now.timestamp_nanos_opt().unwrap_or(0)
+                        )
+                        .into_bytes();
+                        p.resize(size, b'a' + (i % 26) as u8);
+                        compose::data_block(&p, now)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+async fn login(addr: std::net::SocketAddr) -> Client {
+    let mut c = Client::connect(addr, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(c.login(USER, USER_KEY).await.unwrap());
+    c
+}
+
+fn report(op: &str, conns: usize, n: usize, elapsed: Duration, h: &Histogram<u64>, extra: &str) {
+    println!(
+        "{op:<5} conns={conns:<2} blocks={n:<6} {:>9.0} blocks/s  latency µs p50={} p90={} p99={} p99.9={} max={}  {extra}",
+        n as f64 / elapsed.as_secs_f64(),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+    );
+}
+
+async fn run_store(s: &TestServer, blocks: &Blocks, conns: usize) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (blocks, addr) = (blocks.clone(), s.addr());
+        tasks.push(tokio::spawn(async move {
+            let mut cl = login(addr).await;
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            for i in (c..blocks.len()).step_by(conns) {
+                let t = Instant::now();
+                assert!(cl.store(&blocks[i].0, &blocks[i].1).await.unwrap());
+                h.record(t.elapsed().as_micros() as u64).unwrap();
+            }
+            h
+        }));
+    }
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        h.add(t.await.unwrap()).unwrap();
+    }
+    let acked = start.elapsed();
+    assert!(
+        s.wait_queue_empty(Duration::from_secs(600)),
+        "queue not drained"
+    );
+    let processed = start.elapsed();
+    report(
+        "STORE",
+        conns,
+        blocks.len(),
+        processed,
+        &h,
+        &format!(
+            "(all DONE after {:.2}s = {:.0}/s acknowledged; processed after {:.2}s)",
+            acked.as_secs_f64(),
+            blocks.len() as f64 / acked.as_secs_f64(),
+            processed.as_secs_f64()
+        ),
+    );
+}
+
+async fn run_get(s: &TestServer, blocks: &Blocks, conns: usize) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (blocks, addr) = (blocks.clone(), s.addr());
+        tasks.push(tokio::spawn(async move {
+            let mut cl = login(addr).await;
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            for i in (c..blocks.len()).step_by(conns) {
+                let t = Instant::now();
+                let got = cl.get(&blocks[i].0, None).await.unwrap();
+                h.record(t.elapsed().as_micros() as u64).unwrap();
+                // Readable and identical: the store phase really stored it.
+                assert_eq!(
+                    got.as_deref(),
+                    Some(&blocks[i].1[..]),
+                    "block {i} not readable"
+                );
+            }
+            h
+        }));
+    }
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        h.add(t.await.unwrap()).unwrap();
+    }
+    report("GET", conns, blocks.len(), start.elapsed(), &h, "");
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; there is nothing to filter.
+    let per_conn: usize = std::env::var("STORE_BENCH_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = TestServer::start_with(
+        Options::default()
+            .auth(&accounts())
+            .config(&[("max_connections", "100")]),
+    );
+    println!(
+        "storeherd store bench: 4 KiB data blocks, server {}",
+        s.addr()
+    );
+    for conns in [1usize, 16] {
+        let n = if conns == 1 {
+            per_conn * 2
+        } else {
+            per_conn * conns
+        };
+        let t = Instant::now();
+        let blocks: Blocks = Arc::new(make_blocks(n, 4096));
+        println!(
+            "  ({n} blocks with proof of work built in {:.1}s)",
+            t.elapsed().as_secs_f64()
+        );
+        rt.block_on(run_store(&s, &blocks, conns));
+        rt.block_on(run_get(&s, &blocks, conns));
+    }
+}

@@ -1,0 +1,199 @@
+//! `storeherd bench` against a real built-in store server: every op for one second, the
+//! `--json` contract, and the fast, clear failures (wrong target, GET without a login).
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{accounts, binary, free_port, TestServer, ADMIN_KEY};
+
+/// Longest any bench run here may take, setup (proofs of work, GET set) included.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// A running `storeherd bench`, killed and reaped on drop (also on panic).
+struct Bench(Option<Child>);
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `storeherd bench ARGS`, bounded by `limit`; panics if it is still running then.
+fn bench(args: &[&str], limit: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let child = Command::new(binary())
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn storeherd bench");
+    let mut guard = Bench(Some(child));
+    loop {
+        let c = guard.0.as_mut().unwrap();
+        if c.try_wait().unwrap().is_some() {
+            let out = guard.0.take().unwrap().wait_with_output().unwrap();
+            return (out, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "storeherd bench {args:?} still running after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn server() -> TestServer {
+    TestServer::start_with(
+        common::Options::default()
+            .config(&[("max_connections", "200")])
+            .auth(&accounts()),
+    )
+}
+
+/// Runs one op for one second with `--json` and checks the report against the contract.
+fn run_json(target: &str, op: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "--target", target, "--op", op, "-c", "4", "-d", "1", "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (out, _) = bench(&args, RUN_LIMIT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed: {stderr}\n{stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {stdout:?}"));
+    assert_eq!(v["op"], op);
+    assert_eq!(v["targets"], serde_json::json!([target]));
+    assert_eq!(v["connections"], 4);
+    let secs = v["duration_s"].as_f64().expect("duration_s");
+    assert!((0.9..30.0).contains(&secs), "duration_s {secs}");
+    let ops = v["ops"].as_u64().expect("ops");
+    assert!(ops > 0, "{op}: no operation completed: {v}");
+    assert!(v["ops_per_sec"].as_f64().expect("ops_per_sec") > 0.0);
+    let errors = v["errors"].as_object().expect("errors is an object");
+    assert!(errors.is_empty(), "{op}: errors {errors:?}");
+    let lat = &v["latency_us"];
+    let (p50, p99, p999, max) = (
+        lat["p50"].as_u64().expect("p50"),
+        lat["p99"].as_u64().expect("p99"),
+        lat["p999"].as_u64().expect("p999"),
+        lat["max"].as_u64().expect("max"),
+    );
+    assert!(
+        0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max,
+        "{op}: latency {lat}"
+    );
+    v
+}
+
+#[test]
+fn every_op_runs_against_a_real_server_with_no_errors() {
+    let s = server();
+    let target = s.addr().to_string();
+    let login = format!("administrator:{ADMIN_KEY}");
+    // Small blocks: the debug build's proofs of work for a store run are computed up front.
+    for op in ["ping", "connect", "store"] {
+        let v = run_json(&target, op, &["--size", "256"]);
+        assert!(v.get("processed_per_sec").is_none(), "{op}: {v}");
+    }
+    for op in ["get", "mixed"] {
+        run_json(&target, op, &["--login", &login, "--size", "256"]);
+    }
+    let v = run_json(
+        &target,
+        "store",
+        &["--login", &login, "--verify", "--size", "256"],
+    );
+    let processed = v["processed_per_sec"]
+        .as_f64()
+        .expect("processed_per_sec with --verify");
+    assert!(processed > 0.0, "{v}");
+    assert!(s.log().lines().all(|l| !l.contains("panicked")));
+}
+
+#[test]
+fn human_output_names_the_op_and_the_figures() {
+    let s = server();
+    let (out, _) = bench(
+        &["--target", &s.addr().to_string(), "-c", "2", "-d", "1"],
+        RUN_LIMIT,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("ops/s"), "{stdout}");
+    assert!(stdout.contains("errors: none"), "{stdout}");
+}
+
+/// Fails within a few seconds, non-zero, with a message naming the address, on stderr only.
+fn assert_fails_fast(args: &[&str], expect: &[&str]) {
+    let (out, took) = bench(args, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "bench {args:?} succeeded");
+    assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
+    for e in expect {
+        assert!(stderr.contains(e), "{e:?} not in {stderr:?}");
+    }
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
+#[test]
+fn a_wrong_target_fails_fast_and_clearly() {
+    // Nothing listens there.
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dead = dead.to_string();
+    assert_fails_fast(
+        &["--target", &dead, "-d", "5", "--json"],
+        &["cannot reach", &dead],
+    );
+    // Listens but never greets: bounded by the connect timeout, not the run.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    assert_fails_fast(
+        &["--target", &silent_addr, "-d", "60", "--op", "ping"],
+        &["cannot reach", &silent_addr],
+    );
+    drop(silent);
+    // One good target and one wrong one: still refused up front.
+    let s = server();
+    let both = format!("{},{dead}", s.addr());
+    assert_fails_fast(&["--target", &both, "-d", "5"], &["cannot reach", &dead]);
+}
+
+#[test]
+fn get_without_login_says_what_is_missing() {
+    let s = server();
+    let target = s.addr().to_string();
+    for op in ["get", "mixed"] {
+        assert_fails_fast(&["--target", &target, "--op", op], &["--login"]);
+    }
+    assert_fails_fast(
+        &["--target", &target, "--op", "store", "--verify"],
+        &["--login"],
+    );
+    assert_fails_fast(
+        &["--target", &target, "--op", "ping", "--login", "nocolon"],
+        &["USER:KEY"],
+    );
+    assert_fails_fast(
+        &[
+            "--target",
+            &target,
+            "--op",
+            "ping",
+            "--login",
+            "administrator:WRONG",
+        ],
+        &["refused"],
+    );
+}
