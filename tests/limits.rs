@@ -131,6 +131,11 @@ fn runtime() -> tokio::runtime::Runtime {
 fn idle_connections(idle: usize, more: usize) {
     let dir = reliability::Scratch::new();
     let per_instance = idle.div_ceil(4) + 64;
+    // The supervisor raises its soft limit to the hard one and keeps two descriptors per
+    // session plus a reserve.
+    let (_, nofile) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let cap = storeherd::proxy::fds::sessions_within(nofile);
     let site = Site::new(
         dir.path(),
         4,
@@ -153,6 +158,7 @@ fn idle_connections(idle: usize, more: usize) {
     let (restarts, states) = restarts_and_states(&svc);
     let (answered, failed, p50, max) = sampler.finish();
     println!("--- {idle} idle connections through the proxy, then {more} more");
+    println!("open-files limit {nofile}: the proxy holds at most {cap} sessions");
     println!(
         "first {idle}: READY {} BUSY {} failed {} (in {:.1} s)",
         first.ready,
@@ -175,7 +181,11 @@ fn idle_connections(idle: usize, more: usize) {
     drop(held);
     assert_eq!(failed, 0, "/status went unanswered");
     assert_eq!(first.failed + second.failed, 0, "connections failed");
-    assert_eq!(first.ready, idle, "the first {idle} did not all get in");
+    assert_eq!(
+        first.ready,
+        idle.min(cap),
+        "the first {idle} did not all get in"
+    );
     assert!(states.iter().all(|s| s == "ready"), "{states:?}");
     assert_eq!(restarts, 0, "health checks restarted instances under load");
 }
@@ -299,6 +309,44 @@ fn out_of_descriptors(nofile: u64, conns: usize) {
         svc.log()
     );
     assert_eq!(restarts, 0, "instances restarted: {}", svc.log());
+}
+
+/// Idle sessions held under `ulimit -n 256` must not take the descriptors the admin API
+/// needs (regression: at 10,000 idle clients the admin API failed every accept with EMFILE).
+#[test]
+fn sessions_leave_descriptors_for_the_admin_api() {
+    let dir = reliability::Scratch::new();
+    // Instances with room for every client: only descriptors limit the proxy.
+    let site = Site::new(
+        dir.path(),
+        2,
+        "server: { config: { max_connections: 1000 } }\n",
+    );
+    let svc = site.start(Some(256));
+    svc.wait_ready(2, Duration::from_secs(60));
+    let rt = runtime();
+    let mut held = Vec::new();
+    let got = rt.block_on(open_idle(svc.listen, 200, &mut held));
+    let during = svc.status();
+    let log = svc.log();
+    drop(held);
+    println!(
+        "200 idle under ulimit -n 256: {got:?}; /status answered: {}",
+        during.is_some()
+    );
+    assert!(
+        during.is_some(),
+        "/status unanswered with sessions held:\n{log}"
+    );
+    let budget = storeherd::proxy::fds::sessions_within(256);
+    assert!(
+        got.ready <= budget,
+        "{got:?}: more sessions than the budget of {budget}"
+    );
+    assert!(
+        log.contains("open-files limit"),
+        "the cap was not logged:\n{log}"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! it without locks.
 
 mod accept;
+pub mod fds;
 pub mod greeting;
 mod pool;
 mod relay;

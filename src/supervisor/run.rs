@@ -82,8 +82,17 @@ struct Supervisor {
 }
 
 fn limits(plan: &Plan) -> ProxyLimits {
+    // Sessions must not take the descriptors that the admin API and health checks need.
+    let budget = crate::proxy::fds::session_budget();
+    if plan.proxy.max_connections > budget {
+        tracing::warn!(
+            max_connections = plan.proxy.max_connections,
+            budget,
+            "proxy.max_connections is over what the open-files limit carries (two per session); using {budget}"
+        );
+    }
     ProxyLimits {
-        max_connections: plan.proxy.max_connections,
+        max_connections: plan.proxy.max_connections.min(budget),
         connect_timeout: plan.proxy.connect_timeout,
         idle_timeout: plan.proxy.idle_timeout,
     }
