@@ -15,6 +15,10 @@
 //! deletes a leaf directory); a small batch waits briefly for the committer's next round so
 //! that one `syncfs` covers more blocks; and the settling `syncfs` runs only when no work
 //! has come for a while (otherwise the next batch's sync settles the previous one for free).
+//! Settled queue files are unlinked by a helper thread: an unlink waits for the journal
+//! commit that the committer's `syncfs` keeps running, and deleting a durable result's
+//! queue file later is always safe (at worst it is processed again after a crash, which the
+//! merge rules make harmless, as for any crash between rename and delete).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
@@ -72,6 +76,8 @@ pub struct Worker {
     unsettled_dirs: BTreeSet<PathBuf>,
     /// Leaves (first four hex digits) known to exist, so not `mkdir`ed or `stat`ed again.
     leaves: HashSet<String>,
+    /// The queue-file deleter, while the worker thread runs (else files are deleted inline).
+    deleter: Option<mpsc::Sender<Vec<String>>>,
 }
 
 /// What a queue file asks for (its prefix, PROTOCOL.md §6.2).
@@ -99,6 +105,7 @@ impl Worker {
             unsettled: Vec::new(),
             unsettled_dirs: BTreeSet::new(),
             leaves: HashSet::new(),
+            deleter: None,
         }
     }
 
@@ -122,9 +129,34 @@ impl Worker {
     pub fn start(self, rx: mpsc::Receiver<Job>) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("store-worker".into())
-            .spawn(move || self.run(rx))
+            .spawn(move || self.run_with_deleter(rx))
     }
 
+    /// Runs the worker with its deleter thread; returns once every settled file is deleted.
+    fn run_with_deleter(mut self, rx: mpsc::Receiver<Job>) {
+        let (tx, del_rx) = mpsc::channel::<Vec<String>>();
+        let queue = self.queue.clone();
+        let deleter = std::thread::Builder::new()
+            .name("queue-deleter".into())
+            .spawn(move || {
+                for names in del_rx {
+                    delete_all(&queue, names);
+                }
+            });
+        match deleter {
+            Ok(handle) => {
+                self.deleter = Some(tx);
+                self.run(rx);
+                let _ = handle.join();
+            }
+            Err(e) => {
+                tracing::warn!("starting the queue-file deleter: {e}; deleting inline");
+                self.run(rx);
+            }
+        }
+    }
+
+    /// Consumes the worker: dropping it on return closes the deleter's channel.
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         let mut next: Option<Job> = None;
         loop {
@@ -204,11 +236,18 @@ impl Worker {
     }
 
     fn delete_settled(&mut self) {
-        for name in std::mem::take(&mut self.unsettled) {
-            if let Err(e) = self.queue.delete(&name) {
-                tracing::error!("deleting a processed queue file: {e}");
-            }
+        let names = std::mem::take(&mut self.unsettled);
+        if names.is_empty() {
+            return;
         }
+        let names = match &self.deleter {
+            Some(tx) => match tx.send(names) {
+                Ok(()) => return,
+                Err(mpsc::SendError(names)) => names,
+            },
+            None => names,
+        };
+        delete_all(&self.queue, names);
     }
 
     fn batch(&mut self, jobs: Vec<(String, Option<Vec<u8>>)>) {
@@ -369,6 +408,14 @@ impl Worker {
         let lock = LeafLock::acquire(&lock_path)?;
         self.leaves.insert(key[0..4].to_string());
         Ok(lock)
+    }
+}
+
+fn delete_all(queue: &Queue, names: Vec<String>) {
+    for name in names {
+        if let Err(e) = queue.delete(&name) {
+            tracing::error!("deleting a processed queue file: {e}");
+        }
     }
 }
 
