@@ -1,7 +1,8 @@
 //! The input-queue committer (PROTOCOL.md §6.1, with durability): sessions hand it queue
 //! files; it writes every file that has arrived since its last round, makes them all durable
 //! with one round of syncs (a group commit: the blocks of several connections share one
-//! directory fsync and one journal commit), passes their names to the worker, and only then
+//! directory fsync and one journal commit), passes their names and contents to the worker
+//! (which so need not read them back), and only then
 //! lets the sessions answer `DONE`. A block bound for the replication peer brings its
 //! `sendqueue/` copy (PROTOCOL.md §3.1), made durable by the same round of syncs.
 
@@ -75,7 +76,7 @@ fn run(queue: &Queue, sendqueue: &Queue, rx: mpsc::Receiver<Request>, worker: mp
     }
 }
 
-fn commit(queue: &Queue, sendqueue: &Queue, batch: Vec<Request>, worker: &mpsc::Sender<Job>) {
+fn commit(queue: &Queue, sendqueue: &Queue, mut batch: Vec<Request>, worker: &mpsc::Sender<Job>) {
     let names: Vec<String> = batch.iter().map(|r| name_of(&r.content)).collect();
     // Send-queue copies first: a request whose copy could not be written is not acknowledged.
     let mut peer_files = Vec::new();
@@ -109,7 +110,7 @@ fn commit(queue: &Queue, sendqueue: &Queue, batch: Vec<Request>, worker: &mpsc::
     let mut new_names = Vec::new();
     // Per distinct name: written (or already present) without error.
     let mut fate: HashMap<&str, bool> = HashMap::new();
-    for (req, name) in batch.iter().zip(&names) {
+    for (req, name) in batch.iter_mut().zip(&names) {
         if fate.contains_key(name.as_str()) {
             continue;
         }
@@ -122,7 +123,8 @@ fn commit(queue: &Queue, sendqueue: &Queue, batch: Vec<Request>, worker: &mpsc::
         match queue.write_unsynced(name, &req.content) {
             Ok(f) => {
                 files.push(f);
-                new_names.push(name.clone());
+                // The worker gets the bytes with the name; the reply needs only the name.
+                new_names.push((name.clone(), std::mem::take(&mut req.content)));
                 fate.insert(name, true);
             }
             Err(e) => {
@@ -153,9 +155,9 @@ fn commit(queue: &Queue, sendqueue: &Queue, batch: Vec<Request>, worker: &mpsc::
             let _ = sendqueue.delete(&name);
         }
     }
-    for name in new_names {
+    for (name, content) in new_names {
         if durable {
-            let _ = worker.send(Job::Block(name));
+            let _ = worker.send(Job::Block(name, Some(content)));
         } else {
             // Never acknowledged: remove it, so that a later identical upload is written anew.
             let _ = queue.delete(&name);

@@ -101,7 +101,7 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
         tracing::info!("{} queued blocks left from the last run", leftovers.len());
     }
     for name in leftovers {
-        let _ = job_tx.send(Job::Block(name));
+        let _ = job_tx.send(Job::Block(name, None));
     }
     let worker_thread = worker.start(job_rx)?;
     let (ingest, ingest_thread) = Ingest::start(queue, sendqueue.clone(), job_tx.clone())?;

@@ -9,13 +9,24 @@
 //! batch are made durable by one `syncfs` per file system (a group commit), renamed into
 //! place under the locks, and the renames (and any new directories) made durable by a second
 //! `syncfs` before the queue files are deleted.
+//!
+//! Throughput: the committer passes each block's bytes with its name, so the worker reads
+//! queue files back only at start-up; leaves ensured once are remembered (the server never
+//! deletes a leaf directory); a small batch waits briefly for the committer's next round so
+//! that one `syncfs` covers more blocks; and the settling `syncfs` runs only when no work
+//! has come for a while (otherwise the next batch's sync settles the previous one for free).
+//! Settled queue files are unlinked by a helper thread: an unlink waits for the journal
+//! commit that the committer's `syncfs` keeps running, and deleting a durable result's
+//! queue file later is always safe (at worst it is processed again after a crash, which the
+//! merge rules make harmless, as for any crash between rename and delete).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -28,13 +39,22 @@ use crate::store::{sync_filesystems, StoreError};
 /// Most blocks processed in one batch.
 const MAX_BATCH: usize = 256;
 
+/// A batch smaller than this waits (up to [`GATHER`]) for the committer's next round.
+const GATHER_BELOW: usize = 64;
+/// How long a small batch waits for more blocks: about one committer round (a `syncfs`).
+const GATHER: Duration = Duration::from_millis(2);
+/// Idle this long before a `syncfs` of its own settles the last batch; a batch arriving
+/// sooner settles it with its own sync.
+const SETTLE_AFTER: Duration = Duration::from_millis(20);
+
 /// Name, in the home, of the list of temporary files a batch is about to create; start-up
 /// removes any that a crash left behind.
 pub const INFLIGHT: &str = "store-inflight.txt";
 
 pub enum Job {
-    /// A durable queue file, by name.
-    Block(String),
+    /// A durable queue file, by name, with its content when the committer has it in memory
+    /// (`None`: read it from `inputqueue/`, as for leftovers at start-up).
+    Block(String, Option<Vec<u8>>),
     /// SELFTEST: answered with the result line once every earlier job is done.
     SelfTest(oneshot::Sender<String>),
     /// Stop after every earlier job.
@@ -54,6 +74,10 @@ pub struct Worker {
     /// next batch's first sync does that at no extra cost.
     unsettled: Vec<String>,
     unsettled_dirs: BTreeSet<PathBuf>,
+    /// Leaves (first four hex digits) known to exist, so not `mkdir`ed or `stat`ed again.
+    leaves: HashSet<String>,
+    /// The queue-file deleter, while the worker thread runs (else files are deleted inline).
+    deleter: Option<mpsc::Sender<Vec<String>>>,
 }
 
 /// What a queue file asks for (its prefix, PROTOCOL.md §6.2).
@@ -80,6 +104,8 @@ impl Worker {
             liveness,
             unsettled: Vec::new(),
             unsettled_dirs: BTreeSet::new(),
+            leaves: HashSet::new(),
+            deleter: None,
         }
     }
 
@@ -103,17 +129,46 @@ impl Worker {
     pub fn start(self, rx: mpsc::Receiver<Job>) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("store-worker".into())
-            .spawn(move || self.run(rx))
+            .spawn(move || self.run_with_deleter(rx))
     }
 
+    /// Runs the worker with its deleter thread; returns once every settled file is deleted.
+    fn run_with_deleter(mut self, rx: mpsc::Receiver<Job>) {
+        let (tx, del_rx) = mpsc::channel::<Vec<String>>();
+        let queue = self.queue.clone();
+        let deleter = std::thread::Builder::new()
+            .name("queue-deleter".into())
+            .spawn(move || {
+                for names in del_rx {
+                    delete_all(&queue, names);
+                }
+            });
+        match deleter {
+            Ok(handle) => {
+                self.deleter = Some(tx);
+                self.run(rx);
+                let _ = handle.join();
+            }
+            Err(e) => {
+                tracing::warn!("starting the queue-file deleter: {e}; deleting inline");
+                self.run(rx);
+            }
+        }
+    }
+
+    /// Consumes the worker: dropping it on return closes the deleter's channel.
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         let mut next: Option<Job> = None;
         loop {
             let job = match next.take() {
                 Some(j) => j,
-                None => match rx.try_recv() {
+                None => match rx.recv_timeout(SETTLE_AFTER) {
                     Ok(j) => j,
-                    Err(_) => {
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        self.settle();
+                        return;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
                         // Idle: settle the last batch before waiting.
                         self.settle();
                         match rx.recv() {
@@ -132,19 +187,32 @@ impl Worker {
                     self.settle();
                     let _ = reply.send(self.liveness.selftest_line());
                 }
-                Job::Block(first) => {
-                    let mut names = vec![first];
-                    while names.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(Job::Block(n)) => names.push(n),
-                            Ok(other) => {
+                Job::Block(name, content) => {
+                    let mut jobs = vec![(name, content)];
+                    let deadline = Instant::now() + GATHER;
+                    while jobs.len() < MAX_BATCH {
+                        let got = match rx.try_recv() {
+                            Ok(j) => Some(j),
+                            Err(mpsc::TryRecvError::Disconnected) => None,
+                            Err(mpsc::TryRecvError::Empty) => {
+                                let left = deadline.saturating_duration_since(Instant::now());
+                                if jobs.len() >= GATHER_BELOW || left.is_zero() {
+                                    None
+                                } else {
+                                    rx.recv_timeout(left).ok()
+                                }
+                            }
+                        };
+                        match got {
+                            Some(Job::Block(n, c)) => jobs.push((n, c)),
+                            Some(other) => {
                                 next = Some(other);
                                 break;
                             }
-                            Err(_) => break,
+                            None => break,
                         }
                     }
-                    self.batch(names);
+                    self.batch(jobs);
                 }
             }
         }
@@ -168,18 +236,25 @@ impl Worker {
     }
 
     fn delete_settled(&mut self) {
-        for name in std::mem::take(&mut self.unsettled) {
-            if let Err(e) = self.queue.delete(&name) {
-                tracing::error!("deleting a processed queue file: {e}");
-            }
+        let names = std::mem::take(&mut self.unsettled);
+        if names.is_empty() {
+            return;
         }
+        let names = match &self.deleter {
+            Some(tx) => match tx.send(names) {
+                Ok(()) => return,
+                Err(mpsc::SendError(names)) => names,
+            },
+            None => names,
+        };
+        delete_all(&self.queue, names);
     }
 
-    fn batch(&mut self, names: Vec<String>) {
+    fn batch(&mut self, jobs: Vec<(String, Option<Vec<u8>>)>) {
         let mut entries = Vec::new();
         let mut done = Vec::new();
-        for name in names {
-            match self.load(&name) {
+        for (name, content) in jobs {
+            match self.load(&name, content) {
                 Load::Entry(e) => entries.push(e),
                 Load::Drop => done.push(name),
                 Load::Keep => {}
@@ -193,7 +268,11 @@ impl Worker {
         self.unsettled.extend(done);
     }
 
-    fn load(&self, name: &str) -> Load {
+    fn load(&self, name: &str, content: Option<Vec<u8>>) -> Load {
+        // From the committer: the very bytes it made durable under this name.
+        if let Some(content) = content {
+            return Self::parse(name, content);
+        }
         let content = match self.queue.read(name) {
             Ok(Some(c)) => c,
             Ok(None) => return Load::Keep, // a duplicate entry, already processed
@@ -208,6 +287,10 @@ impl Worker {
             tracing::warn!("queue file {name} does not match its content; dropped");
             return Load::Drop;
         }
+        Self::parse(name, content)
+    }
+
+    fn parse(name: &str, content: Vec<u8>) -> Load {
         match parse_entry(name, content) {
             Ok(Some(e)) => Load::Entry(e),
             Ok(None) => Load::Keep,
@@ -231,8 +314,7 @@ impl Worker {
                 .find(|e| &e.key[0..4] == leaf)
                 .map(|e| e.key.as_str());
             let key = key.unwrap_or_default();
-            self.tree.ensure_leaf(key)?;
-            locks.push(LeafLock::acquire(&self.tree.lock_path(key))?);
+            locks.push(self.lock_leaf(key)?);
         }
         let now = chrono::Utc::now();
         // Results of this batch, by key: later blocks merge against them.
@@ -284,7 +366,7 @@ impl Worker {
         fs::write(&self.inflight, temps.as_bytes()).map_err(StoreError::at(&self.inflight))?;
         let result = (|| {
             for (k, tmp) in order.iter().zip(&names) {
-                pending.push(self.tree.write_temp_at(k, tmp, &results[k])?);
+                pending.push(self.tree.write_temp_in_leaf(k, tmp, &results[k])?);
             }
             // One sync makes this batch's data and the earlier batches' renames durable.
             let mut paths: Vec<&std::path::Path> = pending.iter().map(|w| w.temp_path()).collect();
@@ -307,6 +389,33 @@ impl Worker {
         self.delete_settled();
         self.unsettled_dirs.extend(dirs);
         Ok(())
+    }
+
+    /// Locks a key's leaf, creating the leaf first unless this process already has.
+    fn lock_leaf(&mut self, key: &str) -> Result<LeafLock, StoreError> {
+        let lock_path = self.tree.lock_path(key);
+        if self.leaves.contains(&key[0..4]) {
+            match LeafLock::acquire(&lock_path) {
+                Ok(l) => return Ok(l),
+                // Gone after all (removed by hand?): forget it and create it again.
+                Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {
+                    self.leaves.remove(&key[0..4]);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.tree.ensure_leaf(key)?;
+        let lock = LeafLock::acquire(&lock_path)?;
+        self.leaves.insert(key[0..4].to_string());
+        Ok(lock)
+    }
+}
+
+fn delete_all(queue: &Queue, names: Vec<String>) {
+    for name in names {
+        if let Err(e) = queue.delete(&name) {
+            tracing::error!("deleting a processed queue file: {e}");
+        }
     }
 }
 

@@ -111,7 +111,19 @@ impl Tree {
         tmp: &Path,
         bytes: &[u8],
     ) -> Result<PendingWrite, StoreError> {
-        let leaf = self.ensure_leaf(clean)?;
+        self.ensure_leaf(clean)?;
+        self.write_temp_in_leaf(clean, tmp, bytes)
+    }
+
+    /// As [`Tree::write_temp_at`], for a caller that knows the key's leaf exists (it holds
+    /// the leaf lock): no `mkdir`/`stat` of the leaf.
+    pub fn write_temp_in_leaf(
+        &self,
+        clean: &str,
+        tmp: &Path,
+        bytes: &[u8],
+    ) -> Result<PendingWrite, StoreError> {
+        let leaf = self.leaf_dir(clean);
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
