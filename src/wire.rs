@@ -133,21 +133,10 @@ pub fn split_block(block: &[u8]) -> Result<(Vec<String>, Option<&[u8]>)> {
     Ok((lines, None))
 }
 
-/// `Data: <n>` with n a positive decimal without a leading zero (PROTOCOL.md §4.1), any case.
+/// `Data: <n>` with n a positive decimal without a leading zero (PROTOCOL.md §4.1), any case:
+/// the server's own framing rule, so client and server agree on what ends a block.
 pub fn data_line_len(line: &str) -> Option<usize> {
-    let rest = line.get(..6)?;
-    if !rest.eq_ignore_ascii_case("data: ") {
-        return None;
-    }
-    let digits = &line[6..];
-    if digits.is_empty()
-        || digits.starts_with('0')
-        || !digits.bytes().all(|b| b.is_ascii_digit())
-        || digits.len() > 19
-    {
-        return None;
-    }
-    digits.parse().ok()
+    crate::server::framing::data_len(line.as_bytes())
 }
 
 enum Stream {
