@@ -112,6 +112,7 @@ fn hostile_keys_touch_nothing_outside_the_store() {
                 "localstore",
                 "inputqueue",
                 "sendqueue",
+                "journal",
                 "entangled",
                 "store-inflight.txt"
             ]

@@ -340,11 +340,9 @@ async fn kill9_during_stores_loses_no_done_block() {
     }
     let acked = done.lock().unwrap().clone();
     assert!(acked.len() >= 150, "only {} acknowledged", acked.len());
-    let left = std::fs::read_dir(s.home().join("inputqueue"))
-        .unwrap()
-        .count();
+    let left = storeherd::store::queued_uploads(s.home());
     eprintln!(
-        "{} of 500 acknowledged before kill -9; {left} queue files left",
+        "{} of 500 acknowledged before kill -9; {left} uploads left unsettled",
         acked.len()
     );
     s.restart();

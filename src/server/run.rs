@@ -13,6 +13,7 @@ use crate::server::sender::{self, Liveness};
 use crate::server::tls::{self, TlsError};
 use crate::server::worker::{Job, Worker, INFLIGHT};
 use crate::server::{session, Shared};
+use crate::store::journal::{self, Journal, Kind};
 use crate::store::queue::Queue;
 use crate::store::tree::Tree;
 use crate::store::{ensure_dir, StoreError};
@@ -84,9 +85,12 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
     let queue = Queue::new(home.join("inputqueue"));
     let sendqueue = Queue::new(home.join("sendqueue"));
     let liveness = Liveness::new(config.run_queue_interval);
+    let (journal, recovered) = Journal::open(&home.join(journal::DIR_NAME))?;
     let worker = Worker::new(
         tree.clone(),
         queue.clone(),
+        sendqueue.clone(),
+        journal.clone(),
         config.limits,
         home.join(INFLIGHT),
         liveness.clone(),
@@ -96,15 +100,26 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
     // send the same block again: the committer would take the torn file for a durable copy.
     let leftovers = verified_leftovers(&queue)?;
     let (job_tx, job_rx) = mpsc::channel();
-    // Leftover uploads first, in directory order (PROTOCOL.md §6.4).
-    if !leftovers.is_empty() {
-        tracing::info!("{} queued blocks left from the last run", leftovers.len());
+    // Leftover uploads first: queue files in directory order (PROTOCOL.md §6.4), then the
+    // journal entries a crash left unsettled, oldest first.
+    if !leftovers.is_empty() || !recovered.is_empty() {
+        tracing::info!(
+            "{} queued blocks left from the last run",
+            leftovers.len() + recovered.len()
+        );
     }
     for name in leftovers {
-        let _ = job_tx.send(Job::Block(name, None));
+        let _ = job_tx.send(Job::Block(name, None, None));
+    }
+    for r in recovered {
+        let job = match r.kind {
+            Kind::Input => Job::Block(r.name, Some(r.content), Some(r.slot)),
+            Kind::Send => Job::Send(r.name, r.content, r.slot),
+        };
+        let _ = job_tx.send(job);
     }
     let worker_thread = worker.start(job_rx)?;
-    let (ingest, ingest_thread) = Ingest::start(queue, sendqueue.clone(), job_tx.clone())?;
+    let (ingest, ingest_thread) = Ingest::start(journal, queue, job_tx.clone())?;
 
     // `enable_ipv6`: 0.0.0.0 becomes one dual-stack [::] socket; 127.0.0.1 gains [::1].
     let mut addrs = vec![SocketAddr::new(config.listen_address, config.sport)];
@@ -148,7 +163,7 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&rt, serve(shared.clone(), listeners, addrs));
     // Sessions still open are dropped with the runtime; anything they had acknowledged is
-    // durable in inputqueue/ already.
+    // durable in the input journal already.
     drop(local);
     drop(rt);
     drop(shared);

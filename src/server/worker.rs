@@ -1,7 +1,9 @@
-//! The store worker (PROTOCOL.md §6.2): takes queue files in FIFO order and, for each block,
-//! under the key's leaf `LOCKFILE`: reads the stored block, runs `validate_merge`, and
-//! replaces the stored block atomically. A queue file is deleted only once its result is
-//! durable, so a crash at any moment loses no acknowledged block.
+//! The store worker (PROTOCOL.md §6.2): takes uploads in FIFO order — journal entries from
+//! the committer, and queue files left in `inputqueue/` — and, for each block, under the
+//! key's leaf `LOCKFILE`: reads the stored block, runs `validate_merge`, and replaces the
+//! stored block atomically. An upload is settled (its journal entry released, its queue file
+//! deleted) only once its result is durable, so a crash at any moment loses no acknowledged
+//! block. Journal entries for the replication peer become `sendqueue/` files here.
 //!
 //! Blocks that are waiting are taken as a batch: their leaf locks are taken in sorted order
 //! (a global order, so two storeherd instances cannot deadlock; the original holds one lock
@@ -10,27 +12,28 @@
 //! place under the locks, and the renames (and any new directories) made durable by a second
 //! `syncfs` before the queue files are deleted.
 //!
-//! Throughput: the committer passes each block's bytes with its name, so the worker reads
-//! queue files back only at start-up; leaves ensured once are remembered (the server never
-//! deletes a leaf directory); a small batch waits briefly for the committer's next round so
-//! that one `syncfs` covers more blocks; and the settling `syncfs` runs only when no work
-//! has come for a while (otherwise the next batch's sync settles the previous one for free).
-//! Settled queue files are unlinked by a helper thread: an unlink waits for the journal
-//! commit that the committer's `syncfs` keeps running, and deleting a durable result's
-//! queue file later is always safe (at worst it is processed again after a crash, which the
-//! merge rules make harmless, as for any crash between rename and delete).
+//! Throughput: the committer passes each block's bytes with it, so the worker reads queue
+//! files only when they are left from an earlier run; leaves ensured once are remembered
+//! (the server never deletes a leaf directory); a small batch waits briefly for the
+//! committer's next round so that one `syncfs` covers more blocks; and the settling `syncfs`
+//! runs only when no work has come for a while (otherwise the next batch's sync settles the
+//! previous one for free). Leftover queue files are unlinked by a helper thread: an unlink
+//! waits for a journal commit of the file system, and deleting a durable result's queue file
+//! later is always safe (at worst it is processed again after a crash, which the merge rules
+//! make harmless, as for any crash between rename and delete).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::server::validate::{validate_merge, Limits};
+use crate::store::journal::{Journal, Slot};
 use crate::store::lock::LeafLock;
 use crate::store::queue::{name_of, Queue};
 use crate::store::tree::{PendingWrite, Tree};
@@ -52,9 +55,11 @@ const SETTLE_AFTER: Duration = Duration::from_millis(20);
 pub const INFLIGHT: &str = "store-inflight.txt";
 
 pub enum Job {
-    /// A durable queue file, by name, with its content when the committer has it in memory
-    /// (`None`: read it from `inputqueue/`, as for leftovers at start-up).
-    Block(String, Option<Vec<u8>>),
+    /// A durable upload, by queue name, with its content when it is in memory (`None`: read
+    /// it from `inputqueue/`, as for files left there), and its journal entry if it has one.
+    Block(String, Option<Vec<u8>>, Option<Slot>),
+    /// A durable journal entry holding a `sendqueue/` file, by name.
+    Send(String, Vec<u8>, Slot),
     /// SELFTEST: answered with the result line once every earlier job is done.
     SelfTest(oneshot::Sender<String>),
     /// Stop after every earlier job.
@@ -64,15 +69,17 @@ pub enum Job {
 pub struct Worker {
     tree: Tree,
     queue: Queue,
+    sendqueue: Queue,
+    journal: Arc<Journal>,
     limits: Limits,
     /// `<home>/store-inflight.txt`.
     inflight: PathBuf,
     /// The sender's timer, for SELFTEST.
     liveness: std::sync::Arc<crate::server::sender::Liveness>,
-    /// Queue files whose results are renamed into place, but whose renames are not yet known
-    /// to be durable; deleted after the next sync of `unsettled_dirs`' file systems. The
-    /// next batch's first sync does that at no extra cost.
-    unsettled: Vec<String>,
+    /// Uploads whose results are renamed into place (or send-queue files written), not yet
+    /// known to be durable; settled after the next sync of `unsettled_dirs`' file systems.
+    /// The next batch's first sync does that at no extra cost.
+    unsettled: Vec<Settle>,
     unsettled_dirs: BTreeSet<PathBuf>,
     /// Leaves (first four hex digits) known to exist, so not `mkdir`ed or `stat`ed again.
     leaves: HashSet<String>,
@@ -80,9 +87,27 @@ pub struct Worker {
     deleter: Option<mpsc::Sender<Vec<String>>>,
 }
 
+/// An upload to release once its result is durable.
+enum Settle {
+    /// A queue file in `inputqueue/`: deleted.
+    File(String),
+    /// A journal entry (with its queue name, for an input entry).
+    Journal(Slot, Option<String>),
+}
+
+impl Settle {
+    fn upload(name: String, slot: Option<Slot>) -> Settle {
+        match slot {
+            Some(s) => Settle::Journal(s, Some(name)),
+            None => Settle::File(name),
+        }
+    }
+}
+
 /// What a queue file asks for (its prefix, PROTOCOL.md §6.2).
 struct Entry {
     name: String,
+    slot: Option<Slot>,
     key: String,
     user: String,
     block: Vec<u8>,
@@ -92,6 +117,8 @@ impl Worker {
     pub fn new(
         tree: Tree,
         queue: Queue,
+        sendqueue: Queue,
+        journal: Arc<Journal>,
         limits: Limits,
         inflight: PathBuf,
         liveness: std::sync::Arc<crate::server::sender::Liveness>,
@@ -99,6 +126,8 @@ impl Worker {
         Worker {
             tree,
             queue,
+            sendqueue,
+            journal,
             limits,
             inflight,
             liveness,
@@ -187,8 +216,8 @@ impl Worker {
                     self.settle();
                     let _ = reply.send(self.liveness.selftest_line());
                 }
-                Job::Block(name, content) => {
-                    let mut jobs = vec![(name, content)];
+                job @ (Job::Block(..) | Job::Send(..)) => {
+                    let mut jobs = vec![job];
                     let deadline = Instant::now() + GATHER;
                     while jobs.len() < MAX_BATCH {
                         let got = match rx.try_recv() {
@@ -204,7 +233,7 @@ impl Worker {
                             }
                         };
                         match got {
-                            Some(Job::Block(n, c)) => jobs.push((n, c)),
+                            Some(j @ (Job::Block(..) | Job::Send(..))) => jobs.push(j),
                             Some(other) => {
                                 next = Some(other);
                                 break;
@@ -218,7 +247,7 @@ impl Worker {
         }
     }
 
-    /// Makes the renames of earlier batches durable, then deletes their queue files.
+    /// Makes the renames of earlier batches durable, then settles their uploads.
     fn settle(&mut self) {
         if self.unsettled.is_empty() {
             return;
@@ -228,15 +257,41 @@ impl Worker {
         match sync_filesystems(&paths) {
             Ok(()) => self.delete_settled(),
             Err(e) => {
-                // Keep the queue files: they are processed again at the next start.
+                // Keep the queue files and journal entries: they are processed again at the
+                // next start.
                 tracing::error!("syncing the store: {e}");
-                self.unsettled.clear();
+                let held: Vec<Slot> = std::mem::take(&mut self.unsettled)
+                    .into_iter()
+                    .filter_map(|s| match s {
+                        Settle::Journal(slot, _) => Some(slot),
+                        Settle::File(_) => None,
+                    })
+                    .collect();
+                self.journal.hold(&held);
             }
         }
     }
 
     fn delete_settled(&mut self) {
-        let names = std::mem::take(&mut self.unsettled);
+        let settled = std::mem::take(&mut self.unsettled);
+        if settled.is_empty() {
+            return;
+        }
+        let mut names = Vec::new();
+        let mut slots = Vec::new();
+        let mut inputs = Vec::new();
+        for s in &settled {
+            match s {
+                Settle::File(n) => names.push(n.clone()),
+                Settle::Journal(slot, name) => {
+                    slots.push(*slot);
+                    inputs.extend(name.as_deref());
+                }
+            }
+        }
+        if !slots.is_empty() {
+            self.journal.settle(&slots, &inputs);
+        }
         if names.is_empty() {
             return;
         }
@@ -250,20 +305,58 @@ impl Worker {
         delete_all(&self.queue, names);
     }
 
-    fn batch(&mut self, jobs: Vec<(String, Option<Vec<u8>>)>) {
+    fn batch(&mut self, jobs: Vec<Job>) {
         let mut entries = Vec::new();
         let mut done = Vec::new();
-        for (name, content) in jobs {
-            match self.load(&name, content) {
-                Load::Entry(e) => entries.push(e),
-                Load::Drop => done.push(name),
-                Load::Keep => {}
+        let mut sends = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Block(name, content, slot) => match self.load(&name, content) {
+                    Load::Entry(mut e) => {
+                        e.slot = slot;
+                        entries.push(e);
+                    }
+                    Load::Drop => done.push(Settle::upload(name, slot)),
+                    // Only a file can be left for later; the committer journals only
+                    // uploads that this worker processes.
+                    Load::Keep => done.extend(slot.map(|s| Settle::Journal(s, Some(name)))),
+                },
+                Job::Send(name, content, slot) => sends.push((name, content, slot)),
+                Job::SelfTest(_) | Job::Stop => {}
             }
         }
         match self.store(&entries) {
-            Ok(()) => done.extend(entries.into_iter().map(|e| e.name)),
-            // Leave the queue files: they are processed again at the next start.
-            Err(e) => tracing::error!("storing a batch of {} blocks: {e}", entries.len()),
+            Ok(()) => done.extend(
+                entries
+                    .into_iter()
+                    .map(|e| Settle::upload(e.name, e.slot)),
+            ),
+            Err(e) => {
+                // Leave them: queue files and journal entries are processed again at the
+                // next start.
+                tracing::error!("storing a batch of {} blocks: {e}", entries.len());
+                let held: Vec<Slot> = entries.iter().filter_map(|e| e.slot).collect();
+                self.journal.hold(&held);
+            }
+        }
+        // After the batch's sync: the next sync makes these files durable with its renames.
+        for (name, content, slot) in sends {
+            // An existing name is never rewritten (PROTOCOL.md §10.1).
+            if self.sendqueue.exists(&name) {
+                done.push(Settle::Journal(slot, None));
+                continue;
+            }
+            match self.sendqueue.write_unsynced(&name, &content) {
+                Ok(_) => {
+                    self.unsettled_dirs
+                        .insert(self.sendqueue.dir().to_path_buf());
+                    done.push(Settle::Journal(slot, None));
+                }
+                Err(e) => {
+                    tracing::error!("writing a send-queue file: {e}");
+                    self.journal.hold(&[slot]);
+                }
+            }
         }
         self.unsettled.extend(done);
     }
@@ -461,6 +554,7 @@ fn parse_entry(name: &str, content: Vec<u8>) -> Result<Option<Entry>, &'static s
     }
     Ok(Some(Entry {
         name: name.to_string(),
+        slot: None,
         key: key.to_ascii_uppercase(),
         user: user.to_ascii_uppercase(),
         block: content[pos..].to_vec(),

@@ -1,5 +1,6 @@
 //! The local store tree, its lock files, and the flat queues: shared by the server and the tools.
 
+pub mod journal;
 pub mod lock;
 pub mod queue;
 pub mod shards;
@@ -21,6 +22,20 @@ impl StoreError {
         let path = path.into();
         move |source| StoreError { path, source }
     }
+}
+
+/// Uploads a server home holds that its worker has not yet settled: files in `inputqueue/`
+/// (40-character names, as the server lists them) and unsettled input-journal entries. Zero
+/// means caught up.
+pub fn queued_uploads(home: &std::path::Path) -> u64 {
+    let files = std::fs::read_dir(home.join("inputqueue"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().len() == 40 && e.file_type().is_ok_and(|t| t.is_file()))
+                .count() as u64
+        })
+        .unwrap_or(0);
+    files + journal::pending(&home.join(journal::DIR_NAME))
 }
 
 /// Upper-cases `key` and deletes every character that is not a hex digit (PROTOCOL.md §9.2).

@@ -122,15 +122,9 @@ impl QueueWatch {
     }
 }
 
-/// Block files waiting in a home's `inputqueue/` (40-character names, as the server lists them).
+/// Uploads waiting in a home: queue files and unsettled journal entries.
 pub fn queued_blocks(home: &Path) -> u64 {
-    std::fs::read_dir(home.join("inputqueue"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().len() == 40 && e.file_type().is_ok_and(|t| t.is_file()))
-                .count() as u64
-        })
-        .unwrap_or(0)
+    crate::store::queued_uploads(home)
 }
 
 impl Runner {

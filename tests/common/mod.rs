@@ -219,14 +219,15 @@ impl TestServer {
         }
     }
 
-    /// `inputqueue/` is empty: every acknowledged block has been processed.
+    /// `inputqueue/` is empty and the input journal holds no unsettled entry: every
+    /// acknowledged block has been processed.
     pub fn wait_queue_empty(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             let n = std::fs::read_dir(self.home.join("inputqueue"))
                 .map(|d| d.count())
                 .unwrap_or(0);
-            if n == 0 {
+            if n == 0 && storeherd::store::queued_uploads(&self.home) == 0 {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));

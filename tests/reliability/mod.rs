@@ -408,7 +408,7 @@ pub fn unreadable(
 }
 
 /// Files in the store tree that are not blocks (temporary or partial), and files still in
-/// any instance's `inputqueue/`.
+/// any instance's `inputqueue/` (plus its `journal/` while that holds unsettled entries).
 pub fn leftovers(data: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(rd) = std::fs::read_dir(dir) else {
@@ -438,6 +438,10 @@ pub fn leftovers(data: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     if let Ok(rd) = std::fs::read_dir(data.join("homes")) {
         for home in rd.flatten() {
             walk(&home.path().join("inputqueue"), &mut queued);
+            let journal = home.path().join(storeherd::store::journal::DIR_NAME);
+            if storeherd::store::journal::pending(&journal) > 0 {
+                queued.push(journal);
+            }
         }
     }
     (temps, queued)
