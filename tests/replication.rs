@@ -156,7 +156,8 @@ async fn sender_speaks_the_original_wire() {
     let (key, block) = compose::data_block(payload, Utc::now());
     let mut c = a.client().await;
     assert!(c.store(&key, &block).await.unwrap());
-    // Durable in sendqueue/ before DONE, named by the sha1 of its content (§10.1).
+    // In sendqueue/ before DONE (durable in the input journal), named by the sha1 of its
+    // content (§10.1).
     let mut expected_file =
         format!("StoreType: replicate\nStoreKeyid: {key}\nLoginUser: none\n").into_bytes();
     expected_file.extend_from_slice(&block);

@@ -4,7 +4,8 @@
 //! blocks of several connections share one flush), passes them to the worker, and only then
 //! lets the sessions answer `DONE`. A block bound for the replication peer brings its
 //! `sendqueue/` copy (PROTOCOL.md §3.1) as a journal entry of its own, in the same round;
-//! the worker writes it into `sendqueue/`.
+//! the copy is also written into `sendqueue/` before `DONE`, so that the sender finds it
+//! when the session ends, and the worker makes that file durable before releasing the entry.
 
 use std::collections::HashSet;
 use std::sync::mpsc;
@@ -40,12 +41,13 @@ impl Ingest {
     pub fn start(
         journal: Arc<Journal>,
         queue: Queue,
+        sendqueue: Queue,
         worker: mpsc::Sender<Job>,
     ) -> std::io::Result<(Ingest, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel::<Request>();
         let handle = std::thread::Builder::new()
             .name("ingest".into())
-            .spawn(move || run(&journal, &queue, rx, worker))?;
+            .spawn(move || run(&journal, &queue, &sendqueue, rx, worker))?;
         Ok((Ingest { tx }, handle))
     }
 
@@ -65,7 +67,13 @@ impl Ingest {
     }
 }
 
-fn run(journal: &Journal, queue: &Queue, rx: mpsc::Receiver<Request>, worker: mpsc::Sender<Job>) {
+fn run(
+    journal: &Journal,
+    queue: &Queue,
+    sendqueue: &Queue,
+    rx: mpsc::Receiver<Request>,
+    worker: mpsc::Sender<Job>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -74,11 +82,17 @@ fn run(journal: &Journal, queue: &Queue, rx: mpsc::Receiver<Request>, worker: mp
                 Err(_) => break,
             }
         }
-        commit(journal, queue, batch, &worker);
+        commit(journal, queue, sendqueue, batch, &worker);
     }
 }
 
-fn commit(journal: &Journal, queue: &Queue, batch: Vec<Request>, worker: &mpsc::Sender<Job>) {
+fn commit(
+    journal: &Journal,
+    queue: &Queue,
+    sendqueue: &Queue,
+    batch: Vec<Request>,
+    worker: &mpsc::Sender<Job>,
+) {
     // An identical upload still waiting (in the journal, in this round, or as a file left
     // in inputqueue/) is not queued again (PROTOCOL.md §6.1); it is answered like the first.
     let mut seen: HashSet<String> = HashSet::new();
@@ -97,7 +111,24 @@ fn commit(journal: &Journal, queue: &Queue, batch: Vec<Request>, worker: &mpsc::
             for ((kind, content), (name, slot)) in entries.iter().zip(written) {
                 let job = match kind {
                     Kind::Input => Job::Block(name, Some(content.to_vec()), Some(slot)),
-                    Kind::Send => Job::Send(name, content.to_vec(), slot),
+                    Kind::Send => {
+                        // Durable in the journal already; the file is for the sender. An
+                        // existing name is never rewritten (PROTOCOL.md §10.1). On failure
+                        // the worker writes it.
+                        // The sender goes oldest first by modification time: a precise one
+                        // keeps the upload order (the kernel's file times are coarser than
+                        // the gap between two rounds).
+                        if !sendqueue.exists(&name) {
+                            let written = sendqueue.write_unsynced(&name, content).and_then(|f| {
+                                f.set_modified(std::time::SystemTime::now())
+                                    .map_err(crate::store::StoreError::at(sendqueue.path(&name)))
+                            });
+                            if let Err(e) = written {
+                                tracing::warn!("writing a send-queue file: {e}");
+                            }
+                        }
+                        Job::Send(name, content.to_vec(), slot)
+                    }
                 };
                 let _ = worker.send(job);
             }

@@ -5,12 +5,13 @@
 //! as in the original (PROTOCOL.md §1, §6).
 //!
 //! Deliberate deviations from the original, all toward safety:
-//! - `DONE` only once the queue file is durable (group commit: one `syncfs` per batch of
-//!   uploads from any number of connections); queue files torn by a crash are dropped at
-//!   start-up (they were never acknowledged).
+//! - `DONE` only once the upload is durable, in the input journal (`store::journal`, in
+//!   place of one `inputqueue/` file per upload: one `fdatasync` per round covers the uploads
+//!   of any number of connections); queue files left in `inputqueue/` (by the original
+//!   server) are processed at start, torn ones dropped (they were never acknowledged).
 //! - Store files are replaced atomically (temporary file in the leaf, `syncfs`, rename,
 //!   `syncfs`), under an OFD fcntl lock on the leaf `LOCKFILE`, which excludes Python's
-//!   `lockf`; a queue file is deleted only after its result is durable.
+//!   `lockf`; an upload is released only after its result is durable.
 //! - A failed second LOGIN leaves the session identity unchanged (§14 #1); a block that
 //!   fails or panics validation is dropped and logged, the worker carries on (§14 #2).
 //! - A STORE/REPLICATE with no header lines answers `FAILED` (the original is silent, §14 #3).
@@ -41,6 +42,7 @@ pub mod identity;
 pub mod ingest;
 pub mod keyannounce;
 pub mod pow;
+pub mod publish;
 pub mod run;
 pub mod sender;
 pub mod session;

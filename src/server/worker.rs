@@ -7,20 +7,16 @@
 //!
 //! Blocks that are waiting are taken as a batch: their leaf locks are taken in sorted order
 //! (a global order, so two storeherd instances cannot deadlock; the original holds one lock
-//! at a time), blocks are merged one at a time in FIFO order, the temporary files of the whole
-//! batch are made durable by one `syncfs` per file system (a group commit), renamed into
-//! place under the locks, and the renames (and any new directories) made durable by a second
-//! `syncfs` before the queue files are deleted.
+//! at a time), blocks are merged one at a time in FIFO order, and the results written to
+//! temporary files in their leaves. The publisher thread (`publish`) then makes them durable
+//! with one `syncfs` per file system (a group commit), renames them into place, releases the
+//! locks and settles the uploads once a later sync covers the renames — while the worker
+//! merges the next batch.
 //!
 //! Throughput: the committer passes each block's bytes with it, so the worker reads queue
 //! files only when they are left from an earlier run; leaves ensured once are remembered
 //! (the server never deletes a leaf directory); a small batch waits briefly for the
-//! committer's next round so that one `syncfs` covers more blocks; and the settling `syncfs`
-//! runs only when no work has come for a while (otherwise the next batch's sync settles the
-//! previous one for free). Leftover queue files are unlinked by a helper thread: an unlink
-//! waits for a journal commit of the file system, and deleting a durable result's queue file
-//! later is always safe (at worst it is processed again after a crash, which the merge rules
-//! make harmless, as for any crash between rename and delete).
+//! committer's next round so that one `syncfs` covers more blocks.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
@@ -32,12 +28,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::server::publish::{Batch, Publisher, Settle};
 use crate::server::validate::{validate_merge, Limits};
 use crate::store::journal::{Journal, Slot};
 use crate::store::lock::LeafLock;
 use crate::store::queue::{name_of, Queue};
 use crate::store::tree::{PendingWrite, Tree};
-use crate::store::{sync_filesystems, StoreError};
+use crate::store::StoreError;
 
 /// Most blocks processed in one batch.
 const MAX_BATCH: usize = 256;
@@ -46,10 +43,6 @@ const MAX_BATCH: usize = 256;
 const GATHER_BELOW: usize = 64;
 /// How long a small batch waits for more blocks: about one committer round (a `syncfs`).
 const GATHER: Duration = Duration::from_millis(2);
-/// Idle this long before a `syncfs` of its own settles the last batch; a batch arriving
-/// sooner settles it with its own sync.
-const SETTLE_AFTER: Duration = Duration::from_millis(20);
-
 /// Name, in the home, of the list of temporary files a batch is about to create; start-up
 /// removes any that a crash left behind.
 pub const INFLIGHT: &str = "store-inflight.txt";
@@ -74,34 +67,16 @@ pub struct Worker {
     limits: Limits,
     /// `<home>/store-inflight.txt`.
     inflight: PathBuf,
+    /// It, open, with the length last written (rewritten in place, never truncated:
+    /// freeing blocks costs a discard on some file systems).
+    inflight_file: Option<(fs::File, usize)>,
+    /// Temporary files of the batch handed to the publisher last, which may not be
+    /// renamed yet (one line each).
+    last_temps: String,
     /// The sender's timer, for SELFTEST.
     liveness: std::sync::Arc<crate::server::sender::Liveness>,
-    /// Uploads whose results are renamed into place (or send-queue files written), not yet
-    /// known to be durable; settled after the next sync of `unsettled_dirs`' file systems.
-    /// The next batch's first sync does that at no extra cost.
-    unsettled: Vec<Settle>,
-    unsettled_dirs: BTreeSet<PathBuf>,
     /// Leaves (first four hex digits) known to exist, so not `mkdir`ed or `stat`ed again.
     leaves: HashSet<String>,
-    /// The queue-file deleter, while the worker thread runs (else files are deleted inline).
-    deleter: Option<mpsc::Sender<Vec<String>>>,
-}
-
-/// An upload to release once its result is durable.
-enum Settle {
-    /// A queue file in `inputqueue/`: deleted.
-    File(String),
-    /// A journal entry (with its queue name, for an input entry).
-    Journal(Slot, Option<String>),
-}
-
-impl Settle {
-    fn upload(name: String, slot: Option<Slot>) -> Settle {
-        match slot {
-            Some(s) => Settle::Journal(s, Some(name)),
-            None => Settle::File(name),
-        }
-    }
 }
 
 /// What a queue file asks for (its prefix, PROTOCOL.md §6.2).
@@ -130,11 +105,10 @@ impl Worker {
             journal,
             limits,
             inflight,
+            inflight_file: None,
+            last_temps: String::new(),
             liveness,
-            unsettled: Vec::new(),
-            unsettled_dirs: BTreeSet::new(),
             leaves: HashSet::new(),
-            deleter: None,
         }
     }
 
@@ -156,64 +130,27 @@ impl Worker {
     }
 
     pub fn start(self, rx: mpsc::Receiver<Job>) -> std::io::Result<JoinHandle<()>> {
+        let publisher = Publisher::start(self.journal.clone(), self.queue.clone())?;
         std::thread::Builder::new()
             .name("store-worker".into())
-            .spawn(move || self.run_with_deleter(rx))
+            .spawn(move || self.run(rx, publisher))
     }
 
-    /// Runs the worker with its deleter thread; returns once every settled file is deleted.
-    fn run_with_deleter(mut self, rx: mpsc::Receiver<Job>) {
-        let (tx, del_rx) = mpsc::channel::<Vec<String>>();
-        let queue = self.queue.clone();
-        let deleter = std::thread::Builder::new()
-            .name("queue-deleter".into())
-            .spawn(move || {
-                for names in del_rx {
-                    delete_all(&queue, names);
-                }
-            });
-        match deleter {
-            Ok(handle) => {
-                self.deleter = Some(tx);
-                self.run(rx);
-                let _ = handle.join();
-            }
-            Err(e) => {
-                tracing::warn!("starting the queue-file deleter: {e}; deleting inline");
-                self.run(rx);
-            }
-        }
-    }
-
-    /// Consumes the worker: dropping it on return closes the deleter's channel.
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
+    /// Dropping `publisher` on return stops it once it has settled everything.
+    fn run(mut self, rx: mpsc::Receiver<Job>, publisher: Publisher) {
         let mut next: Option<Job> = None;
         loop {
             let job = match next.take() {
                 Some(j) => j,
-                None => match rx.recv_timeout(SETTLE_AFTER) {
+                None => match rx.recv() {
                     Ok(j) => j,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        self.settle();
-                        return;
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        // Idle: settle the last batch before waiting.
-                        self.settle();
-                        match rx.recv() {
-                            Ok(j) => j,
-                            Err(_) => return,
-                        }
-                    }
+                    Err(_) => return,
                 },
             };
             match job {
-                Job::Stop => {
-                    self.settle();
-                    return;
-                }
+                Job::Stop => return,
                 Job::SelfTest(reply) => {
-                    self.settle();
+                    publisher.flush();
                     let _ = reply.send(self.liveness.selftest_line());
                 }
                 job @ (Job::Block(..) | Job::Send(..)) => {
@@ -241,71 +178,13 @@ impl Worker {
                             None => break,
                         }
                     }
-                    self.batch(jobs);
+                    self.batch(jobs, &publisher);
                 }
             }
         }
     }
 
-    /// Makes the renames of earlier batches durable, then settles their uploads.
-    fn settle(&mut self) {
-        if self.unsettled.is_empty() {
-            return;
-        }
-        let dirs = std::mem::take(&mut self.unsettled_dirs);
-        let paths: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
-        match sync_filesystems(&paths) {
-            Ok(()) => self.delete_settled(),
-            Err(e) => {
-                // Keep the queue files and journal entries: they are processed again at the
-                // next start.
-                tracing::error!("syncing the store: {e}");
-                let held: Vec<Slot> = std::mem::take(&mut self.unsettled)
-                    .into_iter()
-                    .filter_map(|s| match s {
-                        Settle::Journal(slot, _) => Some(slot),
-                        Settle::File(_) => None,
-                    })
-                    .collect();
-                self.journal.hold(&held);
-            }
-        }
-    }
-
-    fn delete_settled(&mut self) {
-        let settled = std::mem::take(&mut self.unsettled);
-        if settled.is_empty() {
-            return;
-        }
-        let mut names = Vec::new();
-        let mut slots = Vec::new();
-        let mut inputs = Vec::new();
-        for s in &settled {
-            match s {
-                Settle::File(n) => names.push(n.clone()),
-                Settle::Journal(slot, name) => {
-                    slots.push(*slot);
-                    inputs.extend(name.as_deref());
-                }
-            }
-        }
-        if !slots.is_empty() {
-            self.journal.settle(&slots, &inputs);
-        }
-        if names.is_empty() {
-            return;
-        }
-        let names = match &self.deleter {
-            Some(tx) => match tx.send(names) {
-                Ok(()) => return,
-                Err(mpsc::SendError(names)) => names,
-            },
-            None => names,
-        };
-        delete_all(&self.queue, names);
-    }
-
-    fn batch(&mut self, jobs: Vec<Job>) {
+    fn batch(&mut self, jobs: Vec<Job>, publisher: &Publisher) {
         let mut entries = Vec::new();
         let mut done = Vec::new();
         let mut sends = Vec::new();
@@ -325,31 +204,28 @@ impl Worker {
                 Job::SelfTest(_) | Job::Stop => {}
             }
         }
-        match self.store(&entries) {
-            Ok(()) => done.extend(
-                entries
-                    .into_iter()
-                    .map(|e| Settle::upload(e.name, e.slot)),
-            ),
+        let mut out = Batch::default();
+        let mut temps = String::new();
+        match self.store(&entries, &mut out, &mut temps) {
+            Ok(()) => done.extend(entries.into_iter().map(|e| Settle::upload(e.name, e.slot))),
             Err(e) => {
-                // Leave them: queue files and journal entries are processed again at the
-                // next start.
+                // Left for the next start: queue files stay, journal segments keep them.
                 tracing::error!("storing a batch of {} blocks: {e}", entries.len());
                 let held: Vec<Slot> = entries.iter().filter_map(|e| e.slot).collect();
                 self.journal.hold(&held);
             }
         }
-        // After the batch's sync: the next sync makes these files durable with its renames.
         for (name, content, slot) in sends {
-            // An existing name is never rewritten (PROTOCOL.md §10.1).
-            if self.sendqueue.exists(&name) {
-                done.push(Settle::Journal(slot, None));
-                continue;
-            }
-            match self.sendqueue.write_unsynced(&name, &content) {
-                Ok(_) => {
-                    self.unsettled_dirs
-                        .insert(self.sendqueue.dir().to_path_buf());
+            // Normally written by the committer already (not synced); an existing name is
+            // never rewritten (PROTOCOL.md §10.1).
+            let written = if self.sendqueue.exists(&name) {
+                Ok(())
+            } else {
+                self.sendqueue.write_unsynced(&name, &content).map(drop)
+            };
+            match written {
+                Ok(()) => {
+                    out.settle_dirs.insert(self.sendqueue.dir().to_path_buf());
                     done.push(Settle::Journal(slot, None));
                 }
                 Err(e) => {
@@ -358,7 +234,10 @@ impl Worker {
                 }
             }
         }
-        self.unsettled.extend(done);
+        out.done = done;
+        publisher.publish(out);
+        // The batch before is published now; this one's temporary files are the open ones.
+        self.last_temps = temps;
     }
 
     fn load(&self, name: &str, content: Option<Vec<u8>>) -> Load {
@@ -394,8 +273,15 @@ impl Worker {
         }
     }
 
-    /// Merges and stores a batch. Errors are I/O errors; rejected blocks are only logged.
-    fn store(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+    /// Merges a batch and writes its results to temporary files, filling `out` for the
+    /// publisher and `temps` with their names. Errors are I/O errors; rejected blocks are
+    /// only logged.
+    fn store(
+        &mut self,
+        entries: &[Entry],
+        out: &mut Batch,
+        temps: &mut String,
+    ) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -448,39 +334,58 @@ impl Worker {
         if order.is_empty() {
             return Ok(());
         }
-        let mut pending: Vec<PendingWrite> = Vec::with_capacity(order.len());
-        let mut temps = String::new();
         let names: Vec<PathBuf> = order.iter().map(|k| self.tree.temp_path(k)).collect();
         for n in &names {
             temps.push_str(&n.to_string_lossy());
             temps.push('\n');
         }
-        // Recorded before the temporary files exist, so that start-up can remove them.
-        fs::write(&self.inflight, temps.as_bytes()).map_err(StoreError::at(&self.inflight))?;
-        let result = (|| {
-            for (k, tmp) in order.iter().zip(&names) {
-                pending.push(self.tree.write_temp_in_leaf(k, tmp, &results[k])?);
+        // Recorded before the temporary files exist, so that start-up can remove them;
+        // with the previous batch's, which the publisher may not have renamed yet.
+        let list = format!("{}{temps}", self.last_temps);
+        self.record_inflight(&list)?;
+        let mut writes: Vec<PendingWrite> = Vec::with_capacity(order.len());
+        for (k, tmp) in order.iter().zip(&names) {
+            match self.tree.write_temp_in_leaf(k, tmp, &results[k]) {
+                Ok(w) => writes.push(w),
+                Err(e) => {
+                    for w in writes {
+                        w.discard();
+                    }
+                    return Err(e);
+                }
             }
-            // One sync makes this batch's data and the earlier batches' renames durable.
-            let mut paths: Vec<&std::path::Path> = pending.iter().map(|w| w.temp_path()).collect();
-            paths.extend(self.unsettled_dirs.iter().map(PathBuf::as_path));
-            sync_filesystems(&paths)
-        })();
-        if let Err(e) = result {
-            for w in pending {
-                w.discard();
-            }
-            return Err(e);
         }
-        let mut dirs = BTreeSet::new();
-        for w in pending {
-            dirs.insert(w.publish()?);
+        out.write_dirs = order
+            .iter()
+            .map(|k| self.tree.root().join(&k[0..2]))
+            .collect();
+        out.writes = writes;
+        out.locks = locks;
+        Ok(())
+    }
+
+    /// Replaces the in-flight list: written over the old one in place, padded with empty
+    /// lines (which start-up skips), so the file is never truncated.
+    fn record_inflight(&mut self, text: &str) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let at = StoreError::at(&self.inflight);
+        if self.inflight_file.is_none() {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.inflight)
+                .map_err(StoreError::at(&self.inflight))?;
+            let len = f.metadata().map_err(StoreError::at(&self.inflight))?.len() as usize;
+            self.inflight_file = Some((f, len));
         }
-        drop(locks);
-        // The previous batches are durable now (the sync above covered their file systems).
-        self.unsettled_dirs.clear();
-        self.delete_settled();
-        self.unsettled_dirs.extend(dirs);
+        let (f, len) = self.inflight_file.as_mut().expect("opened above");
+        let mut bytes = text.as_bytes().to_vec();
+        if bytes.len() < *len {
+            bytes.resize(*len, b'\n');
+        }
+        f.write_all_at(&bytes, 0).map_err(at)?;
+        *len = bytes.len();
         Ok(())
     }
 
@@ -501,14 +406,6 @@ impl Worker {
         let lock = LeafLock::acquire(&lock_path)?;
         self.leaves.insert(key[0..4].to_string());
         Ok(lock)
-    }
-}
-
-fn delete_all(queue: &Queue, names: Vec<String>) {
-    for name in names {
-        if let Err(e) = queue.delete(&name) {
-            tracing::error!("deleting a processed queue file: {e}");
-        }
     }
 }
 

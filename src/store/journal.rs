@@ -147,7 +147,9 @@ impl Journal {
                 fs::remove_file(&path).map_err(StoreError::at(&path))?;
                 continue;
             }
-            let Some(index) = name.strip_prefix("seg-").and_then(|n| n.parse::<u32>().ok())
+            let Some(index) = name
+                .strip_prefix("seg-")
+                .and_then(|n| n.parse::<u32>().ok())
             else {
                 tracing::warn!("{}: not a journal segment; left alone", path.display());
                 continue;

@@ -75,18 +75,36 @@ pub fn syncfs(path: &std::path::Path) -> Result<(), StoreError> {
     nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| StoreError::at(path)(e.into()))
 }
 
-/// `syncfs` once for each distinct file system among `paths` (shards may put level-1
-/// folders on other devices).
-pub fn sync_filesystems(paths: &[&std::path::Path]) -> Result<(), StoreError> {
-    use std::os::unix::fs::MetadataExt;
-    let mut devs = std::collections::HashSet::new();
-    for p in paths {
-        let dev = std::fs::metadata(p).map_err(StoreError::at(*p))?.dev();
-        if devs.insert(dev) {
-            syncfs(p)?;
+/// Which file system each folder is on, looked up once per folder: a long-running group
+/// committer then needs no `stat` per file to know what to `syncfs`.
+#[derive(Debug, Default)]
+pub struct Devices {
+    by_dir: std::collections::HashMap<PathBuf, u64>,
+}
+
+impl Devices {
+    /// `syncfs` once for each distinct file system holding one of `dirs`.
+    pub fn sync<'a>(
+        &mut self,
+        dirs: impl IntoIterator<Item = &'a std::path::Path>,
+    ) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut done = std::collections::HashSet::new();
+        for d in dirs {
+            let dev = match self.by_dir.get(d) {
+                Some(&dev) => dev,
+                None => {
+                    let dev = std::fs::metadata(d).map_err(StoreError::at(d))?.dev();
+                    self.by_dir.insert(d.to_path_buf(), dev);
+                    dev
+                }
+            };
+            if done.insert(dev) {
+                syncfs(d)?;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

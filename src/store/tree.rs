@@ -23,7 +23,8 @@ pub struct Tree {
 /// A block written to its temporary file, not yet visible under its key.
 #[derive(Debug)]
 pub struct PendingWrite {
-    file: File,
+    /// Kept open only when the caller syncs this one file ([`PendingWrite::sync`]).
+    file: Option<File>,
     tmp: PathBuf,
     target: PathBuf,
 }
@@ -59,15 +60,16 @@ impl Tree {
         self.leaf_dir(clean).join(LOCKFILE)
     }
 
-    /// Creates both directory levels of a key's leaf, tolerating "already exists".
+    /// Creates both directory levels of a key's leaf, tolerating "already exists". The leaf
+    /// is tried first: its level-1 folder usually exists, so one `mkdir` does.
     pub fn ensure_leaf(&self, clean: &str) -> Result<PathBuf, StoreError> {
         let leaf = self.leaf_dir(clean);
-        if leaf.is_dir() {
-            return Ok(leaf);
+        match fs::create_dir(&leaf) {
+            Ok(()) => return Ok(leaf),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return ensure_dir(&leaf).map(|()| leaf),
         }
-        let l1 = self.root.join(&clean[0..2]);
-        ensure_dir(&l1)?;
-        let leaf = l1.join(&clean[2..4]);
+        ensure_dir(&self.root.join(&clean[0..2]))?;
         ensure_dir(&leaf)?;
         Ok(leaf)
     }
@@ -112,16 +114,28 @@ impl Tree {
         bytes: &[u8],
     ) -> Result<PendingWrite, StoreError> {
         self.ensure_leaf(clean)?;
-        self.write_temp_in_leaf(clean, tmp, bytes)
+        self.write_temp_file(clean, tmp, bytes, true)
     }
 
     /// As [`Tree::write_temp_at`], for a caller that knows the key's leaf exists (it holds
-    /// the leaf lock): no `mkdir`/`stat` of the leaf.
+    /// the leaf lock): no `mkdir`/`stat` of the leaf. The file is closed once written (the
+    /// caller makes a whole batch durable with `syncfs`), so that a batch holds no
+    /// descriptor per block.
     pub fn write_temp_in_leaf(
         &self,
         clean: &str,
         tmp: &Path,
         bytes: &[u8],
+    ) -> Result<PendingWrite, StoreError> {
+        self.write_temp_file(clean, tmp, bytes, false)
+    }
+
+    fn write_temp_file(
+        &self,
+        clean: &str,
+        tmp: &Path,
+        bytes: &[u8],
+        keep_open: bool,
     ) -> Result<PendingWrite, StoreError> {
         let leaf = self.leaf_dir(clean);
         let mut file = OpenOptions::new()
@@ -137,7 +151,7 @@ impl Tree {
             });
         }
         Ok(PendingWrite {
-            file,
+            file: keep_open.then_some(file),
             tmp: tmp.to_path_buf(),
             target: leaf.join(clean),
         })
@@ -158,13 +172,13 @@ impl PendingWrite {
         &self.tmp
     }
 
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
     /// Makes the temporary file's content durable.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.file.sync_data().map_err(StoreError::at(&self.tmp))
+        let r = match &self.file {
+            Some(f) => f.sync_data(),
+            None => File::open(&self.tmp).and_then(|f| f.sync_data()),
+        };
+        r.map_err(StoreError::at(&self.tmp))
     }
 
     /// Renames the temporary file over the block; returns the leaf directory, which the caller
