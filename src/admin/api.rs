@@ -52,7 +52,8 @@ pub struct InstanceStatus {
     pub cpu_percent: f32,
     pub rss_bytes: u64,
     pub uptime_s: u64,
-    /// Files waiting in the instance's `inputqueue/`.
+    /// Uploads the instance has not yet processed: files in `inputqueue/` and unsettled
+    /// input-journal entries (`store::queued_uploads`).
     pub queued_blocks: u64,
 }
 
