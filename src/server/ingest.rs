@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::server::worker::Job;
-use crate::store::journal::{Journal, Kind};
-use crate::store::queue::{name_of, Queue};
+use crate::store::journal::{digest, Journal, Kind, Sha};
+use crate::store::queue::Queue;
 
 /// Most uploads made durable by one group commit.
 const MAX_BATCH: usize = 256;
@@ -37,17 +37,15 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the committer thread; durable entries go to `worker` in commit order.
-    /// `queue` is `inputqueue/`, where files left by the original server may still wait.
     pub fn start(
         journal: Arc<Journal>,
-        queue: Queue,
         sendqueue: Queue,
         worker: mpsc::Sender<Job>,
     ) -> std::io::Result<(Ingest, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel::<Request>();
         let handle = std::thread::Builder::new()
             .name("ingest".into())
-            .spawn(move || run(&journal, &queue, &sendqueue, rx, worker))?;
+            .spawn(move || run(&journal, &sendqueue, rx, worker))?;
         Ok((Ingest { tx }, handle))
     }
 
@@ -69,7 +67,6 @@ impl Ingest {
 
 fn run(
     journal: &Journal,
-    queue: &Queue,
     sendqueue: &Queue,
     rx: mpsc::Receiver<Request>,
     worker: mpsc::Sender<Job>,
@@ -82,33 +79,28 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit(journal, queue, sendqueue, batch, &worker);
+        commit(journal, sendqueue, batch, &worker);
     }
 }
 
-fn commit(
-    journal: &Journal,
-    queue: &Queue,
-    sendqueue: &Queue,
-    batch: Vec<Request>,
-    worker: &mpsc::Sender<Job>,
-) {
+fn commit(journal: &Journal, sendqueue: &Queue, batch: Vec<Request>, worker: &mpsc::Sender<Job>) {
     // An identical upload still waiting (in the journal, in this round, or as a file left
     // in inputqueue/) is not queued again (PROTOCOL.md §6.1); it is answered like the first.
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut entries: Vec<(Kind, &[u8])> = Vec::with_capacity(batch.len() * 2);
+    let mut seen: HashSet<Sha> = HashSet::new();
+    let mut entries: Vec<(Kind, Sha, &[u8])> = Vec::with_capacity(batch.len() * 2);
     for req in &batch {
-        let name = name_of(&req.content);
-        if !journal.is_pending(&name) && !queue.exists(&name) && seen.insert(name) {
-            entries.push((Kind::Input, &req.content));
+        let sha = digest(&req.content);
+        if seen.insert(sha) && !journal.is_pending(&hex::encode_upper(sha)) {
+            entries.push((Kind::Input, sha, &req.content));
         }
         if let Some(rep) = &req.replicate {
-            entries.push((Kind::Send, rep));
+            entries.push((Kind::Send, digest(rep), rep));
         }
     }
-    let durable = match journal.append(&entries) {
+    let durable = match journal.append_digested(&entries) {
         Ok(written) => {
-            for ((kind, content), (name, slot)) in entries.iter().zip(written) {
+            for ((kind, sha, content), slot) in entries.iter().zip(written) {
+                let name = hex::encode_upper(sha);
                 let job = match kind {
                     Kind::Input => Job::Block(name, Some(content.to_vec()), Some(slot)),
                     Kind::Send => {

@@ -244,6 +244,7 @@ impl State {
                     if let Err(e) = self.queue.delete(&name) {
                         tracing::error!("deleting a processed queue file: {e}");
                     }
+                    inputs.push(name);
                 }
                 Settle::Journal(slot, name) => {
                     slots.push(slot);
@@ -251,7 +252,7 @@ impl State {
                 }
             }
         }
-        if !slots.is_empty() {
+        if !inputs.is_empty() {
             let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
             self.journal.settle(&slots, &names);
         }

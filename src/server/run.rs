@@ -108,6 +108,7 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
             leftovers.len() + recovered.len()
         );
     }
+    journal.add_pending(leftovers.iter().map(String::as_str));
     for name in leftovers {
         let _ = job_tx.send(Job::Block(name, None, None));
     }
@@ -119,7 +120,7 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
         let _ = job_tx.send(job);
     }
     let worker_thread = worker.start(job_rx)?;
-    let (ingest, ingest_thread) = Ingest::start(journal, queue, sendqueue.clone(), job_tx.clone())?;
+    let (ingest, ingest_thread) = Ingest::start(journal, sendqueue.clone(), job_tx.clone())?;
 
     // `enable_ipv6`: 0.0.0.0 becomes one dual-stack [::] socket; 127.0.0.1 gains [::1].
     let mut addrs = vec![SocketAddr::new(config.listen_address, config.sport)];

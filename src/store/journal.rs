@@ -28,7 +28,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sha1::{Digest, Sha1};
+use sha1::{Digest as _, Sha1};
 
 use super::{sync_dir, StoreError};
 
@@ -111,16 +111,21 @@ fn segment_path(dir: &Path, index: u32) -> PathBuf {
     dir.join(format!("seg-{index}"))
 }
 
-fn encode_entry(out: &mut Vec<u8>, kind: Kind, generation: u64, content: &[u8]) -> String {
-    let sha = Sha1::digest(content);
+/// The sha1 of an entry's content; upper-case hex, it is the queue name.
+pub type Sha = [u8; 20];
+
+pub fn digest(content: &[u8]) -> Sha {
+    Sha1::digest(content).into()
+}
+
+fn encode_entry(out: &mut Vec<u8>, kind: Kind, generation: u64, sha: &Sha, content: &[u8]) {
     out.extend_from_slice(ENTRY_MAGIC);
     out.extend_from_slice(&[kind as u8, 0, 0, 0]);
     out.extend_from_slice(&generation.to_le_bytes());
     out.extend_from_slice(&(content.len() as u32).to_le_bytes());
-    out.extend_from_slice(&sha);
+    out.extend_from_slice(sha);
     out.extend_from_slice(content);
     out.resize(out.len().next_multiple_of(8), 0);
-    hex::encode_upper(sha)
 }
 
 fn entry_len(content: usize) -> u64 {
@@ -200,7 +205,17 @@ impl Journal {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether an input entry with this queue name is waiting to be settled.
+    /// Counts queue files waiting outside the journal (left in `inputqueue/`) as pending
+    /// uploads too, until [`Journal::settle`] names them: an identical upload is not queued
+    /// while they wait.
+    pub fn add_pending<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let mut st = self.lock();
+        for n in names {
+            *st.pending.entry(n.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Whether an upload with this queue name is waiting to be settled.
     pub fn is_pending(&self, name: &str) -> bool {
         self.lock().pending.contains_key(name)
     }
@@ -208,6 +223,19 @@ impl Journal {
     /// Appends entries and makes them durable (one `fdatasync` per segment touched); returns
     /// each entry's queue name and slot, in order. On error nothing may be acknowledged.
     pub fn append(&self, entries: &[(Kind, &[u8])]) -> Result<Vec<(String, Slot)>, StoreError> {
+        let digested: Vec<(Kind, Sha, &[u8])> =
+            entries.iter().map(|&(k, c)| (k, digest(c), c)).collect();
+        let slots = self.append_digested(&digested)?;
+        Ok(digested
+            .iter()
+            .map(|(_, d, _)| hex::encode_upper(d))
+            .zip(slots)
+            .collect())
+    }
+
+    /// [`Journal::append`] for a caller that has each content's [`digest`] already; returns
+    /// the slots.
+    pub fn append_digested(&self, entries: &[(Kind, Sha, &[u8])]) -> Result<Vec<Slot>, StoreError> {
         struct Write {
             file: Arc<File>,
             path: PathBuf,
@@ -219,7 +247,7 @@ impl Journal {
         let mut out = Vec::with_capacity(entries.len());
         {
             let mut st = self.lock();
-            for &(kind, content) in entries {
+            for &(kind, ref sha, content) in entries {
                 let need = entry_len(content.len());
                 let index = self.room_for(&mut st, need)?;
                 let seg = st.segments.get_mut(&index).expect("active segment");
@@ -233,10 +261,10 @@ impl Journal {
                     });
                 }
                 let w = writes.last_mut().expect("just pushed");
-                let name = encode_entry(&mut w.bytes, kind, seg.generation, content);
+                encode_entry(&mut w.bytes, kind, seg.generation, sha, content);
                 seg.end += need;
                 seg.entries += 1;
-                out.push((name, Slot(index)));
+                out.push(Slot(index));
             }
         }
         let mut result = Ok(());
@@ -273,9 +301,9 @@ impl Journal {
             }
             return Err(e);
         }
-        for ((kind, _), (name, _)) in entries.iter().zip(&out) {
+        for (kind, sha, _) in entries {
             if *kind == Kind::Input {
-                *st.pending.entry(name.clone()).or_default() += 1;
+                *st.pending.entry(hex::encode_upper(sha)).or_default() += 1;
             }
         }
         Ok(out)
