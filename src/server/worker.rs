@@ -247,7 +247,8 @@ impl Worker {
         }
         let content = match self.queue.read(name) {
             Ok(Some(c)) => c,
-            Ok(None) => return Load::Keep, // a duplicate entry, already processed
+            // Already processed (a duplicate entry): settling it forgets the name.
+            Ok(None) => return Load::Drop,
             Err(e) => {
                 tracing::error!("reading a queue file: {e}");
                 return Load::Keep;
@@ -411,9 +412,9 @@ impl Worker {
 
 enum Load {
     Entry(Entry),
-    /// Malformed or torn: delete it.
+    /// Malformed, torn or gone: delete it (if still there) and forget it.
     Drop,
-    /// Not ours to process now (missing, or a type this server does not handle): leave it.
+    /// Not ours to process (a type this server does not handle): leave it.
     Keep,
 }
 
