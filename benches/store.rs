@@ -12,7 +12,9 @@
 //! in the last minutes when it allocates new ones, scanning past each of them: right after a
 //! large deletion (such as the previous run's store, removed when it ends) file creation —
 //! and so this benchmark — is several times slower for some minutes. Rounds within one run
-//! delete nothing.
+//! delete nothing, and `STORE_BENCH_DIR=DIR` keeps the server's home (a new folder in DIR)
+//! after the run instead of deleting it, so that back-to-back runs do not slow each other;
+//! delete DIR when done.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -159,11 +161,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let s = TestServer::start_with(
-        Options::default()
-            .auth(&accounts())
-            .config(&[("max_connections", "100")]),
-    );
+    let opts = Options::default()
+        .auth(&accounts())
+        .config(&[("max_connections", "100")]);
+    let s = match std::env::var_os("STORE_BENCH_DIR") {
+        Some(dir) => {
+            let home = std::path::Path::new(&dir).join(format!(
+                "home-{}-{}",
+                std::process::id(),
+                Utc::now().timestamp()
+            ));
+            println!("  (server home kept: {})", home.display());
+            TestServer::start_in(&home, opts)
+        }
+        None => TestServer::start_with(opts),
+    };
     println!(
         "storeherd store bench: 4 KiB data blocks, server {}",
         s.addr()

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
+use crate::server::leaves::Preparer;
 use crate::server::worker::Job;
 use crate::store::journal::{digest, Journal, Kind, Sha};
 use crate::store::queue::Queue;
@@ -24,6 +25,8 @@ const MAX_BATCH: usize = 256;
 /// One upload to make durable; the reply says whether it is (then `DONE` may be sent).
 pub struct Request {
     pub content: Vec<u8>,
+    /// The block's key, for the leaf helper.
+    pub key: String,
     /// The `replicate` send-queue file to write with it (when `replpeer` is set).
     pub replicate: Option<Vec<u8>>,
     pub reply: oneshot::Sender<bool>,
@@ -41,20 +44,22 @@ impl Ingest {
         journal: Arc<Journal>,
         sendqueue: Queue,
         worker: mpsc::Sender<Job>,
+        leaves: Preparer,
     ) -> std::io::Result<(Ingest, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel::<Request>();
         let handle = std::thread::Builder::new()
             .name("ingest".into())
-            .spawn(move || run(&journal, &sendqueue, rx, worker))?;
+            .spawn(move || run(&journal, &sendqueue, rx, worker, leaves))?;
         Ok((Ingest { tx }, handle))
     }
 
     /// Queues `content`; resolves to true once it is durable in the input journal.
     /// With `replicate`, that send-queue copy is durable too.
-    pub async fn submit(&self, content: Vec<u8>, replicate: Option<Vec<u8>>) -> bool {
+    pub async fn submit(&self, key: &str, content: Vec<u8>, replicate: Option<Vec<u8>>) -> bool {
         let (reply, rx) = oneshot::channel();
         let req = Request {
             content,
+            key: key.to_string(),
             replicate,
             reply,
         };
@@ -70,6 +75,7 @@ fn run(
     sendqueue: &Queue,
     rx: mpsc::Receiver<Request>,
     worker: mpsc::Sender<Job>,
+    leaves: Preparer,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -79,11 +85,17 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit(journal, sendqueue, batch, &worker);
+        commit(journal, sendqueue, batch, &worker, &leaves);
     }
 }
 
-fn commit(journal: &Journal, sendqueue: &Queue, batch: Vec<Request>, worker: &mpsc::Sender<Job>) {
+fn commit(
+    journal: &Journal,
+    sendqueue: &Queue,
+    batch: Vec<Request>,
+    worker: &mpsc::Sender<Job>,
+    leaves: &Preparer,
+) {
     // An identical upload still waiting (in the journal, in this round, or as a file left
     // in inputqueue/) is not queued again (PROTOCOL.md §6.1); it is answered like the first.
     let mut seen: HashSet<Sha> = HashSet::new();
@@ -92,6 +104,7 @@ fn commit(journal: &Journal, sendqueue: &Queue, batch: Vec<Request>, worker: &mp
         let sha = digest(&req.content);
         if seen.insert(sha) && !journal.is_pending(&hex::encode_upper(sha)) {
             entries.push((Kind::Input, sha, &req.content));
+            leaves.ask(&req.key);
         }
         if let Some(rep) = &req.replicate {
             entries.push((Kind::Send, digest(rep), rep));

@@ -41,6 +41,7 @@ pub mod header;
 pub mod identity;
 pub mod ingest;
 pub mod keyannounce;
+pub mod leaves;
 pub mod pow;
 pub mod publish;
 pub mod run;

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use crate::server::auth::{AuthError, AuthTable};
 use crate::server::config::{Config, ConfigError};
 use crate::server::ingest::Ingest;
+use crate::server::leaves::Preparer;
 use crate::server::sender::{self, Liveness};
 use crate::server::tls::{self, TlsError};
 use crate::server::worker::{Job, Worker, INFLIGHT};
@@ -119,8 +120,10 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
         };
         let _ = job_tx.send(job);
     }
+    let (preparer, leaves_thread) = Preparer::start(tree.clone(), worker.leaves())?;
     let worker_thread = worker.start(job_rx)?;
-    let (ingest, ingest_thread) = Ingest::start(journal, sendqueue.clone(), job_tx.clone())?;
+    let (ingest, ingest_thread) =
+        Ingest::start(journal, sendqueue.clone(), job_tx.clone(), preparer)?;
 
     // `enable_ipv6`: 0.0.0.0 becomes one dual-stack [::] socket; 127.0.0.1 gains [::1].
     let mut addrs = vec![SocketAddr::new(config.listen_address, config.sport)];
@@ -169,6 +172,7 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
     drop(rt);
     drop(shared);
     let _ = ingest_thread.join();
+    let _ = leaves_thread.join();
     // Blocks already handed to the worker are processed first; later ones stay queued.
     let _ = job_tx.send(Job::Stop);
     let _ = worker_thread.join();

@@ -466,7 +466,7 @@ impl Session {
         if !self.flush().await {
             return false;
         }
-        self.shared.ingest.submit(content, peer_copy).await
+        self.shared.ingest.submit(key, content, peer_copy).await
     }
 
     fn get_server(&mut self, key: &str, since: Option<&str>) {

@@ -18,7 +18,7 @@
 //! (the server never deletes a leaf directory); a small batch waits briefly for the
 //! committer's next round so that one `syncfs` covers more blocks.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::server::leaves::Known;
 use crate::server::publish::{Batch, Publisher, Settle};
 use crate::server::validate::{validate_merge, Limits};
 use crate::store::journal::{Journal, Slot};
@@ -76,7 +77,7 @@ pub struct Worker {
     /// The sender's timer, for SELFTEST.
     liveness: std::sync::Arc<crate::server::sender::Liveness>,
     /// Leaves (first four hex digits) known to exist, so not `mkdir`ed or `stat`ed again.
-    leaves: HashSet<String>,
+    leaves: Arc<Known>,
 }
 
 /// What a queue file asks for (its prefix, PROTOCOL.md §6.2).
@@ -108,8 +109,13 @@ impl Worker {
             inflight_file: None,
             last_temps: String::new(),
             liveness,
-            leaves: HashSet::new(),
+            leaves: Arc::default(),
         }
+    }
+
+    /// The leaves it knows to exist, for the helper that makes them ahead of it.
+    pub fn leaves(&self) -> Arc<Known> {
+        self.leaves.clone()
     }
 
     /// Removes temporary files that a crashed run left in the tree.
@@ -393,19 +399,19 @@ impl Worker {
     /// Locks a key's leaf, creating the leaf first unless this process already has.
     fn lock_leaf(&mut self, key: &str) -> Result<LeafLock, StoreError> {
         let lock_path = self.tree.lock_path(key);
-        if self.leaves.contains(&key[0..4]) {
+        if self.leaves.contains(key) {
             match LeafLock::acquire(&lock_path) {
                 Ok(l) => return Ok(l),
                 // Gone after all (removed by hand?): forget it and create it again.
                 Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {
-                    self.leaves.remove(&key[0..4]);
+                    self.leaves.remove(key);
                 }
                 Err(e) => return Err(e),
             }
         }
         self.tree.ensure_leaf(key)?;
         let lock = LeafLock::acquire(&lock_path)?;
-        self.leaves.insert(key[0..4].to_string());
+        self.leaves.insert(key);
         Ok(lock)
     }
 }
