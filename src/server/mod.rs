@@ -2,7 +2,9 @@
 //!
 //! Network I/O runs on one thread (a tokio current-thread runtime); uploads are made durable
 //! by the `ingest` committer thread and processed one block at a time by the `worker` thread,
-//! as in the original (PROTOCOL.md §1, §6).
+//! as in the original (PROTOCOL.md §1, §6). Two helpers take file-system work off the worker
+//! without touching blocks: `leaves` makes leaf folders ahead of it, `publish` syncs and
+//! renames its finished batches.
 //!
 //! Deliberate deviations from the original, all toward safety:
 //! - `DONE` only once the upload is durable, in the input journal (`store::journal`, in
