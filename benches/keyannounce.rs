@@ -6,7 +6,6 @@
 //! owner, age); the `gpg --verify` figure is the signature alone, with the key already in
 //! the keyring, so the comparison favours gpg.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,43 +15,16 @@ use storeherd::server::dt::format_dt;
 use storeherd::server::pow;
 use storeherd::server::validate::{validate_merge, Limits};
 
+#[path = "../tests/gpg/mod.rs"]
+mod gpg;
+
 /// Time spent measuring each method.
 const BUDGET: Duration = Duration::from_secs(5);
 /// Upper bound on runs per method.
 const MAX_RUNS: usize = 100_000;
 
 fn gpg(home: &Path, args: &[&str], stdin: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("gpg")
-        .env("GNUPGHOME", home)
-        .args([
-            "--batch",
-            "--yes",
-            "--no-tty",
-            "--pinentry-mode",
-            "loopback",
-        ])
-        .args(["--passphrase", ""])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run gpg");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "gpg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn kill_agent(home: &Path) {
-    let _ = Command::new("gpgconf")
-        .env("GNUPGHOME", home)
-        .args(["--kill", "all"])
-        .status();
+    gpg::run(home, args, stdin).stdout
 }
 
 /// A clear-signed announcement of a fresh `algo` key; returns (fingerprint, key, block).
@@ -164,6 +136,6 @@ fn main() {
             in_process / original
         );
     }
-    kill_agent(signer.path());
-    kill_agent(verifier.path());
+    gpg::kill_agent(signer.path());
+    gpg::kill_agent(verifier.path());
 }

@@ -5,6 +5,7 @@
 //! Every test needs `gpg`; without it they pass after printing why they did nothing.
 
 mod common;
+mod gpg;
 
 use std::io::Write;
 use std::path::Path;
@@ -53,30 +54,7 @@ impl Gpg {
     }
 
     fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = Command::new("gpg")
-            .env("GNUPGHOME", self.home())
-            .args([
-                "--batch",
-                "--yes",
-                "--no-tty",
-                "--pinentry-mode",
-                "loopback",
-            ])
-            .args(["--passphrase", ""])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run gpg");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "gpg {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        gpg::run(self.home(), args, stdin)
     }
 
     /// A fresh key; returns its primary fingerprint (40 upper-case hex digits).
@@ -129,13 +107,7 @@ impl Gpg {
 
 impl Drop for Gpg {
     fn drop(&mut self) {
-        // gpg starts an agent for this home; stop it so no process outlives the test.
-        let _ = Command::new("gpgconf")
-            .env("GNUPGHOME", self.home())
-            .args(["--kill", "all"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        gpg::kill_agent(self.home());
     }
 }
 

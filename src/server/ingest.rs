@@ -134,20 +134,10 @@ fn commit(
                 let job = match kind {
                     Kind::Input => Job::Block(name, Some(content.to_vec()), Some(slot)),
                     Kind::Send => {
-                        // Durable in the journal already; the file is for the sender. An
-                        // existing name is never rewritten (PROTOCOL.md §10.1). On failure
-                        // the worker writes it.
-                        // The sender goes oldest first by modification time: a precise one
-                        // keeps the upload order (the kernel's file times are coarser than
-                        // the gap between two rounds).
-                        if !sendqueue.exists(&name) {
-                            let written = sendqueue.write_unsynced(&name, content).and_then(|f| {
-                                f.set_modified(std::time::SystemTime::now())
-                                    .map_err(crate::store::StoreError::at(sendqueue.path(&name)))
-                            });
-                            if let Err(e) = written {
-                                tracing::warn!("writing a send-queue file: {e}");
-                            }
+                        // Durable in the journal already; the file is for the sender. On
+                        // failure the worker writes it.
+                        if let Err(e) = sendqueue.put_new(&name, content) {
+                            tracing::warn!("writing a send-queue file: {e}");
                         }
                         Job::Send(name, content.to_vec(), slot)
                     }

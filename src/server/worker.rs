@@ -222,14 +222,8 @@ impl Worker {
             }
         }
         for (name, content, slot) in sends {
-            // Normally written by the committer already (not synced); an existing name is
-            // never rewritten (PROTOCOL.md §10.1).
-            let written = if self.sendqueue.exists(&name) {
-                Ok(())
-            } else {
-                self.sendqueue.write_unsynced(&name, &content).map(drop)
-            };
-            match written {
+            // Normally written by the committer already (not synced): kept as it is.
+            match self.sendqueue.put_new(&name, &content) {
                 Ok(()) => {
                     out.settle_dirs.insert(self.sendqueue.dir().to_path_buf());
                     done.push(Settle::Journal(slot, None));

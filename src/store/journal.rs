@@ -220,6 +220,7 @@ impl Journal {
         self.lock().pending.contains_key(name)
     }
 
+    #[cfg(test)]
     /// Appends entries and makes them durable (one `fdatasync` per segment touched); returns
     /// each entry's queue name and slot, in order. On error nothing may be acknowledged.
     pub fn append(&self, entries: &[(Kind, &[u8])]) -> Result<Vec<(String, Slot)>, StoreError> {
@@ -233,8 +234,9 @@ impl Journal {
             .collect())
     }
 
-    /// [`Journal::append`] for a caller that has each content's [`digest`] already; returns
-    /// the slots.
+    /// Appends entries whose contents' [`digest`]s the caller has already, and makes them
+    /// durable (one `fdatasync` per segment touched); returns each entry's slot, in order. On
+    /// error nothing may be acknowledged.
     pub fn append_digested(&self, entries: &[(Kind, Sha, &[u8])]) -> Result<Vec<Slot>, StoreError> {
         struct Write {
             file: Arc<File>,
@@ -549,16 +551,22 @@ pub fn pending(dir: &Path) -> u64 {
 mod tests {
     use super::*;
 
+    /// An empty journal in a temporary folder (kept alive by the first element).
+    fn fresh() -> (tempfile::TempDir, PathBuf, Arc<Journal>) {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join("journal");
+        let (j, rec) = Journal::open(&jdir).unwrap();
+        assert!(rec.is_empty());
+        (dir, jdir, j)
+    }
+
     fn names(r: &[Recovered]) -> Vec<&str> {
         r.iter().map(|r| r.name.as_str()).collect()
     }
 
     #[test]
     fn append_settle_recover() {
-        let dir = tempfile::tempdir().unwrap();
-        let jdir = dir.path().join("journal");
-        let (j, rec) = Journal::open(&jdir).unwrap();
-        assert!(rec.is_empty());
+        let (_dir, jdir, j) = fresh();
         let got = j
             .append(&[(Kind::Input, b"one"), (Kind::Send, b"two")])
             .unwrap();
@@ -588,9 +596,7 @@ mod tests {
 
     #[test]
     fn torn_entries_are_not_replayed() {
-        let dir = tempfile::tempdir().unwrap();
-        let jdir = dir.path().join("journal");
-        let (j, _) = Journal::open(&jdir).unwrap();
+        let (_dir, jdir, j) = fresh();
         let a = j
             .append(&[(Kind::Input, b"alpha"), (Kind::Input, b"beta")])
             .unwrap();
@@ -606,9 +612,7 @@ mod tests {
 
     #[test]
     fn entries_of_an_earlier_use_are_not_replayed() {
-        let dir = tempfile::tempdir().unwrap();
-        let jdir = dir.path().join("journal");
-        let (j, _) = Journal::open(&jdir).unwrap();
+        let (_dir, jdir, j) = fresh();
         let a = j
             .append(&[(Kind::Input, b"alpha"), (Kind::Input, b"beta")])
             .unwrap();
@@ -628,9 +632,7 @@ mod tests {
 
     #[test]
     fn oversize_entry_gets_its_own_segment_and_held_segments_replay() {
-        let dir = tempfile::tempdir().unwrap();
-        let jdir = dir.path().join("journal");
-        let (j, _) = Journal::open(&jdir).unwrap();
+        let (_dir, jdir, j) = fresh();
         let big = vec![1u8; SEGMENT_SIZE as usize];
         let a = j.append(&[(Kind::Input, &big)]).unwrap();
         let b = j.append(&[(Kind::Input, b"small")]).unwrap();

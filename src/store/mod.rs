@@ -28,13 +28,9 @@ impl StoreError {
 /// (40-character names, as the server lists them) and unsettled input-journal entries. Zero
 /// means caught up.
 pub fn queued_uploads(home: &std::path::Path) -> u64 {
-    let files = std::fs::read_dir(home.join("inputqueue"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().len() == 40 && e.file_type().is_ok_and(|t| t.is_file()))
-                .count() as u64
-        })
-        .unwrap_or(0);
+    let files = queue::Queue::new(home.join("inputqueue"))
+        .list()
+        .map_or(0, |names| names.len() as u64);
     files + journal::pending(&home.join(journal::DIR_NAME))
 }
 

@@ -50,6 +50,19 @@ impl Queue {
         Ok(f)
     }
 
+    /// Writes `content` under `name` unless that name exists (a queue file is never
+    /// rewritten, PROTOCOL.md §10.1), not synced, stamped with the precise current time: the
+    /// sender takes files oldest first by modification time, and the kernel's own file times
+    /// are coarser than the gap between two uploads.
+    pub fn put_new(&self, name: &str, content: &[u8]) -> Result<(), StoreError> {
+        if self.exists(name) {
+            return Ok(());
+        }
+        let f = self.write_unsynced(name, content)?;
+        f.set_modified(std::time::SystemTime::now())
+            .map_err(StoreError::at(self.path(name)))
+    }
+
     /// Makes written files and their directory entries durable: one `syncfs` of the queue's
     /// file system covers every file of a batch, however many (a group commit).
     pub fn sync_all(&self, files: &[File]) -> Result<(), StoreError> {

@@ -17,6 +17,7 @@ use super::process::{self, Child, Spawn};
 use super::provision::{self, Prepared};
 use crate::admin::api::InstanceState;
 use crate::proxy::Pool;
+use crate::store::queued_uploads;
 use crate::topology::{InstancePlan, Plan};
 use crate::wire::WireError;
 
@@ -115,16 +116,11 @@ struct QueueWatch {
 
 impl QueueWatch {
     fn progressed(&mut self, home: &Path) -> bool {
-        let now = queued_blocks(home);
+        let now = queued_uploads(home);
         let progressed = self.last.is_some_and(|before| now < before);
         self.last = Some(now);
         progressed
     }
-}
-
-/// Uploads waiting in a home: queue files and unsettled journal entries.
-pub fn queued_blocks(home: &Path) -> u64 {
-    crate::store::queued_uploads(home)
 }
 
 impl Runner {
@@ -382,7 +378,7 @@ impl Runner {
         }
         let mut last_log = Instant::now();
         loop {
-            let queued = queued_blocks(&ip.home);
+            let queued = queued_uploads(&ip.home);
             if queued == 0 {
                 break;
             }
@@ -504,7 +500,7 @@ mod tests {
         std::fs::write(q.join("short"), b"x").unwrap();
         let mut w = QueueWatch::default();
         assert!(!w.progressed(home.path()), "nothing to compare with yet");
-        assert_eq!(queued_blocks(home.path()), 3);
+        assert_eq!(queued_uploads(home.path()), 3);
         assert!(!w.progressed(home.path()), "same length is no progress");
         std::fs::remove_file(q.join(format!("{:040}", 0))).unwrap();
         assert!(w.progressed(home.path()));

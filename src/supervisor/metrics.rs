@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use super::instance::{queued_blocks, InstanceInfo};
+use super::instance::InstanceInfo;
 use crate::admin::api::{InstanceStatus, Status};
 use crate::proxy::Pool;
+use crate::store::queued_uploads;
 use crate::topology::Plan;
 
 /// Samples process CPU and memory; CPU usage needs two samples, so it lives across calls.
@@ -67,7 +68,7 @@ impl Sampler {
                         .filter(|_| info.pid.is_some())
                         .map(|t| Instant::now().duration_since(t).as_secs())
                         .unwrap_or(0),
-                    queued_blocks: queued_blocks(&ip.home),
+                    queued_blocks: queued_uploads(&ip.home),
                 }
             })
             .collect();
