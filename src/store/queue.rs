@@ -38,6 +38,10 @@ impl Queue {
 
     /// Writes `content` under `name` (create/truncate, write) and returns the open file, so
     /// that the caller can make several files durable together ([`Queue::sync_all`]).
+    /// The file is stamped with the precise current time: the sender takes files oldest first
+    /// by modification time, and the kernel's own file times are coarser (one tick) than the
+    /// gap between two writes — a file stamped by the kernel can look older than one stamped
+    /// precisely a moment before it.
     pub fn write_unsynced(&self, name: &str, content: &[u8]) -> Result<File, StoreError> {
         let path = self.path(name);
         let mut f = OpenOptions::new()
@@ -47,20 +51,18 @@ impl Queue {
             .open(&path)
             .map_err(StoreError::at(&path))?;
         f.write_all(content).map_err(StoreError::at(&path))?;
+        f.set_modified(std::time::SystemTime::now())
+            .map_err(StoreError::at(&path))?;
         Ok(f)
     }
 
     /// Writes `content` under `name` unless that name exists (a queue file is never
-    /// rewritten, PROTOCOL.md §10.1), not synced, stamped with the precise current time: the
-    /// sender takes files oldest first by modification time, and the kernel's own file times
-    /// are coarser than the gap between two uploads.
+    /// rewritten, PROTOCOL.md §10.1), not synced.
     pub fn put_new(&self, name: &str, content: &[u8]) -> Result<(), StoreError> {
         if self.exists(name) {
             return Ok(());
         }
-        let f = self.write_unsynced(name, content)?;
-        f.set_modified(std::time::SystemTime::now())
-            .map_err(StoreError::at(self.path(name)))
+        self.write_unsynced(name, content).map(drop)
     }
 
     /// Makes written files and their directory entries durable: one `syncfs` of the queue's
@@ -134,5 +136,30 @@ mod tests {
         q.delete(&name).unwrap();
         q.delete(&name).unwrap();
         assert!(q.list().unwrap().is_empty());
+    }
+
+    /// Files written one after another, by any of the writing paths, never look older than
+    /// the one before (the sender's order). Kernel-stamped times lag the clock by up to a
+    /// tick, so a mix of precise and kernel stamps broke this.
+    #[test]
+    fn later_writes_never_look_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::new(dir.path());
+        let mtime = |n: &str| fs::metadata(q.path(n)).unwrap().modified().unwrap();
+        let mut last = None;
+        for i in 0..200u32 {
+            let content = i.to_be_bytes();
+            let name = name_of(&content);
+            match i % 3 {
+                0 => q.put_new(&name, &content).unwrap(),
+                1 => drop(q.write_unsynced(&name, &content).unwrap()),
+                _ => assert_eq!(q.write(&content).unwrap(), name),
+            }
+            let t = mtime(&name);
+            if let Some(prev) = last {
+                assert!(t >= prev, "file {i} looks older than the one before");
+            }
+            last = Some(t);
+        }
     }
 }
