@@ -393,3 +393,53 @@ async fn leftover_queue_files_are_processed_at_start_and_torn_ones_dropped() {
     );
     assert!(s.log().contains("torn"));
 }
+
+/// A crash after `DONE` and before the worker settled: the journal holds the upload and its
+/// replication copy, and neither the block nor the `sendqueue/` file exists. The next start
+/// replays both (the copy's file is written from the journal, not assumed to have survived).
+#[tokio::test]
+async fn unsettled_journal_entries_are_replayed_at_start() {
+    use storeherd::store::journal::{self, Journal, Kind};
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let (key, block) = compose::data_block(&payload(21, 3000), Utc::now());
+    let mut input = format!("StoreType: server\nStoreKeyid: {key}\nLoginUser: none\n").into_bytes();
+    input.extend_from_slice(&block);
+    let mut copy =
+        format!("StoreType: replicate\nStoreKeyid: {key}\nLoginUser: none\n").into_bytes();
+    copy.extend_from_slice(&block);
+    {
+        let jdir = home.join(journal::DIR_NAME);
+        std::fs::create_dir_all(&jdir).unwrap();
+        let (j, recovered) = Journal::open(&jdir).unwrap();
+        assert!(recovered.is_empty());
+        j.append_digested(&[
+            (Kind::Input, journal::digest(&input), &input),
+            (Kind::Send, journal::digest(&copy), &copy),
+        ])
+        .unwrap();
+        // Dropped unsettled, as a crash leaves it.
+    }
+    assert_eq!(storeherd::store::queued_uploads(&home), 2);
+
+    // A peer that is never there: the copy stays in sendqueue/ to be looked at.
+    let peer = format!("127.0.0.1:{}", common::free_port());
+    let s = TestServer::start_in(
+        &home,
+        Options::default().auth(&accounts()).config(&[
+            ("replpeer", peer.as_str()),
+            ("repl_authkey", "KEYFORPEER12345"),
+            ("run_queue_interval", "600"),
+        ]),
+    );
+    assert!(s.wait_queue_empty(WAIT), "{}", s.log());
+    let mut c = user_client(&s).await;
+    assert_eq!(
+        c.get(&key, None).await.unwrap().as_deref(),
+        Some(&block[..])
+    );
+    let name = storeherd::store::queue::name_of(&copy);
+    let file = home.join("sendqueue").join(&name);
+    assert_eq!(std::fs::read(&file).unwrap(), copy, "{}", s.log());
+    assert_clean_tree(&home.join("localstore"));
+}
