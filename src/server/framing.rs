@@ -168,15 +168,12 @@ impl BlockLines {
 }
 
 /// `Data: <n>`, n a positive decimal without a leading zero, any case (PROTOCOL.md §4.1).
+/// Over 18 digits is not a length line here: such a length is never read raw.
 pub fn data_len(line: &[u8]) -> Option<usize> {
-    if line.len() < 7 || !line[..6].eq_ignore_ascii_case(b"data: ") {
+    if line.len() < 7 || !line[..6].eq_ignore_ascii_case(b"data: ") || line.len() > 6 + 18 {
         return None;
     }
-    let d = &line[6..];
-    if d[0] == b'0' || d.len() > 18 || !d.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(d).ok()?.parse().ok()
+    super::header::data_len(&line[6..])
 }
 
 /// Whether a command is followed by a block upload.
