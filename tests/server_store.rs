@@ -27,6 +27,15 @@ fn payload(i: usize, size: usize) -> Vec<u8> {
     p
 }
 
+/// A queue file (PROTOCOL.md §6.1) of an anonymous upload of `block` to `key`, as written by
+/// hand here: `store_type` is `server` for the input queue, `replicate` for the peer's copy.
+fn queue_file(store_type: &str, key: &str, block: &[u8]) -> Vec<u8> {
+    let mut c =
+        format!("StoreType: {store_type}\nStoreKeyid: {key}\nLoginUser: none\n").into_bytes();
+    c.extend_from_slice(block);
+    c
+}
+
 /// Every file in a store tree is a block (40 hex digits) or a LOCKFILE inside a leaf: no
 /// temporary, partial or stray file anywhere.
 fn assert_clean_tree(root: &Path) {
@@ -362,16 +371,12 @@ async fn leftover_queue_files_are_processed_at_start_and_torn_ones_dropped() {
     let q = home.join("inputqueue");
     std::fs::create_dir_all(&q).unwrap();
     let (key, block) = compose::data_block(&payload(11, 3000), Utc::now());
-    let mut content =
-        format!("StoreType: server\nStoreKeyid: {key}\nLoginUser: none\n").into_bytes();
-    content.extend_from_slice(&block);
+    let content = queue_file("server", &key, &block);
     let name = storeherd::store::queue::name_of(&content);
     std::fs::write(q.join(&name), &content).unwrap();
     // Torn: its name is the sha1 of the full content, but only half was written.
     let (key2, block2) = compose::data_block(&payload(12, 3000), Utc::now());
-    let mut full2 =
-        format!("StoreType: server\nStoreKeyid: {key2}\nLoginUser: none\n").into_bytes();
-    full2.extend_from_slice(&block2);
+    let full2 = queue_file("server", &key2, &block2);
     let name2 = storeherd::store::queue::name_of(&full2);
     std::fs::write(q.join(&name2), &full2[..full2.len() / 2]).unwrap();
 
@@ -403,11 +408,8 @@ async fn unsettled_journal_entries_are_replayed_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let (key, block) = compose::data_block(&payload(21, 3000), Utc::now());
-    let mut input = format!("StoreType: server\nStoreKeyid: {key}\nLoginUser: none\n").into_bytes();
-    input.extend_from_slice(&block);
-    let mut copy =
-        format!("StoreType: replicate\nStoreKeyid: {key}\nLoginUser: none\n").into_bytes();
-    copy.extend_from_slice(&block);
+    let input = queue_file("server", &key, &block);
+    let copy = queue_file("replicate", &key, &block);
     {
         let jdir = home.join(journal::DIR_NAME);
         std::fs::create_dir_all(&jdir).unwrap();
