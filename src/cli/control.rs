@@ -232,6 +232,8 @@ pub fn shards(args: ShardsArgs) -> Outcome {
             ShardError::Conflicts(conflicts)
         );
     }
+    // A prune walking the store while files move would judge some twice and miss others.
+    let _upkeep = crate::upkeep::SiteLock::acquire_now(&plan.data)?;
     let bar = move_bar();
     let report = layout.apply_move(MoveOptions::default(), &mut |p| match p {
         Progress::Total { files, bytes } => {

@@ -460,7 +460,11 @@ fn flag_errors_name_the_flag() {
 #[test]
 fn upkeep_schedule() {
     let p = plan("").unwrap();
-    assert_eq!(p.upkeep, UpkeepPlan::default(), "no scheduled prune by default");
+    assert_eq!(
+        p.upkeep,
+        UpkeepPlan::default(),
+        "no scheduled prune by default"
+    );
     let p = plan("upkeep: { prune_every: 8h, prune_when_disk_above: 85% }\n").unwrap();
     assert_eq!(p.upkeep.prune_every, Some(Duration::from_secs(8 * 3600)));
     assert_eq!(p.upkeep.prune_when_disk_above, Some(85));
