@@ -478,6 +478,7 @@ mod tests {
                 inst(12, InstanceState::Backoff, None),
             ],
             rejected_total: 3,
+            upkeep: Default::default(),
             connections_active: 1,
         };
         let table = render_table(&status);
