@@ -12,4 +12,5 @@ pub mod server;
 pub mod store;
 pub mod supervisor;
 pub mod topology;
+pub mod upkeep;
 pub mod wire;

@@ -24,6 +24,8 @@ fn main() -> std::process::ExitCode {
         Command::Shards(a) => storeherd::cli::control::shards(a),
         Command::Store(a) => storeherd::cli::store::run(a),
         Command::Bench(a) => storeherd::cli::bench::run(a),
+        Command::Prune(a) => storeherd::cli::upkeep::prune(a),
+        Command::Report(a) => storeherd::cli::upkeep::report(a),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,7 @@ pub mod control;
 pub mod logging;
 pub mod store;
 pub mod up;
+pub mod upkeep;
 
 /// Exit status of a command that ran (errors exit 1 through `main`).
 pub type Outcome = anyhow::Result<std::process::ExitCode>;
@@ -57,6 +58,10 @@ pub enum Command {
     Store(StoreArgs),
     /// Load generator speaking the store protocol.
     Bench(BenchArgs),
+    /// Remove expired blocks from the site's store and entangled trees (storutil's prune).
+    Prune(PruneArgs),
+    /// Store usage: blocks and bytes per type, per first-level folder, and by age.
+    Report(ReportArgs),
 }
 
 /// Where the topology comes from (shared by `up`, `check` and the control commands).
@@ -240,4 +245,41 @@ pub struct BenchArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status 75: another prune (the supervisor's, or one by hand) or a shard move \
+                  holds <data>/upkeep.lock; nothing was done."
+)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    /// Count what would be removed or rewritten; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the counts as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Wait for a prune already running instead of exiting with status 75.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+    /// File system allocation unit for the disk-bytes columns (storutil's -blocksize).
+    #[arg(long, default_value_t = 512)]
+    pub blocksize: u64,
 }
