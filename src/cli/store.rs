@@ -2,7 +2,7 @@
 use super::{Outcome, StoreArgs};
 
 pub fn run(args: StoreArgs) -> Outcome {
-    match crate::server::run(&args.homedir) {
+    match crate::server::run(&args.homedir, crate::server::RunOptions::default()) {
         Ok(()) => Ok(std::process::ExitCode::SUCCESS),
         Err(e) if e.is_config() => {
             tracing::error!("{e}");
