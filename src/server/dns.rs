@@ -51,8 +51,8 @@ impl Dns {
         };
         let resolver = builder.and_then(|mut b| {
             let opts = b.options_mut();
-            // One overall bound (below); the attempts share it.
-            opts.timeout = timeout / 2;
+            // A second try fits in the overall bound (below), which ends the lookup.
+            opts.timeout = timeout * 2 / 3;
             opts.attempts = 2;
             // Names are asked as given: no search domains (Twisted's client adds none).
             opts.ndots = 0;
