@@ -37,13 +37,16 @@ pub mod command;
 pub mod compose;
 pub mod config;
 pub mod conn;
+pub mod dns;
 pub mod dt;
+pub mod entangled;
 pub mod framing;
 pub mod header;
 pub mod identity;
 pub mod ingest;
 pub mod keyannounce;
 pub mod leaves;
+pub mod notify;
 pub mod pow;
 pub mod publish;
 pub mod run;
@@ -57,12 +60,17 @@ pub mod worker;
 use std::cell::{Cell, RefCell};
 use std::sync::mpsc;
 
-pub use run::{run, ServerError};
+pub use run::{run, RunOptions, ServerError};
 
 /// State shared by the sessions (all on the network thread).
 pub struct Shared {
     pub config: config::Config,
     pub tree: crate::store::tree::Tree,
+    /// The entangled tree, for GET ENTANGLED (PROTOCOL.md §11).
+    pub entangled: entangled::Entangled,
+    pub dns: dns::Dns,
+    /// `-logtraffic`: every line in and out is logged.
+    pub log_traffic: bool,
     pub auth: RefCell<auth::AuthTable>,
     /// Bytes of `ssl/server.key` (the GENLOGIN seed).
     pub server_key: Vec<u8>,
