@@ -196,7 +196,11 @@ fn new_mail_notices_for_subscribed_keys() {
     store(&mut c, announcement(alice, 4, false));
     let mails = smtp.wait_mails(2);
     assert_eq!(mails.len(), 2, "{mails:?}");
-    assert!(mails[1].starts_with("alice@example.org\n\n"), "{}", mails[1]);
+    assert!(
+        mails[1].starts_with("alice@example.org\n\n"),
+        "{}",
+        mails[1]
+    );
 
     // notify.txt edited while the server runs: read again (bob in, alice and carol out).
     let second = format!("{settings}{},email,bob@example.org\n", hex::encode(bob));
@@ -261,4 +265,44 @@ fn an_smtp_server_answering_garbage_is_logged_and_processing_goes_on() {
         s.log()
     );
     assert_eq!(c.cmd("SELFTEST"), "PASS");
+}
+
+#[test]
+fn a_dead_smtp_server_does_not_hold_up_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    // Takes connections into its backlog and never says a word: each notice would wait
+    // for the SMTP timeout.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let recipient = [0xe0; 20];
+    write_notify(
+        &home,
+        &format!(
+            "fromaddr=server@example.org\nsmtpserver=127.0.0.1\nsmtpport={}\n{},email,e@example.org\n",
+            dead.local_addr().unwrap().port(),
+            hex::encode(recipient)
+        ),
+        SystemTime::now(),
+    );
+    let mut s = TestServer::start_in(&home, common::Options::default());
+    let mut c = s.raw();
+    for n in 0..3u8 {
+        let (key, block) = announcement(recipient, n, false);
+        c.send_line(&format!("STORE SERVER {key}"));
+        for l in String::from_utf8(block).unwrap().lines() {
+            c.send_line(l);
+        }
+        c.send_line("EndBlock");
+        assert_eq!(c.line().as_deref(), Some("DONE"));
+    }
+    assert!(s.wait_queue_empty(Duration::from_secs(20)));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // Three notices at the SMTP timeout each would take a minute.
+    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0), "{}", s.log());
+    assert!(s.log().contains("are not sent"), "{}", s.log());
 }
