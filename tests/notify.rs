@@ -189,33 +189,48 @@ fn new_mail_notices_for_subscribed_keys() {
         s.log()
     );
 
-    // Opted out, and not subscribed: no mail.
+    // Opted out, and not subscribed: no mail. Notices go out in order, so alice's next
+    // one is the second mail only if nothing came between.
     store(&mut c, announcement(carol, 2, true));
     store(&mut c, announcement(bob, 3, false));
-    // notify.txt edited while the server runs: read again.
-    let second = format!("{settings}{},email,bob@example.org\n", hex::encode(bob));
-    write_notify(&home, &second, SystemTime::now());
-    store(&mut c, announcement(bob, 4, false));
-    // Notices go out in order, so bob's is the second mail and nothing came between.
+    store(&mut c, announcement(alice, 4, false));
     let mails = smtp.wait_mails(2);
     assert_eq!(mails.len(), 2, "{mails:?}");
-    assert!(mails[1].starts_with("bob@example.org\n\n"), "{}", mails[1]);
-    // Carol (opted out) is no longer listed either way; alice is no longer subscribed.
+    assert!(
+        mails[1].starts_with("alice@example.org\n\n"),
+        "{}",
+        mails[1]
+    );
+
+    // notify.txt edited while the server runs: read again (bob in, alice and carol out).
+    let second = format!("{settings}{},email,bob@example.org\n", hex::encode(bob));
+    write_notify(&home, &second, SystemTime::now());
     store(&mut c, announcement(alice, 5, false));
     store(&mut c, announcement(bob, 6, false));
     let mails = smtp.wait_mails(3);
     assert_eq!(mails.len(), 3, "{mails:?}");
     assert!(mails[2].starts_with("bob@example.org\n\n"), "{}", mails[2]);
+    store(&mut c, announcement(carol, 7, false));
+    store(&mut c, announcement(bob, 8, false));
+    let mails = smtp.wait_mails(4);
+    assert_eq!(mails.len(), 4, "{mails:?}");
+    assert!(mails[3].starts_with("bob@example.org\n\n"), "{}", mails[3]);
     assert_eq!(c.cmd("PING"), "PONG");
 }
 
 #[test]
-fn a_refusing_smtp_server_is_logged_and_processing_goes_on() {
+fn an_smtp_server_answering_garbage_is_logged_and_processing_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    // Nothing listens there.
-    let port = common::free_port();
+    // Answers each of the three notices with a line that is not SMTP, then hangs up.
+    let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = garbage.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in garbage.incoming().take(3) {
+            let _ = std::io::Write::write_all(&mut conn.unwrap(), b"\x00garbage, not SMTP\r\n");
+        }
+    });
     let recipient = [0xd0; 20];
     write_notify(
         &home,
@@ -250,4 +265,44 @@ fn a_refusing_smtp_server_is_logged_and_processing_goes_on() {
         s.log()
     );
     assert_eq!(c.cmd("SELFTEST"), "PASS");
+}
+
+#[test]
+fn a_dead_smtp_server_does_not_hold_up_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    // Takes connections into its backlog and never says a word: each notice would wait
+    // for the SMTP timeout.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let recipient = [0xe0; 20];
+    write_notify(
+        &home,
+        &format!(
+            "fromaddr=server@example.org\nsmtpserver=127.0.0.1\nsmtpport={}\n{},email,e@example.org\n",
+            dead.local_addr().unwrap().port(),
+            hex::encode(recipient)
+        ),
+        SystemTime::now(),
+    );
+    let mut s = TestServer::start_in(&home, common::Options::default());
+    let mut c = s.raw();
+    for n in 0..3u8 {
+        let (key, block) = announcement(recipient, n, false);
+        c.send_line(&format!("STORE SERVER {key}"));
+        for l in String::from_utf8(block).unwrap().lines() {
+            c.send_line(l);
+        }
+        c.send_line("EndBlock");
+        assert_eq!(c.line().as_deref(), Some("DONE"));
+    }
+    assert!(s.wait_queue_empty(Duration::from_secs(20)));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // Three notices at the SMTP timeout each would take a minute.
+    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0), "{}", s.log());
+    assert!(s.log().contains("are not sent"), "{}", s.log());
 }

@@ -25,6 +25,7 @@ const TEXT: &str = "You have new Confidant Mail";
 /// The worker's handle; dropping it stops the thread once it has sent what is queued.
 pub struct Notifier {
     tx: mpsc::SyncSender<String>,
+    dropped: u64,
 }
 
 impl Notifier {
@@ -41,15 +42,24 @@ impl Notifier {
                     table.notify(&recipient);
                 }
             })?;
-        Ok((Notifier { tx }, handle))
+        Ok((Notifier { tx, dropped: 0 }, handle))
     }
 
     /// Asks for a notice to `recipient` (lower-case hex fingerprint); never blocks.
-    pub fn notify(&self, recipient: &str) {
+    pub fn notify(&mut self, recipient: &str) {
         match self.tx.try_send(recipient.to_string()) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(_)) => {
-                tracing::warn!(recipient, "notifier busy: new-mail notice dropped");
+                // One line for the first drop and every hundredth: a dead SMTP server must
+                // not turn into a flood of log lines either.
+                self.dropped += 1;
+                if self.dropped % 100 == 1 {
+                    tracing::warn!(
+                        recipient,
+                        dropped = self.dropped,
+                        "notifier busy (SMTP server slow or down): new-mail notice dropped"
+                    );
+                }
             }
             Err(mpsc::TrySendError::Disconnected(_)) => {
                 tracing::warn!(recipient, "notifier stopped: new-mail notice dropped");

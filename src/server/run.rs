@@ -204,8 +204,17 @@ pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
     // Blocks already handed to the worker are processed first; later ones stay queued.
     let _ = job_tx.send(Job::Stop);
     let _ = worker_thread.join();
-    // The worker held the last handle: the notifier sends what it has, then stops.
-    let _ = notifier_thread.join();
+    // The worker held the last handle: the notifier sends what it has, then stops; a slow
+    // or dead SMTP server must not hold up the stop, so it gets a moment, not a wait.
+    let grace = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !notifier_thread.is_finished() && std::time::Instant::now() < grace {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if notifier_thread.is_finished() {
+        let _ = notifier_thread.join();
+    } else {
+        tracing::warn!("SMTP server slow or down: new-mail notices still queued are not sent");
+    }
     tracing::info!("stopped");
     result
 }
