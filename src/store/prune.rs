@@ -22,15 +22,15 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::lock::LeafLock;
-use super::tree::{Tree, LOCKFILE};
+use super::tree::{PendingWrite, Tree, LOCKFILE};
 use super::walk::{self, Leaf};
-use super::{sync_dir, StoreError};
+use super::{Devices, StoreError};
 use crate::server::dt::{is_dt_shape, parse_dt};
 use crate::server::header::{data_len, value, without_cr};
 use crate::server::since::get_lines;
@@ -362,6 +362,112 @@ pub struct PruneOptions {
     pub dry_run: bool,
 }
 
+/// Rewrites written but not yet renamed, whose leaves stay locked until they are: their
+/// data is made durable with one `syncfs` per file system for the whole batch (a sync per
+/// file would cost more than the walk), then they are renamed.
+const BATCH: usize = 256;
+
+/// Leaves locked with their pending rewrites (the locks are released after the renames).
+#[derive(Default)]
+struct Batch {
+    locks: Vec<LeafLock>,
+    writes: Vec<PendingWrite>,
+    /// First-level folders the writes are in (with shards, on several file systems).
+    dirs: Vec<PathBuf>,
+}
+
+/// A prune of one tree, first-level folder by first-level folder
+/// ([`Pruner::first_level`]), then [`Pruner::finish`].
+pub struct Pruner {
+    tree: Tree,
+    opts: PruneOptions,
+    pub counts: PruneCounts,
+    batch: Batch,
+    devices: Devices,
+    /// First-level folders where something changed, made durable at the end.
+    changed: Vec<PathBuf>,
+}
+
+impl Pruner {
+    pub fn new(root: &Path, opts: PruneOptions) -> Pruner {
+        Pruner {
+            tree: Tree::new(root),
+            opts,
+            counts: PruneCounts::default(),
+            batch: Batch::default(),
+            devices: Devices::default(),
+            changed: Vec::new(),
+        }
+    }
+
+    /// Prunes every leaf under `<root>/<l1>`.
+    pub fn first_level(&mut self, l1: &str) -> Result<(), StoreError> {
+        let root = self.tree.root().to_path_buf();
+        let dir = root.join(l1);
+        let mut changed = false;
+        for leaf in walk::leaves_of(&root, l1)? {
+            let r = prune_leaf(
+                &self.tree,
+                &leaf,
+                &self.opts,
+                &mut self.counts,
+                &mut self.batch,
+            );
+            changed |= r.inspect_err(|_| self.abandon())?;
+            if self.batch.dirs.last() != Some(&dir) && !self.batch.writes.is_empty() {
+                self.batch.dirs.push(dir.clone());
+            }
+            if self.batch.locks.len() >= BATCH || self.batch.writes.len() >= BATCH {
+                self.flush()?;
+            }
+        }
+        if changed {
+            self.changed.push(dir);
+        }
+        Ok(())
+    }
+
+    /// Makes the pending temporary files durable, renames them over their blocks, and
+    /// releases their leaves.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.batch.writes.is_empty() {
+            let dirs = std::mem::take(&mut self.batch.dirs);
+            self.devices
+                .sync(dirs.iter().map(PathBuf::as_path))
+                .inspect_err(|_| self.abandon())?;
+            for w in self.batch.writes.drain(..) {
+                w.publish()?;
+            }
+        }
+        self.batch.locks.clear();
+        Ok(())
+    }
+
+    fn abandon(&mut self) {
+        for w in self.batch.writes.drain(..) {
+            w.discard();
+        }
+        self.batch.locks.clear();
+        self.batch.dirs.clear();
+    }
+
+    /// Renames what is pending, makes every rename and removal durable, and returns the
+    /// counts.
+    pub fn finish(mut self) -> Result<PruneCounts, StoreError> {
+        self.flush()?;
+        let changed = std::mem::take(&mut self.changed);
+        self.devices.sync(changed.iter().map(PathBuf::as_path))?;
+        Ok(std::mem::take(&mut self.counts))
+    }
+}
+
+impl Drop for Pruner {
+    fn drop(&mut self) {
+        // An error left rewrites unpublished: their temporary files go, the blocks stay.
+        self.abandon();
+    }
+}
+
 /// Prunes every leaf under `<root>/<l1>` (one first-level folder), adding to `counts`.
 pub fn prune_first_level(
     root: &Path,
@@ -369,31 +475,34 @@ pub fn prune_first_level(
     opts: &PruneOptions,
     counts: &mut PruneCounts,
 ) -> Result<(), StoreError> {
-    let tree = Tree::new(root);
-    for leaf in walk::leaves_of(root, l1)? {
-        prune_leaf(&tree, &leaf, opts, counts)?;
-    }
+    let mut p = Pruner::new(root, *opts);
+    p.first_level(l1)?;
+    counts.add(&p.finish()?);
     Ok(())
 }
 
-/// Prunes one leaf under its `LOCKFILE` (the lock every server takes before it writes a
+/// Judges one leaf under its `LOCKFILE` (the lock every server takes before it writes a
 /// block there), so no store thread merges into a file while it is judged and replaced.
+/// Removals happen at once; rewrites go to `batch`, which keeps the leaf locked until they
+/// are renamed. True if something changed.
 fn prune_leaf(
     tree: &Tree,
     leaf: &Leaf,
     opts: &PruneOptions,
     counts: &mut PruneCounts,
-) -> Result<(), StoreError> {
+    batch: &mut Batch,
+) -> Result<bool, StoreError> {
     if leaf.blocks.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let lock_path = leaf.dir.join(LOCKFILE);
-    let _lock = if opts.dry_run {
+    let lock = if opts.dry_run {
         LeafLock::acquire_if_present(&lock_path)?
     } else {
         Some(LeafLock::acquire(&lock_path)?)
     };
     let mut changed = false;
+    let mut pending = false;
     for name in &leaf.blocks {
         let path = leaf.dir.join(name);
         let bytes = match fs::read(&path) {
@@ -433,8 +542,8 @@ fn prune_leaf(
             Decision::Rewrite(new) => {
                 if !opts.dry_run {
                     let w = tree.write_temp_in_leaf(name, &tree.temp_path(name), &new)?;
-                    w.sync()?;
-                    w.publish()?;
+                    batch.writes.push(w);
+                    pending = true;
                     changed = true;
                 }
                 c.rewritten += 1;
@@ -442,10 +551,10 @@ fn prune_leaf(
             }
         }
     }
-    if changed {
-        sync_dir(&leaf.dir)?;
+    if let (true, Some(l)) = (pending, lock) {
+        batch.locks.push(l);
     }
-    Ok(())
+    Ok(changed)
 }
 
 #[cfg(test)]
