@@ -368,7 +368,7 @@ async fn reads_during_a_prune_never_see_a_torn_or_missing_block() {
     let status = loop {
         // Mostly the blocks being rewritten; every eighth read a block that must stay.
         i += 1;
-        let k = if i % 8 == 0 {
+        let k = if i.is_multiple_of(8) {
             &keys[REWRITTEN + REMOVED + (i * 7919) % (N - REWRITTEN - REMOVED)]
         } else {
             &keys[(i * 7919) % REWRITTEN]
