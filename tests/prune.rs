@@ -414,3 +414,40 @@ fn sha1_of(b: &[u8]) -> [u8; 20] {
     use sha1::Digest;
     sha1::Sha1::digest(b).into()
 }
+
+#[test]
+fn each_site_prunes_its_own_store_and_nothing_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let topo = d.join("two.yaml");
+    std::fs::write(
+        &topo,
+        format!(
+            "instances: 1\nsites:\n  a: {{ host: 127.0.0.1, data: {a} }}\n  b: {{ host: 127.0.0.2, data: {b}, ports: {{ server: 19101, entangled: 19201 }} }}\n\
+             replication: {{ authkey_file: {k} }}\n",
+            a = d.join("a").display(),
+            b = d.join("b").display(),
+            k = d.join("repl.key").display()
+        ),
+    )
+    .unwrap();
+    let (key, expired) = compose::data_block(b"expired at both sites", ago(11));
+    for site in ["a", "b"] {
+        put(&d.join(site).join("store"), &key, &expired);
+        std::fs::create_dir_all(d.join(site).join("homes/1/sendqueue")).unwrap();
+    }
+    let f = topo.to_str().unwrap();
+    let out = json(&storeherd(&["prune", "-f", f, "--site", "a", "--json"]));
+    assert_eq!(out["store"]["counts"]["types"]["data"]["removed"], 1);
+    assert!(!block_path(&d.join("a/store"), &key).exists());
+    assert!(
+        block_path(&d.join("b/store"), &key).exists(),
+        "site b is pruned by site b only"
+    );
+    for site in ["a", "b"] {
+        let queued = std::fs::read_dir(d.join(site).join("homes/1/sendqueue"))
+            .unwrap()
+            .count();
+        assert_eq!(queued, 0, "a prune replicates nothing");
+    }
+}
