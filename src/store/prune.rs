@@ -224,6 +224,42 @@ pub fn entangled(file: &[u8]) -> Option<Entangled<'_>> {
     None
 }
 
+/// How much of a block file is read first: header lines nearly always end within it, and a
+/// data block's payload (up to 8 MiB) need not be read to judge it.
+const HEAD: u64 = 16 * 1024;
+
+/// True when the header lines of `block` end with a `Data: n` line (for an entangled file,
+/// its value's), so that what follows is payload.
+fn headers_end(block: &[u8]) -> bool {
+    let block = match entangled(block) {
+        Some(e) => e.value,
+        None => block,
+    };
+    get_lines(block)
+        .any(|l| value(&without_cr(l), b"DATA: ").is_some_and(|v| data_len(v).is_some()))
+}
+
+/// Enough of a block file to judge it, and the file's length: the first [`HEAD`] bytes when
+/// its header lines end inside them, else the whole file. `None` when it is gone.
+pub(crate) fn read_for_headers(path: &Path) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+    use std::io::Read;
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::at(path)(e)),
+    };
+    let len = f.metadata().map_err(StoreError::at(path))?.len();
+    let mut buf = Vec::with_capacity(usize::try_from(len.min(HEAD)).unwrap_or(0));
+    (&mut f)
+        .take(HEAD)
+        .read_to_end(&mut buf)
+        .map_err(StoreError::at(path))?;
+    if (buf.len() as u64) < len && !headers_end(&buf) {
+        f.read_to_end(&mut buf).map_err(StoreError::at(path))?;
+    }
+    Ok(Some((buf, len)))
+}
+
 /// A block's header lines as storutil reads them: its lines (split at LF, CRs removed) up to
 /// the first `Data: n` line.
 pub(crate) fn header_lines(block: &[u8]) -> Vec<Cow<'_, [u8]>> {
@@ -505,11 +541,9 @@ fn prune_leaf(
     let mut pending = false;
     for name in &leaf.blocks {
         let path = leaf.dir.join(name);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            // Gone since the listing (another prune, a move): nothing to judge.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(StoreError::at(&path)(e)),
+        // Gone since the listing (another prune, a move): nothing to judge.
+        let Some((bytes, len)) = read_for_headers(&path)? else {
+            continue;
         };
         let v = decide_file(&bytes, &opts.limits, opts.now);
         let Some(kind) = v.kind else {
@@ -537,7 +571,7 @@ fn prune_leaf(
                     changed = true;
                 }
                 c.removed += 1;
-                c.bytes_freed += bytes.len() as u64;
+                c.bytes_freed += len;
             }
             Decision::Rewrite(new) => {
                 if !opts.dry_run {
@@ -547,7 +581,7 @@ fn prune_leaf(
                     changed = true;
                 }
                 c.rewritten += 1;
-                c.bytes_freed += (bytes.len() as u64).saturating_sub(new.len() as u64);
+                c.bytes_freed += len.saturating_sub(new.len() as u64);
             }
         }
     }
@@ -740,5 +774,39 @@ mod tests {
         );
         assert!(tree.read(&k_dead).unwrap().is_none());
         assert_eq!(tree.read(&k_live).unwrap(), Some(live));
+    }
+
+    #[test]
+    fn large_files_are_judged_from_their_head_or_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::new(dir.path());
+        // A big data block: its headers end in the first bytes; the payload is not read.
+        let (k_big, big) = compose::data_block(&vec![b'x'; 100_000], ago(11 * DAY));
+        tree.write_atomic(&k_big, &big).unwrap();
+        let (head, len) = read_for_headers(&tree.block_path(&k_big)).unwrap().unwrap();
+        assert_eq!((head.len(), len), (HEAD as usize, big.len() as u64));
+        // A big announcement block (no Data line): read whole, rewritten whole.
+        let mut parts = Vec::new();
+        for i in 0..200u8 {
+            let age = if i == 0 { 11 * DAY } else { DAY };
+            parts.push(compose::message_announcement([4; 20], "in", [i; 20], &[], ago(age)).1);
+        }
+        let block = parts.join(&b"NextMessage\n"[..]);
+        assert!(block.len() as u64 > HEAD);
+        let k_ma = "ABCD".repeat(10);
+        tree.write_atomic(&k_ma, &block).unwrap();
+        let mut counts = PruneCounts::default();
+        let opts = PruneOptions {
+            limits: Limits::default(),
+            now: now(),
+            dry_run: false,
+        };
+        for l1 in walk::first_level(dir.path()).unwrap() {
+            prune_first_level(dir.path(), &l1, &opts, &mut counts).unwrap();
+        }
+        assert!(tree.read(&k_big).unwrap().is_none());
+        assert_eq!(counts.types["data"].bytes_freed, big.len() as u64);
+        let want = parts[1..].join(&b"NextMessage\n"[..]);
+        assert_eq!(tree.read(&k_ma).unwrap(), Some(want));
     }
 }
