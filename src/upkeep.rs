@@ -21,7 +21,7 @@ use crate::server::config::Config;
 use crate::server::dt::format_dt;
 use crate::server::validate::Limits;
 use crate::store::lock::LeafLock;
-use crate::store::prune::{prune_first_level, PruneCounts, PruneOptions};
+use crate::store::prune::{PruneCounts, PruneOptions, Pruner};
 use crate::store::shards::{ConflictKind, EntryState, Layout};
 use crate::store::{walk, StoreError};
 use crate::topology::Plan;
@@ -212,19 +212,19 @@ pub fn prune_site(
             now,
             dry_run,
         };
-        let mut counts = PruneCounts::default();
+        let mut pruner = Pruner::new(root, opts);
         for l1 in l1s {
             if stop.load(Ordering::Relaxed) {
                 interrupted = true;
                 break;
             }
-            prune_first_level(root, l1, &opts, &mut counts)?;
+            pruner.first_level(l1)?;
             done += 1;
             progress(done, total);
         }
         runs.push(TreeRun {
             root: root.display().to_string(),
-            counts,
+            counts: pruner.finish()?,
         });
     }
     let mut runs = runs.into_iter();

@@ -22,15 +22,15 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::lock::LeafLock;
-use super::tree::{Tree, LOCKFILE};
+use super::tree::{PendingWrite, Tree, LOCKFILE};
 use super::walk::{self, Leaf};
-use super::{sync_dir, StoreError};
+use super::{Devices, StoreError};
 use crate::server::dt::{is_dt_shape, parse_dt};
 use crate::server::header::{data_len, value, without_cr};
 use crate::server::since::get_lines;
@@ -224,6 +224,42 @@ pub fn entangled(file: &[u8]) -> Option<Entangled<'_>> {
     None
 }
 
+/// How much of a block file is read first: header lines nearly always end within it, and a
+/// data block's payload (up to 8 MiB) need not be read to judge it.
+const HEAD: u64 = 16 * 1024;
+
+/// True when the header lines of `block` end with a `Data: n` line (for an entangled file,
+/// its value's), so that what follows is payload.
+fn headers_end(block: &[u8]) -> bool {
+    let block = match entangled(block) {
+        Some(e) => e.value,
+        None => block,
+    };
+    get_lines(block)
+        .any(|l| value(&without_cr(l), b"DATA: ").is_some_and(|v| data_len(v).is_some()))
+}
+
+/// Enough of a block file to judge it, and the file's length: the first [`HEAD`] bytes when
+/// its header lines end inside them, else the whole file. `None` when it is gone.
+pub(crate) fn read_for_headers(path: &Path) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+    use std::io::Read;
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::at(path)(e)),
+    };
+    let len = f.metadata().map_err(StoreError::at(path))?.len();
+    let mut buf = Vec::with_capacity(usize::try_from(len.min(HEAD)).unwrap_or(0));
+    (&mut f)
+        .take(HEAD)
+        .read_to_end(&mut buf)
+        .map_err(StoreError::at(path))?;
+    if (buf.len() as u64) < len && !headers_end(&buf) {
+        f.read_to_end(&mut buf).map_err(StoreError::at(path))?;
+    }
+    Ok(Some((buf, len)))
+}
+
 /// A block's header lines as storutil reads them: its lines (split at LF, CRs removed) up to
 /// the first `Data: n` line.
 pub(crate) fn header_lines(block: &[u8]) -> Vec<Cow<'_, [u8]>> {
@@ -362,6 +398,112 @@ pub struct PruneOptions {
     pub dry_run: bool,
 }
 
+/// Rewrites written but not yet renamed, whose leaves stay locked until they are: their
+/// data is made durable with one `syncfs` per file system for the whole batch (a sync per
+/// file would cost more than the walk), then they are renamed.
+const BATCH: usize = 256;
+
+/// Leaves locked with their pending rewrites (the locks are released after the renames).
+#[derive(Default)]
+struct Batch {
+    locks: Vec<LeafLock>,
+    writes: Vec<PendingWrite>,
+    /// First-level folders the writes are in (with shards, on several file systems).
+    dirs: Vec<PathBuf>,
+}
+
+/// A prune of one tree, first-level folder by first-level folder
+/// ([`Pruner::first_level`]), then [`Pruner::finish`].
+pub struct Pruner {
+    tree: Tree,
+    opts: PruneOptions,
+    pub counts: PruneCounts,
+    batch: Batch,
+    devices: Devices,
+    /// First-level folders where something changed, made durable at the end.
+    changed: Vec<PathBuf>,
+}
+
+impl Pruner {
+    pub fn new(root: &Path, opts: PruneOptions) -> Pruner {
+        Pruner {
+            tree: Tree::new(root),
+            opts,
+            counts: PruneCounts::default(),
+            batch: Batch::default(),
+            devices: Devices::default(),
+            changed: Vec::new(),
+        }
+    }
+
+    /// Prunes every leaf under `<root>/<l1>`.
+    pub fn first_level(&mut self, l1: &str) -> Result<(), StoreError> {
+        let root = self.tree.root().to_path_buf();
+        let dir = root.join(l1);
+        let mut changed = false;
+        for leaf in walk::leaves_of(&root, l1)? {
+            let r = prune_leaf(
+                &self.tree,
+                &leaf,
+                &self.opts,
+                &mut self.counts,
+                &mut self.batch,
+            );
+            changed |= r.inspect_err(|_| self.abandon())?;
+            if self.batch.dirs.last() != Some(&dir) && !self.batch.writes.is_empty() {
+                self.batch.dirs.push(dir.clone());
+            }
+            if self.batch.locks.len() >= BATCH || self.batch.writes.len() >= BATCH {
+                self.flush()?;
+            }
+        }
+        if changed {
+            self.changed.push(dir);
+        }
+        Ok(())
+    }
+
+    /// Makes the pending temporary files durable, renames them over their blocks, and
+    /// releases their leaves.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.batch.writes.is_empty() {
+            let dirs = std::mem::take(&mut self.batch.dirs);
+            self.devices
+                .sync(dirs.iter().map(PathBuf::as_path))
+                .inspect_err(|_| self.abandon())?;
+            for w in self.batch.writes.drain(..) {
+                w.publish()?;
+            }
+        }
+        self.batch.locks.clear();
+        Ok(())
+    }
+
+    fn abandon(&mut self) {
+        for w in self.batch.writes.drain(..) {
+            w.discard();
+        }
+        self.batch.locks.clear();
+        self.batch.dirs.clear();
+    }
+
+    /// Renames what is pending, makes every rename and removal durable, and returns the
+    /// counts.
+    pub fn finish(mut self) -> Result<PruneCounts, StoreError> {
+        self.flush()?;
+        let changed = std::mem::take(&mut self.changed);
+        self.devices.sync(changed.iter().map(PathBuf::as_path))?;
+        Ok(std::mem::take(&mut self.counts))
+    }
+}
+
+impl Drop for Pruner {
+    fn drop(&mut self) {
+        // An error left rewrites unpublished: their temporary files go, the blocks stay.
+        self.abandon();
+    }
+}
+
 /// Prunes every leaf under `<root>/<l1>` (one first-level folder), adding to `counts`.
 pub fn prune_first_level(
     root: &Path,
@@ -369,38 +511,39 @@ pub fn prune_first_level(
     opts: &PruneOptions,
     counts: &mut PruneCounts,
 ) -> Result<(), StoreError> {
-    let tree = Tree::new(root);
-    for leaf in walk::leaves_of(root, l1)? {
-        prune_leaf(&tree, &leaf, opts, counts)?;
-    }
+    let mut p = Pruner::new(root, *opts);
+    p.first_level(l1)?;
+    counts.add(&p.finish()?);
     Ok(())
 }
 
-/// Prunes one leaf under its `LOCKFILE` (the lock every server takes before it writes a
+/// Judges one leaf under its `LOCKFILE` (the lock every server takes before it writes a
 /// block there), so no store thread merges into a file while it is judged and replaced.
+/// Removals happen at once; rewrites go to `batch`, which keeps the leaf locked until they
+/// are renamed. True if something changed.
 fn prune_leaf(
     tree: &Tree,
     leaf: &Leaf,
     opts: &PruneOptions,
     counts: &mut PruneCounts,
-) -> Result<(), StoreError> {
+    batch: &mut Batch,
+) -> Result<bool, StoreError> {
     if leaf.blocks.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let lock_path = leaf.dir.join(LOCKFILE);
-    let _lock = if opts.dry_run {
+    let lock = if opts.dry_run {
         LeafLock::acquire_if_present(&lock_path)?
     } else {
         Some(LeafLock::acquire(&lock_path)?)
     };
     let mut changed = false;
+    let mut pending = false;
     for name in &leaf.blocks {
         let path = leaf.dir.join(name);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            // Gone since the listing (another prune, a move): nothing to judge.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(StoreError::at(&path)(e)),
+        // Gone since the listing (another prune, a move): nothing to judge.
+        let Some((bytes, len)) = read_for_headers(&path)? else {
+            continue;
         };
         let v = decide_file(&bytes, &opts.limits, opts.now);
         let Some(kind) = v.kind else {
@@ -428,24 +571,24 @@ fn prune_leaf(
                     changed = true;
                 }
                 c.removed += 1;
-                c.bytes_freed += bytes.len() as u64;
+                c.bytes_freed += len;
             }
             Decision::Rewrite(new) => {
                 if !opts.dry_run {
                     let w = tree.write_temp_in_leaf(name, &tree.temp_path(name), &new)?;
-                    w.sync()?;
-                    w.publish()?;
+                    batch.writes.push(w);
+                    pending = true;
                     changed = true;
                 }
                 c.rewritten += 1;
-                c.bytes_freed += (bytes.len() as u64).saturating_sub(new.len() as u64);
+                c.bytes_freed += len.saturating_sub(new.len() as u64);
             }
         }
     }
-    if changed {
-        sync_dir(&leaf.dir)?;
+    if let (true, Some(l)) = (pending, lock) {
+        batch.locks.push(l);
     }
-    Ok(())
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -631,5 +774,39 @@ mod tests {
         );
         assert!(tree.read(&k_dead).unwrap().is_none());
         assert_eq!(tree.read(&k_live).unwrap(), Some(live));
+    }
+
+    #[test]
+    fn large_files_are_judged_from_their_head_or_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::new(dir.path());
+        // A big data block: its headers end in the first bytes; the payload is not read.
+        let (k_big, big) = compose::data_block(&vec![b'x'; 100_000], ago(11 * DAY));
+        tree.write_atomic(&k_big, &big).unwrap();
+        let (head, len) = read_for_headers(&tree.block_path(&k_big)).unwrap().unwrap();
+        assert_eq!((head.len(), len), (HEAD as usize, big.len() as u64));
+        // A big announcement block (no Data line): read whole, rewritten whole.
+        let mut parts = Vec::new();
+        for i in 0..200u8 {
+            let age = if i == 0 { 11 * DAY } else { DAY };
+            parts.push(compose::message_announcement([4; 20], "in", [i; 20], &[], ago(age)).1);
+        }
+        let block = parts.join(&b"NextMessage\n"[..]);
+        assert!(block.len() as u64 > HEAD);
+        let k_ma = "ABCD".repeat(10);
+        tree.write_atomic(&k_ma, &block).unwrap();
+        let mut counts = PruneCounts::default();
+        let opts = PruneOptions {
+            limits: Limits::default(),
+            now: now(),
+            dry_run: false,
+        };
+        for l1 in walk::first_level(dir.path()).unwrap() {
+            prune_first_level(dir.path(), &l1, &opts, &mut counts).unwrap();
+        }
+        assert!(tree.read(&k_big).unwrap().is_none());
+        assert_eq!(counts.types["data"].bytes_freed, big.len() as u64);
+        let want = parts[1..].join(&b"NextMessage\n"[..]);
+        assert_eq!(tree.read(&k_ma).unwrap(), Some(want));
     }
 }

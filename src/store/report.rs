@@ -6,13 +6,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io;
 use std::path::Path;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
-use super::prune::{date_of, entangled, header_lines, Kind};
+use super::prune::{date_of, entangled, header_lines, read_for_headers, Kind};
 use super::walk;
 use super::StoreError;
 use crate::server::header::{hex20, value};
@@ -112,12 +111,9 @@ pub fn report_tree(root: &Path, unit: u64, now: DateTime<Utc>) -> Result<TreeRep
         for leaf in walk::leaves_of(root, &l1)? {
             for name in &leaf.blocks {
                 let path = leaf.dir.join(name);
-                let bytes = match fs::read(&path) {
-                    Ok(b) => b,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(StoreError::at(&path)(e)),
+                let Some((bytes, len)) = read_for_headers(&path)? else {
+                    continue;
                 };
-                let len = bytes.len() as u64;
                 folder.usage.add(len, unit);
                 r.total.add(len, unit);
                 let block = entangled(&bytes).map_or(&bytes[..], |e| e.value);
