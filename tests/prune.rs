@@ -451,3 +451,42 @@ fn each_site_prunes_its_own_store_and_nothing_is_queued() {
         assert_eq!(queued, 0, "a prune replicates nothing");
     }
 }
+
+#[test]
+fn a_prune_and_a_shard_move_exclude_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let topo = dir.path().join("t.yaml");
+    std::fs::write(
+        &topo,
+        format!(
+            "data: {}\nadmin: {{ listen: 127.0.0.1:{} }}\nshards:\n  - {{ range: 00-7F, path: {} }}\n",
+            data.display(),
+            common::free_port(),
+            dir.path().join("shard").display()
+        ),
+    )
+    .unwrap();
+    let f = topo.to_str().unwrap();
+    // A move holds the site lock while it runs: here, the test holds it.
+    let lock = storeherd::upkeep::SiteLock::try_acquire(&data)
+        .unwrap()
+        .unwrap();
+    let out = storeherd(&["shards", "apply", "--move", "-f", f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(lock);
+    // An interrupted move leaves a staging folder: no prune until the move is finished.
+    std::fs::create_dir_all(data.join("store/.AB.local/CD")).unwrap();
+    let out = storeherd(&["prune", "-f", f]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unfinished `storeherd shards apply --move`"),
+        "{err}"
+    );
+}
