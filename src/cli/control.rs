@@ -363,10 +363,7 @@ pub fn render_upkeep(u: &crate::admin::api::UpkeepStatus) -> String {
         format!(
             "last {} ({}, {} ms): {} examined, {} removed, {} rewritten, {} bytes freed",
             r.started,
-            serde_json::to_value(r.trigger)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            r.trigger.as_str(),
             r.duration_ms,
             t.examined,
             t.removed,
