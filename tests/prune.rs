@@ -297,6 +297,25 @@ async fn prune_removes_exactly_the_expired_blocks_and_entries() {
         String::from_utf8_lossy(&merged)
     );
 
+    // The usage report sees what is left (the merge above added one announcement).
+    let rep = json(&storeherd(&["report", "-f", f, "--format", "json"]));
+    assert_eq!(rep[0]["tree"], "store");
+    let types = &rep[0]["types"];
+    assert_eq!(types["data"]["blocks"], 1);
+    assert_eq!(types["key-announcement"]["blocks"], 1);
+    assert_eq!(types["message-announcement"]["entries"], 3);
+    assert_eq!(types["address-claim"]["entries"], 1);
+    assert_eq!(rep[0]["messages"], 3);
+    assert_eq!(rep[1]["tree"], "entangled");
+    assert_eq!(rep[1]["types"]["data"]["blocks"], 1);
+    let csv = storeherd(&["report", "-f", f, "--format", "csv"]);
+    let csv = String::from_utf8_lossy(&csv.stdout);
+    assert!(
+        csv.starts_with("tree,section,name,blocks,bytes,disk_bytes,entries,"),
+        "{csv}"
+    );
+    assert!(csv.contains("\nstore,type,data,1,"), "{csv}");
+
     // The run is recorded for the schedule; a second prune finds nothing more to do.
     assert!(data.join("upkeep.json").exists());
     let again = json(&storeherd(&["prune", "-f", f, "--json"]));
