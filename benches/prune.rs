@@ -7,7 +7,7 @@
 //! original's layout, with the `LOCKFILE` that a server leaves in every leaf it wrote (on a
 //! tree without them, creating 65,536 of them dominates the first real prune). Each tool runs twice on each file system: a dry run (`--dry-run`,
 //! storutil's `-prune-simulate`), then a real prune on a freshly written store. The page
-//! cache is warm (the store was just written); nothing here drops caches, which would slow
+//! cache is warm (the store was just written, then synced); nothing here drops caches, which would slow
 //! every other process on the machine.
 //!
 //! Environment: `PRUNE_BENCH_BLOCKS` (default 100000); `PRUNE_BENCH_TMPFS` (default
@@ -73,6 +73,9 @@ fn build(base: &Path, n: usize) {
         format!("data: {}\n", base.join("data").display()),
     )
     .unwrap();
+    // Written back before the clock starts: otherwise the first `syncfs` of a prune pays for
+    // writing the whole new store, which storutil (it never syncs) leaves to the kernel.
+    storeherd::store::syncfs(base).unwrap();
 }
 
 /// `storeherd prune` on the store: (seconds, files examined).
