@@ -4,9 +4,10 @@
 //!
 //! The store: 90 % live data blocks (1 KiB payload), 5 % expired data blocks (removed), 5 %
 //! message-announcement blocks with a live and an expired entry (rewritten), in the
-//! original's layout. Each tool runs twice on each file system: a dry run (`--dry-run`,
+//! original's layout, with the `LOCKFILE` that a server leaves in every leaf it wrote (on a
+//! tree without them, creating 65,536 of them dominates the first real prune). Each tool runs twice on each file system: a dry run (`--dry-run`,
 //! storutil's `-prune-simulate`), then a real prune on a freshly written store. The page
-//! cache is warm (the store was just written); nothing here drops caches, which would slow
+//! cache is warm (the store was just written, then synced); nothing here drops caches, which would slow
 //! every other process on the machine.
 //!
 //! Environment: `PRUNE_BENCH_BLOCKS` (default 100000); `PRUNE_BENCH_TMPFS` (default
@@ -49,7 +50,10 @@ fn build(base: &Path, n: usize) {
     for i in 0..n {
         let key = hex::encode_upper(<sha1::Sha1 as sha1::Digest>::digest(i.to_le_bytes()));
         let leaf = store.join(&key[0..2]).join(&key[2..4]);
-        std::fs::create_dir_all(&leaf).unwrap();
+        if !leaf.is_dir() {
+            std::fs::create_dir_all(&leaf).unwrap();
+            std::fs::write(leaf.join("LOCKFILE"), b"").unwrap();
+        }
         let content: Vec<u8> = match i % 20 {
             0 => ma.clone(),
             1 => [dead.as_bytes(), &payload].concat(),
@@ -69,6 +73,9 @@ fn build(base: &Path, n: usize) {
         format!("data: {}\n", base.join("data").display()),
     )
     .unwrap();
+    // Written back before the clock starts: otherwise the first `syncfs` of a prune pays for
+    // writing the whole new store, which storutil (it never syncs) leaves to the kernel.
+    storeherd::store::syncfs(base).unwrap();
 }
 
 /// `storeherd prune` on the store: (seconds, files examined).

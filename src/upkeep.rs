@@ -128,6 +128,16 @@ pub enum Trigger {
     Disk,
 }
 
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+            Trigger::Disk => "disk",
+        }
+    }
+}
+
 /// One finished run (`<data>/upkeep.json`, `/status`, `storeherd prune --json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {

@@ -297,6 +297,25 @@ async fn prune_removes_exactly_the_expired_blocks_and_entries() {
         String::from_utf8_lossy(&merged)
     );
 
+    // The usage report sees what is left (the merge above added one announcement).
+    let rep = json(&storeherd(&["report", "-f", f, "--format", "json"]));
+    assert_eq!(rep[0]["tree"], "store");
+    let types = &rep[0]["types"];
+    assert_eq!(types["data"]["blocks"], 1);
+    assert_eq!(types["key-announcement"]["blocks"], 1);
+    assert_eq!(types["message-announcement"]["entries"], 3);
+    assert_eq!(types["address-claim"]["entries"], 1);
+    assert_eq!(rep[0]["messages"], 3);
+    assert_eq!(rep[1]["tree"], "entangled");
+    assert_eq!(rep[1]["types"]["data"]["blocks"], 1);
+    let csv = storeherd(&["report", "-f", f, "--format", "csv"]);
+    let csv = String::from_utf8_lossy(&csv.stdout);
+    assert!(
+        csv.starts_with("tree,section,name,blocks,bytes,disk_bytes,entries,"),
+        "{csv}"
+    );
+    assert!(csv.contains("\nstore,type,data,1,"), "{csv}");
+
     // The run is recorded for the schedule; a second prune finds nothing more to do.
     assert!(data.join("upkeep.json").exists());
     let again = json(&storeherd(&["prune", "-f", f, "--json"]));
@@ -450,4 +469,43 @@ fn each_site_prunes_its_own_store_and_nothing_is_queued() {
             .count();
         assert_eq!(queued, 0, "a prune replicates nothing");
     }
+}
+
+#[test]
+fn a_prune_and_a_shard_move_exclude_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let topo = dir.path().join("t.yaml");
+    std::fs::write(
+        &topo,
+        format!(
+            "data: {}\nadmin: {{ listen: 127.0.0.1:{} }}\nshards:\n  - {{ range: 00-7F, path: {} }}\n",
+            data.display(),
+            common::free_port(),
+            dir.path().join("shard").display()
+        ),
+    )
+    .unwrap();
+    let f = topo.to_str().unwrap();
+    // A move holds the site lock while it runs: here, the test holds it.
+    let lock = storeherd::upkeep::SiteLock::try_acquire(&data)
+        .unwrap()
+        .unwrap();
+    let out = storeherd(&["shards", "apply", "--move", "-f", f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(lock);
+    // An interrupted move leaves a staging folder: no prune until the move is finished.
+    std::fs::create_dir_all(data.join("store/.AB.local/CD")).unwrap();
+    let out = storeherd(&["prune", "-f", f]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unfinished `storeherd shards apply --move`"),
+        "{err}"
+    );
 }

@@ -133,6 +133,13 @@ fn the_schedule_prunes_the_shared_store_once_per_interval() {
         u["last"]["trigger"] == "manual" || u["runs_total"].as_u64() > Some(runs_before + 3)
     });
 
+    let out = up.ctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("prune: scheduled; last ") && text.contains("200 examined"),
+        "{text}"
+    );
+
     let (code, metrics) = up.http("GET", "/metrics", None);
     assert_eq!(code, 200);
     for want in [

@@ -107,6 +107,7 @@ pub fn status(args: StatusArgs) -> Outcome {
     } else {
         let status = rt.block_on(client.get_status())?;
         print!("{}", render_table(&status));
+        print!("{}", render_upkeep(&status.upkeep));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -355,6 +356,41 @@ fn human_duration(secs: u64) -> String {
 }
 
 /// The readable `status`: one summary line, then one aligned row per instance.
+/// One line on the site's prune, when there is a schedule or a recorded run.
+pub fn render_upkeep(u: &crate::admin::api::UpkeepStatus) -> String {
+    let last = u.last.as_ref().map(|r| {
+        let t = r.total().totals();
+        format!(
+            "last {} ({}, {} ms): {} examined, {} removed, {} rewritten, {} bytes freed",
+            r.started,
+            r.trigger.as_str(),
+            r.duration_ms,
+            t.examined,
+            t.removed,
+            t.rewritten,
+            t.bytes_freed
+        )
+    });
+    match (u.scheduled, last) {
+        (false, None) => String::new(),
+        (scheduled, last) => format!(
+            "prune: {}{}{}\n",
+            if u.running {
+                "running; "
+            } else if scheduled {
+                "scheduled; "
+            } else {
+                "not scheduled; "
+            },
+            last.unwrap_or_else(|| "no run recorded".into()),
+            u.last_error
+                .as_deref()
+                .map(|e| format!("; last scheduled run failed: {e}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
 pub fn render_table(status: &Status) -> String {
     let ready = status
         .instances

@@ -23,6 +23,9 @@ use crate::upkeep::{self, SiteLock, Trigger, UpkeepError};
 
 pub const DISK_CHECK_EVERY: Duration = Duration::from_secs(60);
 pub const DISK_GAP: Duration = Duration::from_secs(3600);
+/// How often the last run is read again from `<data>/upkeep.json` for `/status` (a prune by
+/// hand writes it).
+const RECORD_REFRESH: Duration = Duration::from_secs(30);
 /// Wait after finding the lock held.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
 /// Wait after a failed prune before the next try.
@@ -98,16 +101,10 @@ async fn schedule(
         if up.prune_when_disk_above.is_some() {
             wait = Some(wait.map_or(DISK_CHECK_EVERY, |w| w.min(DISK_CHECK_EVERY)));
         }
+        let mut wait = wait.map_or(RECORD_REFRESH, |w| w.min(RECORD_REFRESH));
         if let Some(p) = pause.take() {
-            wait = Some(wait.map_or(p, |w| w.max(p)));
+            wait = wait.max(p);
         }
-        let Some(wait) = wait else {
-            // Nothing scheduled: wait for a topology change.
-            if plan_rx.changed().await.is_err() {
-                return;
-            }
-            continue;
-        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             changed = plan_rx.changed() => {
