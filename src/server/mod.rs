@@ -26,11 +26,18 @@
 //! - The idle timeout closes exactly `timeout` seconds after the last input (the original's
 //!   5-second countdown closes 0–5 s later).
 //!
-//! Not supported (answered as the original answers when it cannot serve): `STORE PROXY [AFTER]`
-//! and `STORE ENTANGLED` read the block and answer `FAILED`; `GET ENTANGLED` answers
-//! `NOT FOUND`; `DNS TXT` answers `NOT FOUND` (a failed lookup), or `FAILED` with
-//! `permit_dns_txt: false`. No sender yet: nothing is written to `sendqueue/`, SELFTEST
-//! answers `PASS`; no notifier (`notify.txt`) and no key-announcement verification.
+//! - `STORE PROXY [AFTER]` files are durable (input journal) before `DONE`; the sender
+//!   (`sender`) relays them, through SOCKS5 (`route`) as configured, and logs and keeps a file
+//!   the original's sender would stop on for good (no `Date:`, a bad `Post-To`, §10.4); an
+//!   embargoed file also expires `expire_days` after its embargo; `Post-To: replicate` is
+//!   refused; `entangled` targets are reached directly, never through a proxy.
+//!
+//! Not supported (answered as the original answers when it cannot serve): `STORE ENTANGLED`
+//! reads the block and answers `FAILED` (so `Post-To: entangled` targets are retried per
+//! `retry_schedule` until they expire); `GET ENTANGLED` answers `NOT FOUND`; `DNS TXT` answers
+//! `NOT FOUND` (a failed lookup), or `FAILED` with `permit_dns_txt: false`. No notifier
+//! (`notify.txt`), no certificate records of sender peers (§10.6), no key-announcement
+//! verification.
 
 pub mod auth;
 pub mod command;
@@ -46,8 +53,10 @@ pub mod keyannounce;
 pub mod leaves;
 pub mod pow;
 pub mod publish;
+pub mod route;
 pub mod run;
 pub mod sender;
+pub mod sendfile;
 pub mod session;
 pub mod since;
 pub mod tls;
