@@ -204,7 +204,13 @@ async fn partial_success_rewrites_post_to_then_the_late_target_gets_it() {
     let b = TestServer::start_with(Options::default().auth(&accounts()).port(b_port));
     assert_eq!(wait_block(b.addr(), &key, WAIT).await, Some(plain));
     assert!(wait_until(WAIT, || queue_names(r.home()).is_empty()).await);
-    assert!(r.log().contains("then failed"), "{}", r.log());
+    assert!(
+        r.log().contains(&format!(
+            "relay to server={b_addr} failed after 0 of 1 entries"
+        )),
+        "{}",
+        r.log()
+    );
 }
 
 /// A Dante SOCKS5 server on a loopback port, logging every connection; killed (with its

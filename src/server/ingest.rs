@@ -150,10 +150,13 @@ fn commit(
                     Kind::Send => {
                         // Durable in the journal already; the file is for the sender. On
                         // failure the worker writes it.
-                        if let Err(e) = sendqueue.put_new(&name, content) {
-                            tracing::warn!("writing a send-queue file: {e}");
+                        match sendqueue.put_new(&name, content) {
+                            Ok(()) => Job::Send(name, None, slot),
+                            Err(e) => {
+                                tracing::warn!("writing a send-queue file: {e}");
+                                Job::Send(name, Some(content.to_vec()), slot)
+                            }
                         }
-                        Job::Send(name, content.to_vec(), slot)
                     }
                 };
                 let _ = worker.send(job);

@@ -86,8 +86,8 @@ enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Unreachable(m) => write!(f, "unreachable: {m}"),
-            Failure::Refused(m) => write!(f, "refused: {m}"),
+            Failure::Unreachable(m) => write!(f, "peer unreachable: {m}"),
+            Failure::Refused(m) => write!(f, "peer refused: {m}"),
         }
     }
 }
@@ -272,15 +272,15 @@ async fn run_once(shared: &Shared, queue: &Queue, state: &mut State) {
         let started = std::time::Instant::now();
         let result = send_target(shared, queue, state, &target, files).await;
         let backoff = state.backoff.entry(target.clone()).or_default();
-        let what = match target {
-            Target::Replicate => "replicated".to_string(),
-            ref t => format!("relayed to {t}"),
+        let (done, run) = match target {
+            Target::Replicate => ("replicated".to_string(), "replication run".to_string()),
+            ref t => (format!("relayed to {t}"), format!("relay to {t}")),
         };
         match result {
             Ok(sent) => {
                 *backoff = Backoff::default();
                 tracing::info!(
-                    "{what} {sent} of {total} queued entries in {:.3}s",
+                    "{done} {sent} of {total} queued entries in {:.3}s",
                     started.elapsed().as_secs_f64()
                 );
             }
@@ -293,7 +293,7 @@ async fn run_once(shared: &Shared, queue: &Queue, state: &mut State) {
                 let delay =
                     cfg.retry_schedule[(backoff.fails as usize).min(cfg.retry_schedule.len() - 1)];
                 tracing::warn!(
-                    "{what}: {sent} of {total} entries, then failed ({f}); next attempt in {delay}s{}",
+                    "{run} failed after {sent} of {total} entries ({f}); next attempt in {delay}s{}",
                     if probing { " or as soon as the peer answers" } else { "" }
                 );
                 if let Some(u) = until {
@@ -313,6 +313,7 @@ fn plan(
 ) -> Result<Vec<Batch>, crate::store::StoreError> {
     let files = scan(queue)?;
     let present: HashSet<String> = files.iter().map(|(_, n)| n.clone()).collect();
+    // Back-off of targets that no file due now names is forgotten (at the end).
     state.delayed.retain(&present);
     state.warned.retain(|n, _| present.contains(n));
     let mut batches: Vec<Batch> = Vec::new();
@@ -405,6 +406,9 @@ fn plan(
             }
         }
     }
+    state
+        .backoff
+        .retain(|t, _| batches.iter().any(|b| b.target == *t));
     Ok(batches)
 }
 
