@@ -1,7 +1,7 @@
 //! storeherd: runs many Confidant Mail store servers behind one public port.
 //!
-//! See `../shared/DESIGN.md` for the product contract and `../shared/PROTOCOL.md` for the
-//! store protocol that the built-in server ([`server`]) implements.
+//! `docs/design.md` describes how the modules fit together; `docs/protocol.md` is the store
+//! protocol that the built-in server ([`server`]) implements (comments cite its sections).
 
 pub mod accounts;
 pub mod admin;
@@ -12,4 +12,5 @@ pub mod server;
 pub mod store;
 pub mod supervisor;
 pub mod topology;
+pub mod upkeep;
 pub mod wire;

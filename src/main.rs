@@ -2,14 +2,7 @@ use clap::Parser;
 use storeherd::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    // The original server takes `-homedir DIR`; accept that spelling as well as `--homedir`.
-    let args = std::env::args_os().map(|a| {
-        if a == "-homedir" {
-            "--homedir".into()
-        } else {
-            a
-        }
-    });
+    let args = std::env::args_os().map(storeherd::cli::original_spelling);
     let cli = Cli::parse_from(args);
     storeherd::cli::logging::init(cli.verbose, cli.quiet);
     let result = match cli.command {
@@ -24,6 +17,8 @@ fn main() -> std::process::ExitCode {
         Command::Shards(a) => storeherd::cli::control::shards(a),
         Command::Store(a) => storeherd::cli::store::run(a),
         Command::Bench(a) => storeherd::cli::bench::run(a),
+        Command::Prune(a) => storeherd::cli::upkeep::prune(a),
+        Command::Report(a) => storeherd::cli::upkeep::report(a),
     };
     match result {
         Ok(code) => code,

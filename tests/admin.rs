@@ -56,6 +56,7 @@ fn sample_status() -> Status {
             instance(2, InstanceState::Backoff),
         ],
         rejected_total: 5,
+        upkeep: Default::default(),
         connections_active: 3,
     }
 }

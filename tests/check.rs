@@ -370,3 +370,17 @@ fn provisioned_home_is_served_by_the_builtin_server() {
     // The server used the shared store of the plan, not a store of its own.
     assert!(plan.store.is_dir());
 }
+
+#[test]
+fn bad_upkeep_schedule() {
+    refused(
+        "upkeep:\n  prune_when_disk_above: 120%\n",
+        &[],
+        "bad.yaml:2:26: upkeep.prune_when_disk_above: bad percentage `120%`: expected a percentage of the disk from 1% to 99%",
+    );
+    refused(
+        "upkeep: { prune_every: 0s }\n",
+        &[],
+        "bad.yaml:1:11: upkeep.prune_every is 0: expected a duration above zero",
+    );
+}

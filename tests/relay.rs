@@ -1,6 +1,6 @@
 //! The relay sender (PROTOCOL.md §3.3, §10.4) between real `storeherd store` processes:
 //! `STORE PROXY [AFTER]` uploads delivered to their `Post-To` targets, now or after the
-//! embargo; a target that is down, then up; a partial success that rewrites `Post-To`;
+//! embargo, `entangled` included; a target that is down, then up; a partial success that rewrites `Post-To`;
 //! relay and replication through a real SOCKS5 server (Dante); bad queue files; and the
 //! hand-off of a removed instance's proxy files under `storeherd up`.
 
@@ -211,6 +211,33 @@ async fn partial_success_rewrites_post_to_then_the_late_target_gets_it() {
         "{}",
         r.log()
     );
+}
+
+/// `Post-To: entangled`: `STORE ENTANGLED` to the relay itself, as the original sends it to
+/// its own port; GET ENTANGLED then serves it from the relay's entangled store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entangled_target_is_stored_by_this_server() {
+    let r = TestServer::start_with(Options::default().config(FAST).auth(&accounts()));
+    let (key, plain) = compose::dht_data_block(b"relayed into the entangled store", Utc::now());
+    let mut up = b"Post-To: entangled\n".to_vec();
+    up.extend_from_slice(&plain);
+    assert_eq!(
+        upload(r.addr(), &format!("STORE PROXY {key}"), &up).await,
+        "DONE"
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = r.client().await;
+        assert!(c.login("administrator", ADMIN_KEY).await.unwrap());
+        c.send_line(&format!("GET ENTANGLED {key}")).await.unwrap();
+        if let Some(got) = c.read_reply().await.unwrap().to_block_bytes() {
+            assert_eq!(got, plain);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never stored: {}", r.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(wait_until(WAIT, || queue_names(r.home()).is_empty()).await);
 }
 
 /// A Dante SOCKS5 server on a loopback port, logging every connection; killed (with its

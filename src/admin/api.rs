@@ -67,6 +67,28 @@ pub struct Status {
     pub rejected_total: u64,
     /// Client connections currently open on the public port.
     pub connections_active: u64,
+    /// The site's scheduled prune (absent from documents of older supervisors).
+    #[serde(default)]
+    pub upkeep: UpkeepStatus,
+}
+
+/// The prune in `/status`: the schedule's counters and the last run on this site, whoever
+/// ran it (`<data>/upkeep.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpkeepStatus {
+    /// `upkeep` sets a schedule.
+    pub scheduled: bool,
+    /// A prune started by the schedule is running now.
+    pub running: bool,
+    /// Prunes the schedule ran since the supervisor started.
+    pub runs_total: u64,
+    /// Scheduled prunes skipped because another one (by hand) or a shard move held the lock.
+    pub busy_total: u64,
+    pub failures_total: u64,
+    pub last_error: Option<String>,
+    /// When the schedule will prune next (unix seconds), if it has a period.
+    pub next_due_unix: Option<i64>,
+    pub last: Option<crate::upkeep::RunRecord>,
 }
 
 /// A control request from the admin API to the supervisor.

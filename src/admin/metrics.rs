@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::api::{InstanceState, InstanceStatus, Status};
+use super::api::{InstanceState, InstanceStatus, Status, UpkeepStatus};
 
 /// The `Content-Type` Prometheus expects for this format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -207,7 +207,104 @@ pub fn render(status: &Status) -> String {
         header(&mut out, name, help, kind);
         let _ = writeln!(out, "{name} {value}");
     }
+    render_upkeep(&mut out, &status.upkeep);
     out
+}
+
+/// The prune families: the schedule's counters, and the last run's time and counts (no
+/// sample for those until a run is recorded).
+fn render_upkeep(out: &mut String, u: &UpkeepStatus) {
+    let counters: [(&str, &str, Kind, u64); 4] = [
+        (
+            "storeherd_prune_runs_total",
+            "Prunes the schedule ran since the supervisor started.",
+            Kind::Counter,
+            u.runs_total,
+        ),
+        (
+            "storeherd_prune_busy_total",
+            "Scheduled prunes skipped because another prune or a shard move held the site lock.",
+            Kind::Counter,
+            u.busy_total,
+        ),
+        (
+            "storeherd_prune_failures_total",
+            "Scheduled prunes that ended in an error.",
+            Kind::Counter,
+            u.failures_total,
+        ),
+        (
+            "storeherd_prune_running",
+            "1 while a scheduled prune runs.",
+            Kind::Gauge,
+            u64::from(u.running),
+        ),
+    ];
+    for (name, help, kind, value) in counters {
+        header(out, name, help, kind);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let last = u.last.as_ref();
+    header(
+        out,
+        "storeherd_prune_last_start_timestamp_seconds",
+        "Start of the last recorded prune of the site (by the schedule or by hand), unix time.",
+        Kind::Gauge,
+    );
+    header(
+        out,
+        "storeherd_prune_last_duration_seconds",
+        "How long the last recorded prune took.",
+        Kind::Gauge,
+    );
+    header(
+        out,
+        "storeherd_prune_last_files",
+        "Block files the last recorded prune examined, removed and rewritten, per tree and type.",
+        Kind::Gauge,
+    );
+    header(
+        out,
+        "storeherd_prune_last_bytes_freed",
+        "Bytes the last recorded prune freed, per tree.",
+        Kind::Gauge,
+    );
+    let Some(r) = last else { return };
+    let _ = writeln!(
+        out,
+        "storeherd_prune_last_start_timestamp_seconds {}",
+        r.started_unix
+    );
+    let _ = writeln!(
+        out,
+        "storeherd_prune_last_duration_seconds {}",
+        r.duration_ms as f64 / 1000.0
+    );
+    let mut trees = vec![("store", &r.store.counts)];
+    let mut entangled = crate::store::prune::PruneCounts::default();
+    for e in &r.entangled {
+        entangled.add(&e.counts);
+    }
+    trees.push(("entangled", &entangled));
+    for (tree, counts) in trees {
+        for (ty, c) in &counts.types {
+            for (action, v) in [
+                ("examined", c.examined),
+                ("removed", c.removed),
+                ("rewritten", c.rewritten),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "storeherd_prune_last_files{{tree=\"{tree}\",type=\"{ty}\",action=\"{action}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "storeherd_prune_last_bytes_freed{{tree=\"{tree}\"}} {}",
+            counts.totals().bytes_freed
+        );
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +346,7 @@ mod tests {
                 instance(2, InstanceState::Backoff),
             ],
             rejected_total: 7,
+            upkeep: Default::default(),
             connections_active: 4,
         }
     }

@@ -118,6 +118,23 @@ pub fn render(r: &PlanReport) -> String {
         format_duration(px.idle_timeout),
         format_duration(px.drain_timeout)
     );
+    let up = &p.upkeep;
+    let every = up
+        .prune_every
+        .map(|d| format!("every {}", format_duration(d)));
+    let disk = up
+        .prune_when_disk_above
+        .map(|n| format!("when a store disk is over {n}%"));
+    let when: Vec<String> = every.into_iter().chain(disk).collect();
+    let _ = writeln!(
+        o,
+        "upkeep     {}",
+        if when.is_empty() {
+            "no scheduled prune (run `storeherd prune`)".to_string()
+        } else {
+            format!("prune once per site {}", when.join(", and "))
+        }
+    );
     if let Some(rp) = &p.replication {
         let pin = rp.peer_cert_sha1.as_deref().unwrap_or("not pinned");
         let _ = writeln!(

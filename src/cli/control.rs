@@ -232,6 +232,8 @@ pub fn shards(args: ShardsArgs) -> Outcome {
             ShardError::Conflicts(conflicts)
         );
     }
+    // A prune walking the store while files move would judge some twice and miss others.
+    let _upkeep = crate::upkeep::SiteLock::acquire_now(&plan.data)?;
     let bar = move_bar();
     let report = layout.apply_move(MoveOptions::default(), &mut |p| match p {
         Progress::Total { files, bytes } => {
@@ -476,6 +478,7 @@ mod tests {
                 inst(12, InstanceState::Backoff, None),
             ],
             rejected_total: 3,
+            upkeep: Default::default(),
             connections_active: 1,
         };
         let table = render_table(&status);

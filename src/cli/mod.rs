@@ -12,6 +12,7 @@ pub mod control;
 pub mod logging;
 pub mod store;
 pub mod up;
+pub mod upkeep;
 
 /// Exit status of a command that ran (errors exit 1 through `main`).
 pub type Outcome = anyhow::Result<std::process::ExitCode>;
@@ -57,6 +58,10 @@ pub enum Command {
     Store(StoreArgs),
     /// Load generator speaking the store protocol.
     Bench(BenchArgs),
+    /// Remove expired blocks from the site's store and entangled trees (storutil's prune).
+    Prune(PruneArgs),
+    /// Store usage: blocks and bytes per type, per first-level folder, and by age.
+    Report(ReportArgs),
 }
 
 /// Where the topology comes from (shared by `up`, `check` and the control commands).
@@ -204,11 +209,42 @@ pub enum ShardsAction {
     },
 }
 
+/// The original server's single-dash options (`server.py -homedir DIR -daemon …`), in
+/// their storeherd spelling; other arguments unchanged. `-quiet` is `--quiet` and `-debug`
+/// is `--verbose`: the log levels they stand for.
+pub fn original_spelling(arg: std::ffi::OsString) -> std::ffi::OsString {
+    let long = match arg.to_str() {
+        Some("-homedir") => "--homedir",
+        Some("-daemon") => "--daemon",
+        Some("-pidfile") => "--pidfile",
+        Some("-logfile") => "--logfile",
+        Some("-logtraffic") => "--logtraffic",
+        Some("-quiet") => "--quiet",
+        Some("-debug") => "--verbose",
+        _ => return arg,
+    };
+    long.into()
+}
+
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     /// Home directory holding config.txt (also accepted as `-homedir`).
     #[arg(long)]
     pub homedir: PathBuf,
+    /// Detach from the terminal and run in the background (`-daemon`); the log goes to
+    /// --logfile, or nowhere.
+    #[arg(long)]
+    pub daemon: bool,
+    /// With --daemon: write the server's process id to this file (`-pidfile`); removed on
+    /// a clean stop.
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+    /// Append the log (standard output and error) to this file (`-logfile`).
+    #[arg(long, value_name = "FILE")]
+    pub logfile: Option<PathBuf>,
+    /// Log every protocol line received and sent (`-logtraffic`).
+    #[arg(long)]
+    pub logtraffic: bool,
 }
 
 #[derive(Debug, Args)]
@@ -240,4 +276,41 @@ pub struct BenchArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status 75: another prune (the supervisor's, or one by hand) or a shard move \
+                  holds <data>/upkeep.lock; nothing was done."
+)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    /// Count what would be removed or rewritten; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the counts as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Wait for a prune already running instead of exiting with status 75.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+    /// File system allocation unit for the disk-bytes columns (storutil's -blocksize).
+    #[arg(long, default_value_t = 512)]
+    pub blocksize: u64,
 }

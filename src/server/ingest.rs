@@ -134,7 +134,10 @@ fn commit(
             let sha = digest(content);
             if seen.insert(sha) && !journal.is_pending(&hex::encode_upper(sha)) {
                 entries.push((Kind::Input, sha, content));
-                leaves.ask(&req.key);
+                // Entangled uploads go to the entangled tree, not to a local-store leaf.
+                if !content.starts_with(b"StoreType: entangled") {
+                    leaves.ask(&req.key);
+                }
             }
         }
         if let Some(rep) = &req.send {

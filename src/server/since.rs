@@ -6,8 +6,9 @@ use super::header::{value, without_cr};
 
 /// The stored block's lines as the original's GET walks them: split at LF, with no empty
 /// piece after a final LF. A last line without LF is still a line (the original raised an
-/// exception there, §4.3 "Bug/odd").
-fn get_lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// exception there, §4.3 "Bug/odd"). Python's iteration over a file's lines gives the same
+/// pieces, which is how storutil reads a block (the prune uses this too).
+pub(crate) fn get_lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
     let body = block.strip_suffix(b"\n").unwrap_or(block);
     let empty = block.is_empty();
     body.split(|&c| c == b'\n').filter(move |_| !empty)

@@ -31,6 +31,10 @@ impl LeafLock {
             .create(true)
             .open(path)
             .map_err(StoreError::at(path))?;
+        Self::wait(file, path)
+    }
+
+    fn wait(file: File, path: &Path) -> Result<LeafLock, StoreError> {
         let fl = whole_file(libc::F_WRLCK as libc::c_short);
         loop {
             match fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLKW(&fl)) {
@@ -43,6 +47,16 @@ impl LeafLock {
                     })
                 }
             }
+        }
+    }
+
+    /// As [`LeafLock::acquire`], but only if `path` exists: `None` when it does not (a reader
+    /// that must create nothing, such as a dry-run prune; no server has written that leaf).
+    pub fn acquire_if_present(path: &Path) -> Result<Option<LeafLock>, StoreError> {
+        match OpenOptions::new().append(true).open(path) {
+            Ok(file) => Self::wait(file, path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::at(path)(e)),
         }
     }
 

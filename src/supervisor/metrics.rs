@@ -77,6 +77,7 @@ impl Sampler {
             listen: plan.listen.to_string(),
             instances: list,
             rejected_total: stats.rejected_total,
+            upkeep: Default::default(),
             connections_active: stats.active,
         }
     }

@@ -8,4 +8,6 @@ pub mod metrics;
 pub mod process;
 pub mod provision;
 pub mod run;
+pub mod shared_tree;
+pub mod upkeep;
 pub mod watcher;

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use super::instance::{Ctl, Event, InstanceInfo, Runner};
 use super::metrics::Sampler;
 use super::provision::{self, Prepared};
+use super::upkeep::Upkeep;
 use super::watcher;
 use crate::accounts::Accounts;
 use crate::admin::api::{Answer, ControlError, Handle, InstanceState, Request, Status};
@@ -79,6 +80,8 @@ struct Supervisor {
     shutting_down: bool,
     /// The accounts ledger's owner: told about every instance change, answers `accounts`.
     accounts: Accounts,
+    /// The site's scheduled prune.
+    upkeep: Upkeep,
 }
 
 fn limits(plan: &Plan) -> ProxyLimits {
@@ -141,6 +144,7 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
         listen: plan.listen.to_string(),
         instances: Vec::new(),
         rejected_total: 0,
+        upkeep: Default::default(),
         connections_active: 0,
     });
     let (req_tx, mut req_rx) = mpsc::channel::<(Request, oneshot::Sender<Answer>)>(64);
@@ -174,6 +178,7 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
     let (internal_tx, mut internal_rx) = mpsc::channel(8);
     let want = plan.instances;
     let (plan_tx, _) = watch::channel(Arc::new(plan));
+    let upkeep = Upkeep::spawn(plan_tx.subscribe());
     let mut sup = Supervisor {
         plan_tx,
         overrides,
@@ -186,6 +191,7 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
         rolling: None,
         shutting_down: false,
         accounts,
+        upkeep,
     };
     sup.scale_to(want);
 
@@ -227,6 +233,7 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
 
     // Shutdown: stop accepting, drain every instance in parallel, stop them, exit.
     drop(file_watch);
+    sup.upkeep.stop();
     sup.shutting_down = true;
     if let Some(r) = sup.rolling.take() {
         r.abort();
@@ -268,7 +275,9 @@ impl Supervisor {
             .iter()
             .map(|(id, s)| (*id, s.info.clone()))
             .collect();
-        status_tx.send_replace(sampler.status(&plan, &infos, &self.pool));
+        let mut status = sampler.status(&plan, &infos, &self.pool);
+        status.upkeep = self.upkeep.snapshot();
+        status_tx.send_replace(status);
     }
 
     /// Ids of instances that count toward the wanted number (not being removed).

@@ -56,6 +56,18 @@ pub struct Plan {
     pub admin_key_file: PathBuf,
     /// This site's host: instances' `listen_address`, and the peer's `replpeer` host.
     pub host: Option<String>,
+    pub upkeep: UpkeepPlan,
+}
+
+/// When the supervisor prunes the site's store (once per site, never per home). Neither
+/// set: never on its own (run `storeherd prune` by hand or from cron).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UpkeepPlan {
+    /// A prune this long after the previous one ended (whoever ran it).
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub prune_every: Option<Duration>,
+    /// A prune when a file system holding the store is fuller than this percentage.
+    pub prune_when_disk_above: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -354,6 +366,13 @@ fn fmt_opt_path(v: &Option<PathBuf>) -> String {
     v.as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "(none)".into())
+}
+
+fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&format_duration(*d)),
+        None => s.serialize_none(),
+    }
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping of topology keys (listen, admin, instances, data, store, ports, server, health, restart, proxy, shards, sites, replication, accounts)"
+    expecting = "a mapping of topology keys (listen, admin, instances, data, store, ports, server, health, restart, proxy, shards, sites, replication, accounts, upkeep)"
 )]
 pub struct FileModel {
     pub listen: Option<Addr>,
@@ -30,6 +30,7 @@ pub struct FileModel {
     pub sites: Option<BTreeMap<String, SiteModel>>,
     pub replication: Option<ReplicationModel>,
     pub accounts: Option<AccountsModel>,
+    pub upkeep: Option<UpkeepModel>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -157,6 +158,60 @@ pub struct ReplicationModel {
 #[serde(deny_unknown_fields, expecting = "a mapping with admin_key_file")]
 pub struct AccountsModel {
     pub admin_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with prune_every and prune_when_disk_above"
+)]
+pub struct UpkeepModel {
+    pub prune_every: Option<Dur>,
+    pub prune_when_disk_above: Option<Percent>,
+}
+
+/// A disk usage threshold: `85%` (or `85`), from 1 to 99.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Percent(pub u8);
+
+pub const PERCENT_EXPECTED: &str = "a percentage of the disk from 1% to 99%, such as 85%";
+
+impl Percent {
+    pub fn parse(text: &str) -> Option<Percent> {
+        let n: u8 = text.trim().trim_end_matches('%').trim_end().parse().ok()?;
+        (1..=99).contains(&n).then_some(Percent(n))
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Percent;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(PERCENT_EXPECTED)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Percent, E> {
+                Percent::parse(v).ok_or_else(|| {
+                    E::custom(format_args!(
+                        "bad percentage `{v}`: expected {PERCENT_EXPECTED}"
+                    ))
+                })
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Percent, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Percent, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Percent, E> {
+                Err(E::custom(format_args!(
+                    "bad percentage `{v}`: expected {PERCENT_EXPECTED} (a whole number)"
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A duration written with a unit: `500ms`, `2s`, `5m`, `1h`.

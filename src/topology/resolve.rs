@@ -12,7 +12,7 @@ use super::model::{
 };
 use super::{
     AdminPlan, HealthPlan, Plan, Ports, ProxyPlan, ReplicationPlan, RestartPlan, ServerCommand,
-    ServerPlan, ShardPlan, TlsPlan,
+    ServerPlan, ShardPlan, TlsPlan, UpkeepPlan,
 };
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8081);
@@ -508,6 +508,16 @@ pub fn resolve(
         _ => None,
     };
 
+    // --- upkeep
+    let u = model.upkeep.as_ref();
+    let upkeep = UpkeepPlan {
+        prune_every: u.and_then(|u| u.prune_every).map(|d| d.0),
+        prune_when_disk_above: u.and_then(|u| u.prune_when_disk_above).map(|p| p.0),
+    };
+    if let Some(every) = upkeep.prune_every {
+        positive(&ctx, "upkeep.prune_every", every)?;
+    }
+
     let admin_key_file = model
         .accounts
         .as_ref()
@@ -535,6 +545,7 @@ pub fn resolve(
         replication,
         admin_key_file,
         host: site_model.host.clone(),
+        upkeep,
     })
 }
 

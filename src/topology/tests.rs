@@ -110,6 +110,7 @@ sites:
   b: {{ host: 10.0.0.2, ports: {{ server: 19101 }}, cert_sha1: "ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01" }}
 replication: {{ authkey_file: /etc/storeherd/replication.key, peer_cert_sha1: "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:02" }}
 accounts: {{ admin_key_file: /etc/storeherd/admin.key }}
+upkeep: {{ prune_every: 8h, prune_when_disk_above: 85% }}
 "#
     );
     let p = plan_site(&text, Some("a")).unwrap();
@@ -162,6 +163,8 @@ accounts: {{ admin_key_file: /etc/storeherd/admin.key }}
     assert_eq!(b.ports.server, 19101);
     let json = serde_json::to_value(p.report()).unwrap();
     assert_eq!(json["plan"]["health"]["interval"], "500ms");
+    assert_eq!(json["plan"]["upkeep"]["prune_every"], "8h");
+    assert_eq!(json["plan"]["upkeep"]["prune_when_disk_above"], 85);
     assert_eq!(json["instances"].as_array().unwrap().len(), 4);
 }
 
@@ -450,6 +453,48 @@ fn flag_errors_name_the_flag() {
         .to_string();
     assert!(
         e.starts_with("command line: --admin: admin listener 0.0.0.0:9999 is not on loopback"),
+        "{e}"
+    );
+}
+
+#[test]
+fn upkeep_schedule() {
+    let p = plan("").unwrap();
+    assert_eq!(
+        p.upkeep,
+        UpkeepPlan::default(),
+        "no scheduled prune by default"
+    );
+    let p = plan("upkeep: { prune_every: 8h, prune_when_disk_above: 85% }\n").unwrap();
+    assert_eq!(p.upkeep.prune_every, Some(Duration::from_secs(8 * 3600)));
+    assert_eq!(p.upkeep.prune_when_disk_above, Some(85));
+    let p = plan("upkeep:\n  prune_when_disk_above: 90\n").unwrap();
+    assert_eq!(
+        (p.upkeep.prune_every, p.upkeep.prune_when_disk_above),
+        (None, Some(90))
+    );
+    let e = err("upkeep:\n  prune_every: 8\n");
+    assert!(
+        e.starts_with("t.yaml:2:16: upkeep.prune_every: bad duration `8` (no unit)"),
+        "{e}"
+    );
+    let e = err("upkeep:\n  prune_every: 0s\n");
+    assert!(
+        e.starts_with("t.yaml:2:3: upkeep.prune_every is 0: expected a duration above zero"),
+        "{e}"
+    );
+    for bad in ["100%", "0%", "eighty", "-5"] {
+        let e = err(&format!("upkeep:\n  prune_when_disk_above: {bad}\n"));
+        assert!(
+            e.starts_with(&format!(
+                "t.yaml:2:26: upkeep.prune_when_disk_above: bad percentage `{bad}`: expected a percentage of the disk from 1% to 99%"
+            )),
+            "{e}"
+        );
+    }
+    let e = err("upkeep: { prune_daily: true }\n");
+    assert!(
+        e.contains("t.yaml:1:11: upkeep: unknown field `prune_daily`, expected `prune_every` or `prune_when_disk_above`"),
         "{e}"
     );
 }
