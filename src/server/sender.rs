@@ -232,7 +232,8 @@ pub async fn run(shared: Rc<Shared>) {
     }
 }
 
-/// The files of one target in this run: data files first, each group oldest first.
+/// The files of one target in this run: data files first (relay targets), each group oldest
+/// first.
 struct Batch {
     target: Target,
     data: Vec<String>,
@@ -399,7 +400,9 @@ fn plan(
                     batches.len() - 1
                 }
             };
-            if h.data {
+            // Relay targets get data blocks before the announcements that point at them, as
+            // the original; replication keeps the order the changes were made in.
+            if h.data && batches[i].target != Target::Replicate {
                 batches[i].data.push(name.clone());
             } else {
                 batches[i].other.push(name.clone());
@@ -715,6 +718,63 @@ mod tests {
         let soon = Some(d("2026-01-03T00:00:00Z"));
         assert!(!expired(date, soon, d("2026-01-10T00:00:00Z"), week));
         assert!(expired(date, soon, d("2026-01-10T00:00:01Z"), week));
+    }
+
+    #[test]
+    fn plan_puts_data_first_for_relays_only_and_skips_embargoes() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::new(dir.path());
+        let date = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let put = |c: Vec<u8>| {
+            let n = crate::store::queue::name_of(&c);
+            q.put_new(&n, &c).unwrap();
+            n
+        };
+        let announce = put(sendfile::proxy_file(
+            "AA",
+            None,
+            format!("Post-To: server=h:1\nType: message-announcement\nDate: {date}\n").as_bytes(),
+        ));
+        let data = put(sendfile::proxy_file(
+            "BB",
+            None,
+            format!("Post-To: server=h:1\nPost-To: entangled\nType: data\nDate: {date}\n")
+                .as_bytes(),
+        ));
+        put(sendfile::proxy_file(
+            "CC",
+            Some("2999-01-01T00:00:00Z"),
+            format!("Post-To: server=h:1\nType: data\nDate: {date}\n").as_bytes(),
+        ));
+        let login = put(sendfile::login_file("U", "K"));
+        let block = put(b"StoreType: replicate\nStoreKeyid: DD\nType: data\nA: 1\n".to_vec());
+        let cfg = Config {
+            replpeer: Some(HostPort {
+                host: "peer".into(),
+                port: 1,
+            }),
+            ..Config::default()
+        };
+        let mut state = State::default();
+        let batches = plan(&cfg, &q, &mut state).unwrap();
+        let order: Vec<(String, Vec<String>)> = batches
+            .into_iter()
+            .map(|b| {
+                (
+                    b.target.to_string(),
+                    b.data.into_iter().chain(b.other).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("server=h:1".to_string(), vec![data.clone(), announce]),
+                ("entangled".to_string(), vec![data]),
+                ("replicate".to_string(), vec![login, block]),
+            ]
+        );
+        assert!(state.wake.is_some(), "the embargo end is a wake-up");
     }
 
     #[test]
