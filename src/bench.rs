@@ -179,6 +179,7 @@ fn error_kind(e: &WireError) -> &'static str {
         WireError::Unexpected { .. } => "unexpected_reply",
         WireError::Tls(_) => "tls",
         WireError::BadBlock(_) => "bad_block",
+        WireError::Socks(_) => "socks",
     }
 }
 

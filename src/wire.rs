@@ -43,6 +43,9 @@ pub enum WireError {
     Tls(String),
     #[error("malformed block: {0}")]
     BadBlock(&'static str),
+    /// The SOCKS5 proxy refused or failed the connection.
+    #[error("SOCKS5 proxy: {0}")]
+    Socks(String),
 }
 
 pub type Result<T> = std::result::Result<T, WireError>;
@@ -202,6 +205,37 @@ impl Client {
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| WireError::Timeout(timeout, "connect"))??;
+        Self::greeted(tcp, timeout).await
+    }
+
+    /// Connects to `host:port` through the SOCKS5 proxy `socks` (no authentication, the
+    /// host name resolved by the proxy, as the stock client does) and reads a `READY`
+    /// greeting. The whole setup may take twice `timeout`, as the stock client allows.
+    pub async fn connect_socks(
+        socks: (&str, u16),
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Client> {
+        let setup = timeout * 2;
+        let stream = tokio::time::timeout(
+            setup,
+            tokio_socks::tcp::Socks5Stream::connect(socks, (host, port)),
+        )
+        .await
+        .map_err(|_| WireError::Timeout(setup, "SOCKS5 connect"))?
+        .map_err(|e| match e {
+            tokio_socks::Error::Io(e) => WireError::Io(e),
+            other => WireError::Socks(other.to_string()),
+        })?;
+        match Self::greeted(stream.into_inner(), timeout).await? {
+            (client, Greeting::Ready) => Ok(client),
+            (_, Greeting::Busy) => Err(WireError::Busy),
+        }
+    }
+
+    /// Wraps a connected stream and reads the greeting.
+    async fn greeted(tcp: TcpStream, timeout: Duration) -> Result<(Client, Greeting)> {
         tcp.set_nodelay(true)?;
         let mut client = Client {
             stream: Stream::Plain(tcp),

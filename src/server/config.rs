@@ -23,7 +23,7 @@ pub enum ConfigError {
 }
 
 /// A `host:port` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostPort {
     pub host: String,
     pub port: u16,

@@ -3,7 +3,8 @@
 //! (`store::journal`) and makes them all durable with one `fdatasync` (a group commit: the
 //! blocks of several connections share one flush), passes them to the worker, and only then
 //! lets the sessions answer `DONE`. A block bound for the replication peer brings its
-//! `sendqueue/` copy (PROTOCOL.md §3.1) as a journal entry of its own, in the same round;
+//! `sendqueue/` copy (PROTOCOL.md §3.1) as a journal entry of its own, in the same round (a
+//! `STORE PROXY` upload is such an entry alone, §3.3);
 //! the copy is also written into `sendqueue/` before `DONE`, so that the sender finds it
 //! when the session ends, and the worker makes that file durable before releasing the entry.
 
@@ -29,11 +30,13 @@ const MAX_BATCH: usize = 256;
 
 /// One upload to make durable; the reply says whether it is (then `DONE` may be sent).
 pub struct Request {
-    pub content: Vec<u8>,
+    /// The input-queue entry (none for a `STORE PROXY` upload, which is only relayed).
+    pub content: Option<Vec<u8>>,
     /// The block's key, for the leaf helper.
     pub key: String,
-    /// The `replicate` send-queue file to write with it (when `replpeer` is set).
-    pub replicate: Option<Vec<u8>>,
+    /// The send-queue file to write with it: the `replicate` copy (when `replpeer` is set)
+    /// or the `proxy` file (PROTOCOL.md §10.1).
+    pub send: Option<Vec<u8>>,
     pub reply: oneshot::Sender<bool>,
 }
 
@@ -61,11 +64,20 @@ impl Ingest {
     /// Queues `content`; resolves to true once it is durable in the input journal.
     /// With `replicate`, that send-queue copy is durable too.
     pub async fn submit(&self, key: &str, content: Vec<u8>, replicate: Option<Vec<u8>>) -> bool {
+        self.request(key, Some(content), replicate).await
+    }
+
+    /// Queues a send-queue file alone (a proxy upload); resolves to true once it is durable.
+    pub async fn submit_send(&self, key: &str, file: Vec<u8>) -> bool {
+        self.request(key, None, Some(file)).await
+    }
+
+    async fn request(&self, key: &str, content: Option<Vec<u8>>, send: Option<Vec<u8>>) -> bool {
         let (reply, rx) = oneshot::channel();
         let req = Request {
             content,
             key: key.to_string(),
-            replicate,
+            send,
             reply,
         };
         if self.tx.send(req).is_err() {
@@ -118,15 +130,17 @@ fn commit(
     let mut seen: HashSet<Sha> = HashSet::new();
     let mut entries: Vec<(Kind, Sha, &[u8])> = Vec::with_capacity(batch.len() * 2);
     for req in &batch {
-        let sha = digest(&req.content);
-        if seen.insert(sha) && !journal.is_pending(&hex::encode_upper(sha)) {
-            entries.push((Kind::Input, sha, &req.content));
-            // Entangled uploads go to the entangled tree, not to a local-store leaf.
-            if !req.content.starts_with(b"StoreType: entangled") {
-                leaves.ask(&req.key);
+        if let Some(content) = &req.content {
+            let sha = digest(content);
+            if seen.insert(sha) && !journal.is_pending(&hex::encode_upper(sha)) {
+                entries.push((Kind::Input, sha, content));
+                // Entangled uploads go to the entangled tree, not to a local-store leaf.
+                if !content.starts_with(b"StoreType: entangled") {
+                    leaves.ask(&req.key);
+                }
             }
         }
-        if let Some(rep) = &req.replicate {
+        if let Some(rep) = &req.send {
             entries.push((Kind::Send, digest(rep), rep));
         }
     }
@@ -139,10 +153,13 @@ fn commit(
                     Kind::Send => {
                         // Durable in the journal already; the file is for the sender. On
                         // failure the worker writes it.
-                        if let Err(e) = sendqueue.put_new(&name, content) {
-                            tracing::warn!("writing a send-queue file: {e}");
+                        match sendqueue.put_new(&name, content) {
+                            Ok(()) => Job::Send(name, None, slot),
+                            Err(e) => {
+                                tracing::warn!("writing a send-queue file: {e}");
+                                Job::Send(name, Some(content.to_vec()), slot)
+                            }
                         }
-                        Job::Send(name, content.to_vec(), slot)
                     }
                 };
                 let _ = worker.send(job);

@@ -38,8 +38,12 @@
 //!   never delays the worker; notices beyond its backlog are dropped with a log line, and
 //!   a broken `notify.txt` line is skipped with one (the original's store thread died).
 //!
-//! Not supported (answered as the original answers when it cannot serve): `STORE PROXY
-//! [AFTER]` reads the block and answers `FAILED`.
+//! Relay (`STORE PROXY [AFTER]`, §3.3, §10.4): the proxy file is durable (input journal)
+//! before `DONE`; the sender relays it, through SOCKS5 (`route`) as configured. It logs and
+//! keeps a file the original's sender would stop on for good (no `Date:`, a bad `Post-To`); an
+//! embargoed file also expires `expire_days` after its embargo; `Post-To: replicate` is
+//! refused; `entangled` targets get `STORE ENTANGLED` on this server, reached directly. The
+//! sender writes no certificate records of its peers (§10.6).
 
 pub mod auth;
 pub mod command;
@@ -58,8 +62,10 @@ pub mod leaves;
 pub mod notify;
 pub mod pow;
 pub mod publish;
+pub mod route;
 pub mod run;
 pub mod sender;
+pub mod sendfile;
 pub mod session;
 pub mod since;
 pub mod tls;

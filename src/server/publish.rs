@@ -252,7 +252,8 @@ impl State {
                 }
             }
         }
-        if !inputs.is_empty() {
+        // A batch of send-queue files alone (proxy uploads) has slots but no input names.
+        if !inputs.is_empty() || !slots.is_empty() {
             let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
             self.journal.settle(&slots, &names);
         }

@@ -133,7 +133,7 @@ pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
     for r in recovered {
         let job = match r.kind {
             Kind::Input => Job::Block(r.name, Some(r.content), Some(r.slot)),
-            Kind::Send => Job::Send(r.name, r.content, r.slot),
+            Kind::Send => Job::Send(r.name, Some(r.content), r.slot),
         };
         let _ = job_tx.send(job);
     }

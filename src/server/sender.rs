@@ -1,25 +1,37 @@
-//! The replication sender (PROTOCOL.md §10): sends the files of `sendqueue/` to `replpeer`
-//! as `REPLICATE` / `REPLOGIN` commands, deleting each file only after the peer's `DONE`.
+//! The sender (PROTOCOL.md §10): sends the files of `sendqueue/` — replication files to
+//! `replpeer` (`REPLICATE` / `REPLOGIN`), proxy files (`STORE PROXY [AFTER]`, §3.3) to their
+//! `Post-To` targets (`STORE SERVER`, anonymously, or `STORE ENTANGLED` to this server itself,
+//! as the original) — removing each file only once every target answered `DONE`. A proxy file
+//! done for some targets is rewritten to name only the ones still owed.
 //!
 //! It runs on the network thread: at start (leftovers of the last run), when a session that
-//! queued something closes, and every `run_queue_interval`. After a failed run it backs off
-//! per `retry_schedule`, as the original does — except that when the failure was the peer
-//! being unreachable (refused or timed-out connection, a dropped link), a cheap connect probe
-//! every [`PROBE_INTERVAL`] ends the back-off as soon as the peer answers `READY` again, so a
-//! backlog does not wait out a long delay. A peer that answers but refuses (a wrong
-//! `repl_authkey`, a pin mismatch) keeps the full schedule. An entry the peer answers
-//! `FAILED` waits out its own back-off while the others are sent.
+//! queued something closes, every `run_queue_interval`, and when an embargo or a back-off
+//! ends. Each target backs off per `retry_schedule` after a failed attempt, as the original
+//! does — except that when the replication peer was unreachable (refused or timed-out
+//! connection, a dropped link), a cheap connect probe every [`PROBE_INTERVAL`] ends its
+//! back-off as soon as it answers `READY` again, so a backlog does not wait out a long delay
+//! (relay targets are other people's servers: they get the plain schedule). A peer that
+//! answers but refuses (a wrong `repl_authkey`, a pin mismatch) keeps the full schedule. An
+//! entry a target answers `FAILED` waits out its own back-off while the others are sent.
+//! Connections go through the SOCKS5 proxies of `route`.
+//!
+//! A file the original's sender would stop on for good (PROTOCOL.md §10.4: no `Date:`, a
+//! `Post-To` that is not a server list) is logged once and kept: without a date its age counts
+//! from when it was queued; a bad target is never tried, the file stays until it expires.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::NaiveDateTime;
 use tokio::time::Instant;
 
-use crate::server::config::HostPort;
+use crate::server::config::{Config, HostPort};
+use crate::server::route::{self, Route};
+use crate::server::sendfile::{self, Target};
 use crate::server::Shared;
 use crate::store::queue::Queue;
 use crate::wire::{Client, WireError};
@@ -62,137 +74,12 @@ impl Liveness {
     }
 }
 
-/// The send-queue text of a login change (PROTOCOL.md §10.1).
-pub fn login_file(user: &str, key: &str) -> Vec<u8> {
-    format!("StoreType: replicate\nReplogin-User: {user}\nReplogin-Auth: {key}\n").into_bytes()
-}
-
-/// One send-queue file, as the command it becomes (PROTOCOL.md §10.4 "Building each command").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outgoing {
-    Login {
-        user: String,
-        key: String,
-    },
-    Block {
-        key: String,
-        user: String,
-        /// The kept header lines, the `Data:` line included.
-        lines: Vec<Vec<u8>>,
-        payload: Option<Vec<u8>>,
-    },
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FileError {
-    #[error("not a replicate file (only replication is sent from this server)")]
-    NotReplicate,
-    #[error("block file without StoreKeyid")]
-    NoKey,
-    #[error("no header lines to send")]
-    Empty,
-}
-
-fn has_prefix(line: &[u8], prefix: &str) -> bool {
-    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-}
-
-fn value_of(line: &[u8], prefix: &str) -> String {
-    String::from_utf8_lossy(&line[prefix.len()..]).into_owned()
-}
-
-/// Parses a send-queue file into the command to send.
-pub fn parse_file(content: &[u8]) -> Result<Outgoing, FileError> {
-    let mut replicate = false;
-    let mut key = None;
-    let mut user = None;
-    let mut login_user = None;
-    let mut login_auth = None;
-    let mut lines = Vec::new();
-    let mut payload = None;
-    let mut pos = 0;
-    while pos < content.len() {
-        let (mut line, next) = match content[pos..].iter().position(|&b| b == b'\n') {
-            Some(i) => (&content[pos..pos + i], pos + i + 1),
-            None => (&content[pos..], content.len()),
-        };
-        while let Some(l) = line.strip_suffix(b"\r") {
-            line = l;
-        }
-        pos = next;
-        if has_prefix(line, "storetype: ") {
-            replicate |= line[11..].eq_ignore_ascii_case(b"replicate");
-        } else if has_prefix(line, "storekeyid: ") && key.is_none() {
-            key = Some(value_of(line, "storekeyid: "));
-        } else if has_prefix(line, "loginuser: ") {
-            user = Some(value_of(line, "loginuser: "));
-        } else if has_prefix(line, "replogin-user: ") {
-            login_user = Some(value_of(line, "replogin-user: "));
-        } else if has_prefix(line, "replogin-auth: ") {
-            login_auth = Some(value_of(line, "replogin-auth: "));
-        } else if has_prefix(line, "embargo: ") || has_prefix(line, "post-to: ") {
-            // Never relayed: `Post-To` on STORE SERVER is ignored (PROTOCOL.md §14 #8).
-        } else {
-            lines.push(line.to_vec());
-            if has_prefix(line, "data: ") {
-                payload = Some(content[pos..].to_vec());
-                break;
-            }
-        }
-    }
-    if !replicate {
-        return Err(FileError::NotReplicate);
-    }
-    if let Some(key) = login_auth {
-        return Ok(Outgoing::Login {
-            user: login_user.unwrap_or_else(|| "undefined".into()),
-            key,
-        });
-    }
-    let key = key.ok_or(FileError::NoKey)?;
-    if lines.is_empty() {
-        return Err(FileError::Empty);
-    }
-    Ok(Outgoing::Block {
-        key,
-        user: user.unwrap_or_else(|| "none".into()),
-        lines,
-        payload,
-    })
-}
-
-impl Outgoing {
-    /// The bytes of the command (CRLF lines, then `EndBlock` or the raw payload).
-    pub fn to_wire(&self) -> Vec<u8> {
-        match self {
-            Outgoing::Login { user, key } => format!("REPLOGIN {user} {key}\r\n").into_bytes(),
-            Outgoing::Block {
-                key,
-                user,
-                lines,
-                payload,
-            } => {
-                let mut out = format!("REPLICATE {key} {user}\r\n").into_bytes();
-                for l in lines {
-                    out.extend_from_slice(l);
-                    out.extend_from_slice(b"\r\n");
-                }
-                match payload {
-                    Some(p) => out.extend_from_slice(p),
-                    None => out.extend_from_slice(b"EndBlock\r\n"),
-                }
-                out
-            }
-        }
-    }
-}
-
-/// Why a run stopped.
+/// Why an attempt at a server stopped.
 #[derive(Debug)]
 enum Failure {
-    /// No answer from the peer: connection refused or timed out, link dropped, BUSY.
+    /// No answer: connection refused or timed out, link dropped, BUSY, SOCKS refused.
     Unreachable(String),
-    /// The peer answered but did not accept (TLS, pin, LOGIN or a command refused).
+    /// The server answered but did not accept (TLS, pin, LOGIN, an unexpected reply).
     Refused(String),
 }
 
@@ -207,14 +94,16 @@ impl std::fmt::Display for Failure {
 
 fn classify(e: WireError) -> Failure {
     match e {
-        WireError::Io(_) | WireError::Timeout(..) | WireError::Closed | WireError::Busy => {
-            Failure::Unreachable(e.to_string())
-        }
+        WireError::Io(_)
+        | WireError::Timeout(..)
+        | WireError::Closed
+        | WireError::Busy
+        | WireError::Socks(_) => Failure::Unreachable(e.to_string()),
         other => Failure::Refused(other.to_string()),
     }
 }
 
-/// Back-off state of the one target, `replicate` (PROTOCOL.md §10.5).
+/// Back-off state of one target (PROTOCOL.md §10.5).
 #[derive(Debug, Default)]
 struct Backoff {
     fails: u32,
@@ -223,41 +112,47 @@ struct Backoff {
 }
 
 impl Backoff {
-    fn active(&self, schedule: &[u64], now: Instant) -> bool {
-        let Some(last) = self.last_failure else {
-            return false;
-        };
+    /// When the back-off ends, if one is running.
+    fn until(&self, schedule: &[u64]) -> Option<Instant> {
+        let last = self.last_failure?;
         if self.fails == 0 || schedule.is_empty() {
-            return false;
+            return None;
         }
         let delay = schedule[(self.fails as usize).min(schedule.len() - 1)];
-        now < last + Duration::from_secs(delay)
+        Some(last + Duration::from_secs(delay))
+    }
+
+    fn active(&self, schedule: &[u64], now: Instant) -> bool {
+        self.until(schedule).is_some_and(|u| now < u)
     }
 }
 
-/// Per-entry back-off for entries the peer answered `FAILED` (the session itself worked).
+/// Per-entry back-off for entries a target answered `FAILED` (the session itself worked).
 #[derive(Debug, Default)]
 struct Delayed {
-    entries: HashMap<String, (u32, Instant)>,
+    entries: HashMap<(Target, String), (u32, Instant)>,
 }
 
 impl Delayed {
-    /// `files` without those still waiting.
-    fn ready(&mut self, files: Vec<String>, now: Instant) -> Vec<String> {
-        // Forget entries whose files are gone (sent, or removed by hand).
-        if !self.entries.is_empty() {
-            let present: std::collections::HashSet<&String> = files.iter().collect();
-            self.entries.retain(|n, _| present.contains(n));
-        }
-        files
-            .into_iter()
-            .filter(|n| self.entries.get(n).is_none_or(|&(_, until)| until <= now))
-            .collect()
+    /// Forgets entries whose files are gone (sent, or removed by hand).
+    fn retain(&mut self, present: &HashSet<String>) {
+        self.entries.retain(|(_, n), _| present.contains(n));
+    }
+
+    /// When the entry may be sent again, if it waits.
+    fn waiting(&self, target: &Target, name: &str, now: Instant) -> Option<Instant> {
+        self.entries
+            .get(&(target.clone(), name.to_string()))
+            .map(|&(_, until)| until)
+            .filter(|&until| until > now)
     }
 
     /// Records a refusal; returns how long the entry now waits.
-    fn failed(&mut self, name: &str, schedule: &[u64], now: Instant) -> Duration {
-        let e = self.entries.entry(name.to_string()).or_insert((0, now));
+    fn failed(&mut self, target: &Target, name: &str, schedule: &[u64], now: Instant) -> Duration {
+        let e = self
+            .entries
+            .entry((target.clone(), name.to_string()))
+            .or_insert((0, now));
         e.0 += 1;
         let secs = schedule
             .get((e.0 as usize).min(schedule.len().saturating_sub(1)))
@@ -267,8 +162,42 @@ impl Delayed {
         Duration::from_secs(secs)
     }
 
-    fn done(&mut self, name: &str) {
-        self.entries.remove(name);
+    fn done(&mut self, target: &Target, name: &str) {
+        self.entries.remove(&(target.clone(), name.to_string()));
+    }
+}
+
+/// What the sender remembers between runs.
+#[derive(Default)]
+struct State {
+    backoff: HashMap<Target, Backoff>,
+    delayed: Delayed,
+    /// Problems already logged, per file, so that a bad file is reported once.
+    warned: HashMap<String, HashSet<String>>,
+    /// The earliest embargo or back-off end seen by the last run.
+    wake: Option<Instant>,
+}
+
+impl State {
+    fn warn_once(&mut self, name: &str, problem: String) {
+        if self
+            .warned
+            .entry(name.to_string())
+            .or_default()
+            .insert(problem.clone())
+        {
+            tracing::warn!("send-queue file {name}: {problem}");
+        }
+    }
+
+    fn wake_at(&mut self, t: Instant) {
+        self.wake = Some(self.wake.map_or(t, |w| w.min(t)));
+    }
+
+    fn replicate_probing(&self, schedule: &[u64]) -> bool {
+        self.backoff
+            .get(&Target::Replicate)
+            .is_some_and(|b| b.unreachable && b.active(schedule, Instant::now()))
     }
 }
 
@@ -279,57 +208,80 @@ pub async fn run(shared: Rc<Shared>) {
     let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let queue = Queue::new(shared.sendqueue.dir());
-    let mut backoff = Backoff::default();
-    let mut delayed = Delayed::default();
-    let mut warned_no_peer = false;
-    // The first run right away: blocks queued before a stop go out without waiting.
+    let mut state = State::default();
+    // The first run right away: files queued before a stop go out without waiting.
     shared.sender_kick.notify_one();
     loop {
-        let probing = backoff.unreachable && backoff.active(&cfg.retry_schedule, Instant::now());
+        let probing = state.replicate_probing(&cfg.retry_schedule);
+        let wake = state.wake;
         tokio::select! {
             _ = ticker.tick() => shared.liveness.stamp(),
             _ = shared.sender_kick.notified() => {}
             _ = tokio::time::sleep(PROBE_INTERVAL), if probing => {}
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
         }
-        let Some(peer) = &cfg.replpeer else {
-            if !warned_no_peer && queue.list().map(|l| !l.is_empty()).unwrap_or(false) {
-                tracing::warn!("sendqueue/ holds files but replpeer is not set: they stay");
-                warned_no_peer = true;
-            }
-            continue;
-        };
-        let files = match scan(&queue) {
-            Ok(f) => delayed.ready(f, Instant::now()),
-            Err(e) => {
-                tracing::error!("listing sendqueue/: {e}");
-                continue;
-            }
-        };
-        if files.is_empty() {
-            continue;
-        }
-        if backoff.active(&cfg.retry_schedule, Instant::now()) {
-            if !backoff.unreachable || !probe(peer).await {
-                continue;
-            }
-            tracing::info!(peer = %format!("{}:{}", peer.host, peer.port), "replication peer answers again; resuming");
-        }
-        let started = std::time::Instant::now();
-        let total = files.len();
         // The timer keeps ticking during a run, so SELFTEST follows the timer, not the run.
-        let send = send_all(&shared, peer, &queue, files, &mut delayed);
+        let send = run_once(&shared, &queue, &mut state);
         tokio::pin!(send);
-        let result = loop {
+        loop {
             tokio::select! {
-                r = &mut send => break r,
+                () = &mut send => break,
                 _ = ticker.tick() => shared.liveness.stamp(),
             }
+        }
+    }
+}
+
+/// The files of one target in this run: data files first (relay targets), each group oldest
+/// first.
+struct Batch {
+    target: Target,
+    data: Vec<String>,
+    other: Vec<String>,
+}
+
+/// One run (PROTOCOL.md §10.4): scan, then each target in turn.
+async fn run_once(shared: &Shared, queue: &Queue, state: &mut State) {
+    let cfg = &shared.config;
+    state.wake = None;
+    let batches = match plan(cfg, queue, state) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("listing sendqueue/: {e}");
+            return;
+        }
+    };
+    for b in batches {
+        let target = b.target;
+        let files: VecDeque<String> = b.data.into_iter().chain(b.other).collect();
+        let total = files.len();
+        let backoff = state.backoff.entry(target.clone()).or_default();
+        if let Some(until) = backoff
+            .until(&cfg.retry_schedule)
+            .filter(|&u| Instant::now() < u)
+        {
+            let resumed = match (&target, &cfg.replpeer) {
+                (Target::Replicate, Some(peer)) if backoff.unreachable => probe(peer, cfg).await,
+                _ => false,
+            };
+            if !resumed {
+                state.wake_at(until);
+                continue;
+            }
+            tracing::info!("replication peer answers again; resuming");
+        }
+        let started = std::time::Instant::now();
+        let result = send_target(shared, queue, state, &target, files).await;
+        let backoff = state.backoff.entry(target.clone()).or_default();
+        let (done, run) = match target {
+            Target::Replicate => ("replicated".to_string(), "replication run".to_string()),
+            ref t => (format!("relayed to {t}"), format!("relay to {t}")),
         };
         match result {
             Ok(sent) => {
-                backoff = Backoff::default();
+                *backoff = Backoff::default();
                 tracing::info!(
-                    "replicated {sent} of {total} queued entries in {:.3}s",
+                    "{done} {sent} of {total} queued entries in {:.3}s",
                     started.elapsed().as_secs_f64()
                 );
             }
@@ -337,20 +289,150 @@ pub async fn run(shared: Rc<Shared>) {
                 backoff.fails += 1;
                 backoff.last_failure = Some(Instant::now());
                 backoff.unreachable = matches!(f, Failure::Unreachable(_));
+                let probing = backoff.unreachable && target == Target::Replicate;
+                let until = backoff.until(&cfg.retry_schedule);
                 let delay =
                     cfg.retry_schedule[(backoff.fails as usize).min(cfg.retry_schedule.len() - 1)];
                 tracing::warn!(
-                    "replication run failed after {sent} of {total} entries ({f}); next attempt in {delay}s{}",
-                    if backoff.unreachable { " or as soon as the peer answers" } else { "" }
+                    "{run} failed after {sent} of {total} entries ({f}); next attempt in {delay}s{}",
+                    if probing { " or as soon as the peer answers" } else { "" }
                 );
+                if let Some(u) = until {
+                    state.wake_at(u);
+                }
             }
         }
     }
 }
 
-/// The send-queue files, oldest first (by modification time, then name), so that login
-/// changes reach the peer in the order they were made.
-fn scan(queue: &Queue) -> Result<Vec<String>, crate::store::StoreError> {
+/// Step 1: reads every file's headers, drops expired proxy files, and lists each file under
+/// each of its targets.
+fn plan(
+    cfg: &Config,
+    queue: &Queue,
+    state: &mut State,
+) -> Result<Vec<Batch>, crate::store::StoreError> {
+    let files = scan(queue)?;
+    let present: HashSet<String> = files.iter().map(|(_, n)| n.clone()).collect();
+    // Back-off of targets that no file due now names is forgotten (at the end).
+    state.delayed.retain(&present);
+    state.warned.retain(|n, _| present.contains(n));
+    let mut batches: Vec<Batch> = Vec::new();
+    let now = Instant::now();
+    let utc_now = chrono::Utc::now().naive_utc();
+    let expire = chrono::Duration::days(i64::try_from(cfg.expire_days).unwrap_or(i64::MAX / 2))
+        .max(chrono::Duration::zero());
+    for (mtime, name) in files {
+        let content = match queue.read(&name) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!("reading a send-queue file: {e}");
+                continue;
+            }
+        };
+        let h = sendfile::headers(&content);
+        let mut targets = Vec::new();
+        if h.replicate {
+            // `Post-To` of a replicate file is not relayed (PROTOCOL.md §14 #8).
+            if cfg.replpeer.is_none() {
+                state.warn_once(
+                    &name,
+                    "a replication file, but replpeer is not set: it stays".into(),
+                );
+                continue;
+            }
+            targets.push(Target::Replicate);
+        } else {
+            if let Some(e) = h.embargo.filter(|&e| e > utc_now) {
+                state.wake_at(now + (e - utc_now).to_std().unwrap_or_default());
+                continue;
+            }
+            let date = match h.date {
+                Some(d) => d,
+                None => {
+                    state.warn_once(
+                        &name,
+                        "no valid `Date:` line; its age counts from when it was queued".into(),
+                    );
+                    chrono::DateTime::<chrono::Utc>::from(mtime).naive_utc()
+                }
+            };
+            if expired(date, h.embargo, utc_now, expire) {
+                tracing::info!(
+                    "send-queue file {name}: undelivered for over {} days; deleted",
+                    cfg.expire_days
+                );
+                if let Err(e) = queue.delete(&name) {
+                    tracing::error!("deleting an expired send-queue file: {e}");
+                }
+                continue;
+            }
+            if h.post_to.is_empty() {
+                state.warn_once(&name, "no `Post-To:` target; kept until it expires".into());
+            }
+            for v in &h.post_to {
+                match sendfile::parse_target(v) {
+                    Ok(t) if !targets.contains(&t) => targets.push(t),
+                    Ok(_) => {}
+                    Err(e) => state.warn_once(
+                        &name,
+                        format!(
+                            "bad `Post-To:` ({e}): never tried; the file stays until it expires"
+                        ),
+                    ),
+                }
+            }
+        }
+        for t in targets {
+            if let Some(until) = state.delayed.waiting(&t, &name, now) {
+                state.wake_at(until);
+                continue;
+            }
+            let i = match batches.iter().position(|b| b.target == t) {
+                Some(i) => i,
+                None => {
+                    batches.push(Batch {
+                        target: t,
+                        data: Vec::new(),
+                        other: Vec::new(),
+                    });
+                    batches.len() - 1
+                }
+            };
+            // Relay targets get data blocks before the announcements that point at them, as
+            // the original; replication keeps the order the changes were made in.
+            if h.data && batches[i].target != Target::Replicate {
+                batches[i].data.push(name.clone());
+            } else {
+                batches[i].other.push(name.clone());
+            }
+        }
+    }
+    state
+        .backoff
+        .retain(|t, _| batches.iter().any(|b| b.target == *t));
+    Ok(batches)
+}
+
+/// PROTOCOL.md §10.4 "Expiry": older than `expire_days`, or embargoed to more than
+/// `expire_days` after its date, as the original; and also — where the original keeps an
+/// undeliverable embargoed file forever — undelivered `expire_days` after its embargo.
+fn expired(
+    date: NaiveDateTime,
+    embargo: Option<NaiveDateTime>,
+    now: NaiveDateTime,
+    expire: chrono::Duration,
+) -> bool {
+    match embargo {
+        None => now - date > expire,
+        Some(e) => e - date > expire || now - e.max(date) > expire,
+    }
+}
+
+/// The send-queue files with their modification times, oldest first (then by name), so that
+/// login changes reach the peer in the order they were made.
+fn scan(queue: &Queue) -> Result<Vec<(std::time::SystemTime, String)>, crate::store::StoreError> {
     let mut files: Vec<(std::time::SystemTime, String)> = queue
         .list()?
         .into_iter()
@@ -362,40 +444,50 @@ fn scan(queue: &Queue) -> Result<Vec<String>, crate::store::StoreError> {
         })
         .collect();
     files.sort();
-    Ok(files.into_iter().map(|(_, n)| n).collect())
+    Ok(files)
 }
 
-async fn resolve(peer: &HostPort) -> Result<Vec<SocketAddr>, Failure> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((peer.host.as_str(), peer.port))
+/// This server's own address, for `entangled` targets (the original: `localhost:<sport>`).
+fn own_address(cfg: &Config) -> HostPort {
+    let ip = match cfg.listen_address {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        a => a,
+    };
+    HostPort {
+        host: ip.to_string(),
+        port: cfg.sport,
+    }
+}
+
+async fn resolve(server: &HostPort) -> Result<Vec<SocketAddr>, Failure> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((server.host.as_str(), server.port))
         .await
-        .map_err(|e| Failure::Unreachable(format!("resolving {}: {e}", peer.host)))?
+        .map_err(|e| Failure::Unreachable(format!("resolving {}: {e}", server.host)))?
         .collect();
     if addrs.is_empty() {
         return Err(Failure::Unreachable(format!(
             "{} has no address",
-            peer.host
+            server.host
         )));
     }
     Ok(addrs)
 }
 
-/// True if the peer accepts a connection and greets `READY`.
-async fn probe(peer: &HostPort) -> bool {
-    let Ok(addrs) = resolve(peer).await else {
-        return false;
-    };
-    for a in addrs {
-        if let Ok(mut c) = Client::connect(a, PROBE_TIMEOUT).await {
-            let _ = c.send_line("QUIT").await;
-            return true;
-        }
+/// Connects to `server` by `route` and reads a `READY` greeting.
+async fn connect(server: &HostPort, route: &Route, timeout: Duration) -> Result<Client, Failure> {
+    if let Route::Socks(proxy) = route {
+        return Client::connect_socks(
+            (proxy.host.as_str(), proxy.port),
+            &server.host,
+            server.port,
+            timeout,
+        )
+        .await
+        .map_err(classify);
     }
-    false
-}
-
-async fn connect(peer: &HostPort, timeout: Duration) -> Result<Client, Failure> {
     let mut last = None;
-    for a in resolve(peer).await? {
+    for a in resolve(server).await? {
         match Client::connect(a, timeout).await {
             Ok(c) => return Ok(c),
             Err(e) => last = Some(classify(e)),
@@ -404,131 +496,186 @@ async fn connect(peer: &HostPort, timeout: Duration) -> Result<Client, Failure> 
     Err(last.unwrap_or_else(|| Failure::Unreachable("no address".into())))
 }
 
-/// One session with the peer (PROTOCOL.md §10.4): returns how many files were sent, or the
-/// count before the failure.
-async fn send_all(
+/// True if the replication peer accepts a connection and greets `READY`.
+async fn probe(peer: &HostPort, cfg: &Config) -> bool {
+    let Some(route) = route::route(&peer.host, cfg) else {
+        return false;
+    };
+    match connect(peer, &route, PROBE_TIMEOUT).await {
+        Ok(mut c) => {
+            let _ = c.send_line("QUIT").await;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Step 2 for one target: its servers in turn until one takes every file; returns how many
+/// files it took, or that count and the last server's failure.
+async fn send_target(
     shared: &Shared,
-    peer: &HostPort,
     queue: &Queue,
-    files: Vec<String>,
-    delayed: &mut Delayed,
+    state: &mut State,
+    target: &Target,
+    mut files: VecDeque<String>,
 ) -> Result<usize, (usize, Failure)> {
     let cfg = &shared.config;
-    let timeout = Duration::from_secs(cfg.timeout.max(1));
-    let client = connect(peer, timeout).await.map_err(|f| (0, f))?;
-    let mut client = client
-        .starttls_tls12()
-        .await
-        .map_err(|e| (0, classify(e)))?;
-    if let Some(pin) = &cfg.repl_cert {
-        let got = client.peer_cert_sha1().unwrap_or_default();
-        if !got.eq_ignore_ascii_case(pin.trim()) {
-            tracing::error!(
-                "replication peer {}:{} presents certificate {got}, not the pinned repl_cert {pin}",
-                peer.host,
-                peer.port
-            );
-            let _ = client.send_line("QUIT").await;
-            return Err((
-                0,
-                Failure::Refused("certificate does not match repl_cert".into()),
-            ));
-        }
-    }
-    if let Some(key) = &cfg.repl_authkey {
-        let reply = client
-            .command(&format!("LOGIN replication {key}"))
-            .await
-            .map_err(|e| (0, classify(e)))?;
-        if !reply.eq_ignore_ascii_case("DONE") {
-            let _ = client.send_line("QUIT").await;
-            return Err((0, Failure::Refused(format!("LOGIN replication: {reply}"))));
-        }
-    }
+    let servers = match target {
+        Target::Replicate => cfg.replpeer.iter().cloned().collect(),
+        Target::Entangled => vec![own_address(cfg)],
+        Target::Servers(list) => route::order(list, cfg),
+    };
     let mut sent = 0;
-    for name in files {
+    let mut last = Failure::Unreachable("no server to try".into());
+    for server in servers {
+        // This server itself is reached directly, whatever the proxies.
+        let route = match target {
+            Target::Entangled => Some(Route::Direct),
+            _ => route::route(&server.host, cfg),
+        };
+        let Some(route) = route else {
+            last = Failure::Unreachable(format!(
+                "{}:{} needs a proxy that is not configured",
+                server.host, server.port
+            ));
+            continue;
+        };
+        match session(
+            shared, queue, state, target, &server, &route, &mut files, &mut sent,
+        )
+        .await
+        {
+            Ok(()) => return Ok(sent),
+            Err(f) => {
+                tracing::debug!("{target}: {}:{} {f}", server.host, server.port);
+                last = f;
+            }
+        }
+    }
+    Err((sent, last))
+}
+
+/// One session with one server (PROTOCOL.md §10.4 "Session"): sends `files` from the front,
+/// taking each off the list once it is answered.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    shared: &Shared,
+    queue: &Queue,
+    state: &mut State,
+    target: &Target,
+    server: &HostPort,
+    route: &Route,
+    files: &mut VecDeque<String>,
+    sent: &mut usize,
+) -> Result<(), Failure> {
+    let cfg = &shared.config;
+    let timeout = Duration::from_secs(cfg.timeout.max(1));
+    let client = connect(server, route, timeout).await?;
+    let mut client = client.starttls_tls12().await.map_err(classify)?;
+    if *target == Target::Replicate {
+        if let Some(pin) = &cfg.repl_cert {
+            let got = client.peer_cert_sha1().unwrap_or_default();
+            if !got.eq_ignore_ascii_case(pin.trim()) {
+                tracing::error!(
+                    "replication peer {}:{} presents certificate {got}, not the pinned repl_cert {pin}",
+                    server.host,
+                    server.port
+                );
+                let _ = client.send_line("QUIT").await;
+                return Err(Failure::Refused(
+                    "certificate does not match repl_cert".into(),
+                ));
+            }
+        }
+        if let Some(key) = &cfg.repl_authkey {
+            let reply = client
+                .command(&format!("LOGIN replication {key}"))
+                .await
+                .map_err(classify)?;
+            if !reply.eq_ignore_ascii_case("DONE") {
+                let _ = client.send_line("QUIT").await;
+                return Err(Failure::Refused(format!("LOGIN replication: {reply}")));
+            }
+        }
+    }
+    while let Some(name) = files.front().cloned() {
         let content = match queue.read(&name) {
             Ok(Some(c)) => c,
-            Ok(None) => continue,
+            Ok(None) => {
+                files.pop_front();
+                continue;
+            }
             Err(e) => {
                 tracing::error!("reading a send-queue file: {e}");
+                files.pop_front();
                 continue;
             }
         };
-        let out = match parse_file(&content) {
+        let out = match sendfile::outgoing(&content, target) {
             Ok(o) => o,
             Err(e) => {
-                // Left in place (it may be the original's proxy file), logged once per run.
-                tracing::warn!("send-queue file {name}: {e}; left unsent");
+                state.warn_once(&name, format!("{e}; left unsent"));
+                files.pop_front();
                 continue;
             }
         };
         client.queue_raw(&out.to_wire());
-        let reply = client.read_line().await.map_err(|e| (sent, classify(e)))?;
+        let reply = client.read_line().await.map_err(classify)?;
         if reply.eq_ignore_ascii_case("FAILED") {
             // This entry only: it waits out its own back-off while the others go on, so one
-            // entry the peer refuses cannot hold back everything queued after it.
-            let wait = delayed.failed(&name, &cfg.retry_schedule, Instant::now());
+            // entry a target refuses cannot hold back everything queued after it.
+            let wait = state
+                .delayed
+                .failed(target, &name, &cfg.retry_schedule, Instant::now());
             tracing::warn!(
-                "the replication peer answered FAILED to {name}; retried in {}s",
+                "{target} answered FAILED to {name}; retried in {}s",
                 wait.as_secs()
             );
+            state.wake_at(Instant::now() + wait);
+            files.pop_front();
             continue;
         }
         if !reply.eq_ignore_ascii_case("DONE") {
             let _ = client.send_line("QUIT").await;
-            return Err((sent, Failure::Refused(format!("{name}: {reply}"))));
+            return Err(Failure::Refused(format!("{name}: {reply:?}")));
         }
-        if let Err(e) = queue.delete(&name) {
-            tracing::error!("deleting a sent send-queue file: {e}");
+        files.pop_front();
+        state.delayed.done(target, &name);
+        if let Err(e) = settle(queue, &name, &content, target) {
+            tracing::error!("updating a sent send-queue file: {e}");
         }
-        delayed.done(&name);
-        sent += 1;
+        *sent += 1;
     }
-    // The files are all done; a lost GOODBYE changes nothing.
+    // The files are all answered; a lost GOODBYE changes nothing.
     let _ = client.quit().await;
-    Ok(sent)
+    Ok(())
+}
+
+/// Step 3 for one file done for `target`: deleted when no target is left, else rewritten
+/// (same name, as the original) to name only the targets still owed.
+fn settle(
+    queue: &Queue,
+    name: &str,
+    content: &[u8],
+    target: &Target,
+) -> Result<(), crate::store::StoreError> {
+    if *target == Target::Replicate {
+        return queue.delete(name);
+    }
+    let remaining: Vec<String> = sendfile::headers(content)
+        .post_to
+        .into_iter()
+        .filter(|v| sendfile::parse_target(v).ok().as_ref() != Some(target))
+        .collect();
+    if remaining.is_empty() {
+        return queue.delete(name);
+    }
+    queue.replace(name, &sendfile::rewrite_post_to(content, &remaining))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn block_file_becomes_replicate() {
-        let f = b"StoreType: replicate\nStoreKeyid: AB12\nLoginUser: none\nType: data\n\
-                  Post-To: server=x:1\nDate: 2026-01-01T00:00:00Z\nData: 5\nhe\nlo";
-        let o = parse_file(f).unwrap();
-        assert_eq!(
-            o.to_wire(),
-            b"REPLICATE AB12 none\r\nType: data\r\nDate: 2026-01-01T00:00:00Z\r\nData: 5\r\nhe\nlo"
-        );
-        let f = b"StoreType: replicate\nStoreKeyid: AB12\nLoginUser: U1234567\nA: 1\n";
-        assert_eq!(
-            parse_file(f).unwrap().to_wire(),
-            b"REPLICATE AB12 U1234567\r\nA: 1\r\nEndBlock\r\n"
-        );
-    }
-
-    #[test]
-    fn login_file_becomes_replogin() {
-        let o = parse_file(&login_file("USERXXXX1111", "KEYXXXX11112222")).unwrap();
-        assert_eq!(o.to_wire(), b"REPLOGIN USERXXXX1111 KEYXXXX11112222\r\n");
-        let o = parse_file(b"StoreType: replicate\nReplogin-Auth: KEYXXXX1\n").unwrap();
-        assert_eq!(o.to_wire(), b"REPLOGIN undefined KEYXXXX1\r\n");
-    }
-
-    #[test]
-    fn other_files_are_refused() {
-        assert_eq!(
-            parse_file(b"StoreType: proxy\nStoreKeyid: AB\nType: data\n"),
-            Err(FileError::NotReplicate)
-        );
-        assert_eq!(
-            parse_file(b"StoreType: replicate\nType: data\n"),
-            Err(FileError::NoKey)
-        );
-    }
 
     #[test]
     fn backoff_follows_the_schedule() {
@@ -546,12 +693,88 @@ mod tests {
     fn refused_entries_wait_alone() {
         let now = Instant::now();
         let mut d = Delayed::default();
-        let files = vec!["A".to_string(), "B".to_string()];
-        assert_eq!(d.failed("A", &[0, 30], now), Duration::from_secs(30));
-        assert_eq!(d.ready(files.clone(), now), vec!["B".to_string()]);
-        assert_eq!(d.ready(files.clone(), now + Duration::from_secs(30)), files);
-        d.done("A");
+        let t = Target::Replicate;
+        assert_eq!(d.failed(&t, "A", &[0, 30], now), Duration::from_secs(30));
+        assert!(d.waiting(&t, "A", now).is_some());
+        assert!(d.waiting(&Target::Entangled, "A", now).is_none());
+        assert!(d.waiting(&t, "B", now).is_none());
+        assert!(d.waiting(&t, "A", now + Duration::from_secs(30)).is_none());
+        d.done(&t, "A");
         assert!(d.entries.is_empty());
+        d.failed(&t, "A", &[0, 30], now);
+        d.retain(&HashSet::new());
+        assert!(d.entries.is_empty());
+    }
+
+    #[test]
+    fn expiry_counts_to_the_embargo() {
+        let d = |s: &str| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%SZ").unwrap();
+        let week = chrono::Duration::days(7);
+        let date = d("2026-01-01T00:00:00Z");
+        assert!(!expired(date, None, d("2026-01-08T00:00:00Z"), week));
+        assert!(expired(date, None, d("2026-01-08T00:00:01Z"), week));
+        let late = Some(d("2026-01-09T00:00:00Z"));
+        assert!(expired(date, late, d("2026-01-02T00:00:00Z"), week));
+        let soon = Some(d("2026-01-03T00:00:00Z"));
+        assert!(!expired(date, soon, d("2026-01-10T00:00:00Z"), week));
+        assert!(expired(date, soon, d("2026-01-10T00:00:01Z"), week));
+    }
+
+    #[test]
+    fn plan_puts_data_first_for_relays_only_and_skips_embargoes() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::new(dir.path());
+        let date = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let put = |c: Vec<u8>| {
+            let n = crate::store::queue::name_of(&c);
+            q.put_new(&n, &c).unwrap();
+            n
+        };
+        let announce = put(sendfile::proxy_file(
+            "AA",
+            None,
+            format!("Post-To: server=h:1\nType: message-announcement\nDate: {date}\n").as_bytes(),
+        ));
+        let data = put(sendfile::proxy_file(
+            "BB",
+            None,
+            format!("Post-To: server=h:1\nPost-To: entangled\nType: data\nDate: {date}\n")
+                .as_bytes(),
+        ));
+        put(sendfile::proxy_file(
+            "CC",
+            Some("2999-01-01T00:00:00Z"),
+            format!("Post-To: server=h:1\nType: data\nDate: {date}\n").as_bytes(),
+        ));
+        let login = put(sendfile::login_file("U", "K"));
+        let block = put(b"StoreType: replicate\nStoreKeyid: DD\nType: data\nA: 1\n".to_vec());
+        let cfg = Config {
+            replpeer: Some(HostPort {
+                host: "peer".into(),
+                port: 1,
+            }),
+            ..Config::default()
+        };
+        let mut state = State::default();
+        let batches = plan(&cfg, &q, &mut state).unwrap();
+        let order: Vec<(String, Vec<String>)> = batches
+            .into_iter()
+            .map(|b| {
+                (
+                    b.target.to_string(),
+                    b.data.into_iter().chain(b.other).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("server=h:1".to_string(), vec![data.clone(), announce]),
+                ("entangled".to_string(), vec![data]),
+                ("replicate".to_string(), vec![login, block]),
+            ]
+        );
+        assert!(state.wake.is_some(), "the embargo end is a wake-up");
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct Session {
     user: Option<String>,
     invalid: u32,
     id: u64,
-    /// Something was queued for the replication peer: the sender runs when the session ends.
+    /// Something was queued for the sender: it runs when the session ends.
     queued_for_peer: bool,
 }
 
@@ -259,13 +259,15 @@ impl Session {
                 };
                 self.reply(ok);
             }
-            Command::StoreProxy(..) => {
-                // Not supported: there is no sender to relay proxy blocks.
-                // The block is read and refused, as the original refuses what it cannot take.
-                if self.read_upload().await.is_none() {
+            Command::StoreProxy(key, after) => {
+                let Some(up) = self.read_upload().await else {
                     return Flow::Close;
-                }
-                self.line(b"FAILED");
+                };
+                // Relayed by the sender, neither validated nor stored here (PROTOCOL.md §3.3).
+                let allowed = self.user.is_some() || !self.shared.config.proxy_requires_login;
+                let ok = allowed && self.queue_proxy(up, &key, after.as_deref()).await;
+                self.queued_for_peer |= ok;
+                self.reply(ok);
             }
             Command::StoreEntangled(key) => {
                 let Some(up) = self.read_upload().await else {
@@ -445,7 +447,7 @@ impl Session {
         let q = &self.shared.sendqueue;
         let mut files = Vec::new();
         for (user, key) in changes {
-            let content = crate::server::sender::login_file(user, key);
+            let content = crate::server::sendfile::login_file(user, key);
             let name = crate::store::queue::name_of(&content);
             if q.exists(&name) {
                 let touched = std::fs::File::options()
@@ -477,24 +479,9 @@ impl Session {
         user: Option<&str>,
         replicate: bool,
     ) -> bool {
-        let Upload::Block { lines, payload } = up else {
+        let Some(body) = upload_body(up) else {
             return false;
         };
-        if lines.iter().any(|l| forbidden(l)) {
-            return false;
-        }
-        // The original sends no reply at all to an empty block (PROTOCOL.md §14 #3).
-        if lines.is_empty() {
-            return false;
-        }
-        let mut body = Vec::new();
-        for l in &lines {
-            body.extend_from_slice(l);
-            body.push(b'\n');
-        }
-        if let Some(p) = payload {
-            body.extend_from_slice(&p);
-        }
         // Entangled uploads have no LoginUser line (PROTOCOL.md §6.1).
         let user_line = user.map_or(String::new(), |u| format!("LoginUser: {u}\n"));
         let with_prefix = |t: &str| {
@@ -508,6 +495,19 @@ impl Session {
             return false;
         }
         self.shared.ingest.submit(key, content, peer_copy).await
+    }
+
+    /// Makes a `STORE PROXY [AFTER]` upload durable as a `sendqueue/` proxy file
+    /// (PROTOCOL.md §3.3); true → `DONE`.
+    async fn queue_proxy(&mut self, up: Upload, key: &str, embargo: Option<&str>) -> bool {
+        let Some(body) = upload_body(up) else {
+            return false;
+        };
+        let file = crate::server::sendfile::proxy_file(key, embargo, &body);
+        if !self.flush().await {
+            return false;
+        }
+        self.shared.ingest.submit_send(key, file).await
     }
 
     fn get_server(&mut self, key: &str, since: Option<&str>) {
@@ -586,6 +586,27 @@ impl Session {
             Err(_) => Flow::Close,
         }
     }
+}
+
+/// The block of an upload as queued (lines + LF, then the payload), or `None` if it may not
+/// be queued: not a block, a forbidden header, or no header lines (the original sends no
+/// reply at all to an empty block, PROTOCOL.md §14 #3).
+fn upload_body(up: Upload) -> Option<Vec<u8>> {
+    let Upload::Block { lines, payload } = up else {
+        return None;
+    };
+    if lines.is_empty() || lines.iter().any(|l| forbidden(l)) {
+        return None;
+    }
+    let mut body = Vec::new();
+    for l in &lines {
+        body.extend_from_slice(l);
+        body.push(b'\n');
+    }
+    if let Some(p) = payload {
+        body.extend_from_slice(&p);
+    }
+    Some(body)
 }
 
 fn forbidden(line: &[u8]) -> bool {

@@ -62,8 +62,10 @@ pub enum Job {
     /// A durable upload, by queue name, with its content when it is in memory (`None`: read
     /// it from `inputqueue/`, as for files left there), and its journal entry if it has one.
     Block(String, Option<Vec<u8>>, Option<Slot>),
-    /// A durable journal entry holding a `sendqueue/` file, by name.
-    Send(String, Vec<u8>, Slot),
+    /// A durable journal entry holding a `sendqueue/` file, by name, with its content when
+    /// the file still has to be written (`None`: the committer wrote it; writing it again
+    /// could bring back a file the sender has already delivered and deleted).
+    Send(String, Option<Vec<u8>>, Slot),
     /// SELFTEST: answered with the result line once every earlier job is done.
     SelfTest(oneshot::Sender<String>),
     /// Stop after every earlier job.
@@ -281,8 +283,12 @@ impl Worker {
             }
         }
         for (name, content, slot) in sends {
-            // Normally written by the committer already (not synced): kept as it is.
-            match self.sendqueue.put_new(&name, &content) {
+            // Normally written by the committer already (not synced): only made durable.
+            let written = match content {
+                Some(c) => self.sendqueue.put_new(&name, &c),
+                None => Ok(()),
+            };
+            match written {
                 Ok(()) => {
                     out.settle_dirs.insert(self.sendqueue.dir().to_path_buf());
                     done.push(Settle::Journal(slot, None));

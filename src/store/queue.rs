@@ -74,6 +74,40 @@ impl Queue {
         syncfs(&self.dir)
     }
 
+    /// Writes `content` under `name` atomically — a temporary file (its name is not a queue
+    /// name, so never listed), fsync, rename, directory fsync — with modification time
+    /// `mtime` (else now). An existing `name` is replaced.
+    pub fn install(
+        &self,
+        name: &str,
+        content: &[u8],
+        mtime: Option<std::time::SystemTime>,
+    ) -> Result<(), StoreError> {
+        let path = self.path(name);
+        let tmp = self.dir.join(format!(".{}.tmp", clean_key(name)));
+        let written = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(content)?;
+            f.set_modified(mtime.unwrap_or_else(std::time::SystemTime::now))?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map_err(StoreError::at(&path))
+    }
+
+    /// Rewrites an existing file atomically, keeping its name and modification time (its
+    /// place in the sender's order, its age).
+    pub fn replace(&self, name: &str, content: &[u8]) -> Result<(), StoreError> {
+        let mtime = fs::metadata(self.path(name))
+            .and_then(|m| m.modified())
+            .ok();
+        self.install(name, content, mtime)
+    }
+
     /// Names of the regular files with 40-character names, in directory order.
     pub fn list(&self) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();

@@ -1,5 +1,6 @@
 //! The supervisor: reconcile loop, instance lifecycle, home provisioning, processes.
 
+pub mod handoff;
 pub mod health;
 pub mod instance;
 pub mod logs;

@@ -391,11 +391,47 @@ impl Supervisor {
             }
             Event::Gone { id } => {
                 info!(instance = id, "gone");
-                self.slots.remove(&id);
+                let removed = self.slots.remove(&id).is_some_and(|s| s.removing);
                 self.accounts.gone(id);
+                if removed {
+                    self.hand_off_proxy_files(id);
+                }
             }
         }
         self.update_pool();
+    }
+
+    /// After a removal: the removed instance's queued proxy files go to a running instance,
+    /// whose sender delivers them (`handoff`).
+    fn hand_off_proxy_files(&self, removed: u32) {
+        let plan = self.plan();
+        let from = plan.instance(removed).home;
+        let to = self
+            .slots
+            .iter()
+            .find(|(_, s)| !s.removing && s.info.state == InstanceState::Ready)
+            .map(|(id, _)| (*id, plan.instance(*id).home));
+        let Some((to_id, to)) = to else {
+            warn!(
+                instance = removed,
+                "no running instance to take its queued proxy files; they stay in {}",
+                from.join("sendqueue").display()
+            );
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            match super::handoff::proxy_files(&from, &to) {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    instance = removed,
+                    "handed {n} queued proxy file(s) to instance {to_id}"
+                ),
+                Err(e) => error!(
+                    instance = removed,
+                    "handing its queued proxy files to instance {to_id}: {e}; the rest stay in its home"
+                ),
+            }
+        });
     }
 
     /// Pushes the ready set to the proxy when it changed.

@@ -32,6 +32,8 @@ pub struct Options {
     pub auth: String,
     /// A shared local store (`alt_localstore`).
     pub store: Option<PathBuf>,
+    /// This port rather than a free one (a server started where a sender expects it).
+    pub port: Option<u16>,
 }
 
 impl Options {
@@ -46,6 +48,10 @@ impl Options {
     }
     pub fn store(mut self, dir: &Path) -> Options {
         self.store = Some(dir.to_path_buf());
+        self
+    }
+    pub fn port(mut self, port: u16) -> Options {
+        self.port = Some(port);
         self
     }
 }
@@ -104,7 +110,7 @@ impl TestServer {
         }
         let mut last = String::new();
         for _ in 0..5 {
-            let port = free_port();
+            let port = opts.port.unwrap_or_else(free_port);
             let mut text = format!("sport: {port}\nlisten_address: 127.0.0.1\n");
             if let Some(store) = &opts.store {
                 text.push_str(&format!("alt_localstore: {}\n", store.display()));
