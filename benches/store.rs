@@ -8,6 +8,11 @@
 //! `STORE_BENCH_ROUNDS` (STORE rounds with 16 connections, fresh blocks each, on the same
 //! server; default 3, and the median is printed).
 //!
+//! `STORE_BENCH_NOTIFY=1`: instead, message announcements for a recipient that `notify.txt`
+//! subscribes, with 16 connections, on a server without `notify.txt` and on one whose
+//! SMTP server is dead (a loopback port that takes connections and never answers): the
+//! notifier must not slow the worker down.
+//!
 //! On a file system without a journal (this development machine's), ext4 skips inodes freed
 //! in the last minutes when it allocates new ones, scanning past each of them: right after a
 //! large deletion (such as the previous run's store, removed when it ends) file creation —
@@ -150,6 +155,60 @@ async fn run_get(s: &TestServer, blocks: &Blocks, conns: usize) {
     report("GET", conns, blocks.len(), start.elapsed(), &h, "");
 }
 
+/// Message announcements for one recipient, in `n` mailboxes (so `n` keys, each a notice).
+fn announcements(n: usize, recipient: [u8; 20]) -> Vec<(String, Vec<u8>)> {
+    let now = Utc::now();
+    (0..n)
+        .map(|i| {
+            let mut hash = [0u8; 20];
+            hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            compose::message_announcement(recipient, &format!("box{i}"), hash, &[], now)
+        })
+        .collect()
+}
+
+fn notify_mode(rt: &tokio::runtime::Runtime, n: usize) {
+    let recipient = [0x5a; 20];
+    // Accepts connections into its backlog and never says a word.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    for smtp in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        if smtp {
+            std::fs::write(
+                home.join("notify.txt"),
+                format!(
+                    "fromaddr=server@example.org\nsmtpserver=127.0.0.1\nsmtpport={dead_port}\n\
+                     {},email,user@example.org\n",
+                    hex::encode(recipient)
+                ),
+            )
+            .unwrap();
+        }
+        let opts = Options::default()
+            .auth(&accounts())
+            .config(&[("max_connections", "100")]);
+        let s = TestServer::start_in(&home, opts);
+        let blocks: Blocks = Arc::new(announcements(n, recipient));
+        println!(
+            "message announcements, {}",
+            if smtp {
+                "notify.txt subscribes the recipient, SMTP server dead"
+            } else {
+                "no notify.txt"
+            }
+        );
+        rt.block_on(run_store(&s, &blocks, 16));
+        let log = s.log();
+        let dropped = log.lines().rfind(|l| l.contains("notice dropped"));
+        if let Some(l) = dropped {
+            println!("  last drop line: {}", l.trim());
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
     let per_conn: usize = std::env::var("STORE_BENCH_BLOCKS")
@@ -161,6 +220,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::var_os("STORE_BENCH_NOTIFY").is_some() {
+        notify_mode(&rt, per_conn * 16);
+        return;
+    }
     let opts = Options::default()
         .auth(&accounts())
         .config(&[("max_connections", "100")]);

@@ -2,14 +2,7 @@ use clap::Parser;
 use storeherd::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    // The original server takes `-homedir DIR`; accept that spelling as well as `--homedir`.
-    let args = std::env::args_os().map(|a| {
-        if a == "-homedir" {
-            "--homedir".into()
-        } else {
-            a
-        }
-    });
+    let args = std::env::args_os().map(storeherd::cli::original_spelling);
     let cli = Cli::parse_from(args);
     storeherd::cli::logging::init(cli.verbose, cli.quiet);
     let result = match cli.command {

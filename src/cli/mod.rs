@@ -204,11 +204,42 @@ pub enum ShardsAction {
     },
 }
 
+/// The original server's single-dash options (`server.py -homedir DIR -daemon …`), in
+/// their storeherd spelling; other arguments unchanged. `-quiet` is `--quiet` and `-debug`
+/// is `--verbose`: the log levels they stand for.
+pub fn original_spelling(arg: std::ffi::OsString) -> std::ffi::OsString {
+    let long = match arg.to_str() {
+        Some("-homedir") => "--homedir",
+        Some("-daemon") => "--daemon",
+        Some("-pidfile") => "--pidfile",
+        Some("-logfile") => "--logfile",
+        Some("-logtraffic") => "--logtraffic",
+        Some("-quiet") => "--quiet",
+        Some("-debug") => "--verbose",
+        _ => return arg,
+    };
+    long.into()
+}
+
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     /// Home directory holding config.txt (also accepted as `-homedir`).
     #[arg(long)]
     pub homedir: PathBuf,
+    /// Detach from the terminal and run in the background (`-daemon`); the log goes to
+    /// --logfile, or nowhere.
+    #[arg(long)]
+    pub daemon: bool,
+    /// With --daemon: write the server's process id to this file (`-pidfile`); removed on
+    /// a clean stop.
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+    /// Append the log (standard output and error) to this file (`-logfile`).
+    #[arg(long, value_name = "FILE")]
+    pub logfile: Option<PathBuf>,
+    /// Log every protocol line received and sent (`-logtraffic`).
+    #[arg(long)]
+    pub logtraffic: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,53 @@
-//! `storeherd store --homedir DIR`: the built-in store server.
+//! `storeherd store --homedir DIR`: the built-in store server, with the original server's
+//! `-daemon`, `-pidfile`, `-logfile` and `-logtraffic` (PROTOCOL.md §1; server.py).
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
 use super::{Outcome, StoreArgs};
 
 pub fn run(args: StoreArgs) -> Outcome {
-    match crate::server::run(&args.homedir) {
+    if args.pidfile.is_some() && !args.daemon {
+        // As the original: the pid file belongs to daemon mode.
+        tracing::warn!("--pidfile is only used with --daemon");
+    }
+    let homedir = std::path::absolute(&args.homedir)
+        .with_context(|| format!("{}", args.homedir.display()))?;
+    let pidfile = match &args.pidfile {
+        Some(p) if args.daemon => Some(std::path::absolute(p)?),
+        _ => None,
+    };
+    let log = match &args.logfile {
+        Some(p) => Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("log file {}", p.display()))?,
+        ),
+        None if args.daemon => Some(File::options().write(true).open("/dev/null")?),
+        None => None,
+    };
+    if args.daemon {
+        // Before any thread or runtime exists: only the calling thread survives a fork.
+        nix::unistd::daemon(false, true).context("detaching (-daemon)")?;
+        let null = File::open("/dev/null")?;
+        nix::unistd::dup2(null.as_raw_fd(), 0)?;
+    }
+    if let Some(log) = &log {
+        nix::unistd::dup2(log.as_raw_fd(), 1)?;
+        nix::unistd::dup2(log.as_raw_fd(), 2)?;
+    }
+    let _pid = match pidfile {
+        Some(p) => Some(PidFile::write(p)?),
+        None => None,
+    };
+    let opts = crate::server::RunOptions {
+        log_traffic: args.logtraffic,
+    };
+    match crate::server::run(&homedir, opts) {
         Ok(()) => Ok(std::process::ExitCode::SUCCESS),
         Err(e) if e.is_config() => {
             tracing::error!("{e}");
@@ -10,5 +55,22 @@ pub fn run(args: StoreArgs) -> Outcome {
             Ok(std::process::ExitCode::from(2))
         }
         Err(e) => Err(anyhow::Error::new(e).context("store server")),
+    }
+}
+
+/// The daemon's pid file, written by the daemon itself and removed when it stops.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: PathBuf) -> anyhow::Result<PidFile> {
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("pid file {}", path.display()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(Path::new(&self.0));
     }
 }

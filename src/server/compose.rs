@@ -10,7 +10,7 @@ use sha1::{Digest, Sha1};
 
 pub use super::dt::format_dt;
 use super::pow;
-use super::validate::{POW_ACK_DHT, POW_CLAIM, POW_DATA_SERVER, POW_MESSAGE};
+use super::validate::{POW_ACK_DHT, POW_CLAIM, POW_DATA_DHT, POW_DATA_SERVER, POW_MESSAGE};
 
 fn upper_hex(bytes: &[u8]) -> String {
     hex::encode_upper(bytes)
@@ -21,8 +21,18 @@ fn upper_hex(bytes: &[u8]) -> String {
 /// `Data: n`, payload. The key is sha1(payload). An empty payload gives a `Data: 0` block,
 /// which no server accepts.
 pub fn data_block(payload: &[u8], date: DateTime<Utc>) -> (String, Vec<u8>) {
+    data_block_with(payload, date, POW_DATA_SERVER.0)
+}
+
+/// As [`data_block`], with a proof strong enough for the DHT (20 bits, §7.3), as the stock
+/// client makes for STORE ENTANGLED.
+pub fn dht_data_block(payload: &[u8], date: DateTime<Utc>) -> (String, Vec<u8>) {
+    data_block_with(payload, date, POW_DATA_DHT.0)
+}
+
+fn data_block_with(payload: &[u8], date: DateTime<Utc>, bits: u32) -> (String, Vec<u8>) {
     let dt = format_dt(date);
-    let proof = pow::generate_parts(&[dt.as_bytes(), payload], POW_DATA_SERVER.0, 2);
+    let proof = pow::generate_parts(&[dt.as_bytes(), payload], bits, 2);
     let mut block = format!(
         "Type: data\nDate: {dt}\nVersion: 1\nProofOfWork: {proof}\nData: {}\n",
         payload.len()

@@ -1,6 +1,7 @@
-//! `config.txt` of a home (PROTOCOL.md §9.5), plus storeherd's own `listen_address`.
+//! `config.txt` of a home (PROTOCOL.md §9.5), plus storeherd's own keys (the original warns
+//! about them and goes on): `listen_address`, `dns_resolver`, `dns_timeout`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::server::validate::Limits;
@@ -53,6 +54,10 @@ pub struct Config {
     pub proxy_requires_login: bool,
     pub enable_ipv6: bool,
     pub permit_dns_txt: bool,
+    /// storeherd only: the DNS server for `DNS TXT` (`ip:port`); none = `/etc/resolv.conf`.
+    pub dns_resolver: Option<SocketAddr>,
+    /// storeherd only: seconds a `DNS TXT` lookup may take in all.
+    pub dns_timeout: u64,
 }
 
 impl Default for Config {
@@ -81,6 +86,8 @@ impl Default for Config {
             proxy_requires_login: false,
             enable_ipv6: false,
             permit_dns_txt: true,
+            dns_resolver: None,
+            dns_timeout: 10,
         }
     }
 }
@@ -220,6 +227,15 @@ impl Config {
                 "proxy_requires_login" => c.proxy_requires_login = boolean()?,
                 "enable_ipv6" => c.enable_ipv6 = boolean()?,
                 "permit_dns_txt" => c.permit_dns_txt = boolean()?,
+                "dns_resolver" => {
+                    c.dns_resolver = Some(
+                        value
+                            .trim()
+                            .parse()
+                            .map_err(|_| bad("expected ip:port, e.g. 127.0.0.1:53"))?,
+                    )
+                }
+                "dns_timeout" => c.dns_timeout = int()?.max(1),
                 _ => warnings.push(format!(
                     "{}:{lineno}: unknown key `{name}` ignored",
                     path.display()
@@ -251,7 +267,8 @@ mod tests {
              socks_proxy: s:2\nuse_exit_node: true\npreferred_connection: direct\n\
              alt_localstore: /srv/store \nslowest_connection: 100\nmax_age_key: 1\n\
              max_age_data: 2\nmax_age_message: 3\nmax_age_ack: 4\nmax_age_claim: 5\n\
-             proxy_requires_login: TRUE\nenable_ipv6: false\npermit_dns_txt: false\n",
+             proxy_requires_login: TRUE\nenable_ipv6: false\npermit_dns_txt: false\n\
+             dns_resolver: 127.0.0.1:5353\ndns_timeout: 3\n",
         )
         .unwrap();
         let c = l.config;
@@ -266,6 +283,8 @@ mod tests {
         assert_eq!(c.limits.max_age_claim, 5);
         assert!(c.proxy_requires_login && c.use_exit_node);
         assert!(!c.permit_dns_txt && !c.enable_ipv6);
+        assert_eq!(c.dns_resolver, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(c.dns_timeout, 3);
     }
 
     #[test]
@@ -281,5 +300,6 @@ mod tests {
         assert!(e.contains("config.txt:2") && e.contains("`sport`"), "{e}");
         assert!(parse("replpeer: [::1]:80\n").is_err());
         assert!(parse("proxy_requires_login: yes\n").is_err());
+        assert!(parse("dns_resolver: localhost\n").is_err());
     }
 }

@@ -121,7 +121,10 @@ fn commit(
         let sha = digest(&req.content);
         if seen.insert(sha) && !journal.is_pending(&hex::encode_upper(sha)) {
             entries.push((Kind::Input, sha, &req.content));
-            leaves.ask(&req.key);
+            // Entangled uploads go to the entangled tree, not to a local-store leaf.
+            if !req.content.starts_with(b"StoreType: entangled") {
+                leaves.ask(&req.key);
+            }
         }
         if let Some(rep) = &req.replicate {
             entries.push((Kind::Send, digest(rep), rep));

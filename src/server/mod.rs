@@ -26,24 +26,36 @@
 //! - The idle timeout closes exactly `timeout` seconds after the last input (the original's
 //!   5-second countdown closes 0–5 s later).
 //!
-//! Not supported (answered as the original answers when it cannot serve): `STORE PROXY [AFTER]`
-//! and `STORE ENTANGLED` read the block and answer `FAILED`; `GET ENTANGLED` answers
-//! `NOT FOUND`; `DNS TXT` answers `NOT FOUND` (a failed lookup), or `FAILED` with
-//! `permit_dns_txt: false`. No sender yet: nothing is written to `sendqueue/`, SELFTEST
-//! answers `PASS`; no notifier (`notify.txt`) and no key-announcement verification.
+//! Entangled store, DNS and notifier:
+//! - STORE ENTANGLED and GET ENTANGLED work on the entangled tree (`entangled/`, §11) as
+//!   on an original node without DHT contacts: an upload is queued (`DONE`), validated
+//!   with the DHT rules and stored by this node; GET ENTANGLED serves this tree. There is
+//!   no DHT node yet (`entangled::Entangled` is where one plugs in). Under `storeherd up`
+//!   every instance shares one tree.
+//! - DNS TXT asks the system resolver, or `dns_resolver` (storeherd only), and gives up
+//!   after `dns_timeout` seconds (default 10; Twisted's resolver tries for about a minute).
+//! - The notifier (`notify.txt`, §12.2) mails from a thread of its own: a slow SMTP server
+//!   never delays the worker; notices beyond its backlog are dropped with a log line, and
+//!   a broken `notify.txt` line is skipped with one (the original's store thread died).
+//!
+//! Not supported (answered as the original answers when it cannot serve): `STORE PROXY
+//! [AFTER]` reads the block and answers `FAILED`.
 
 pub mod auth;
 pub mod command;
 pub mod compose;
 pub mod config;
 pub mod conn;
+pub mod dns;
 pub mod dt;
+pub mod entangled;
 pub mod framing;
 pub mod header;
 pub mod identity;
 pub mod ingest;
 pub mod keyannounce;
 pub mod leaves;
+pub mod notify;
 pub mod pow;
 pub mod publish;
 pub mod run;
@@ -57,12 +69,17 @@ pub mod worker;
 use std::cell::{Cell, RefCell};
 use std::sync::mpsc;
 
-pub use run::{run, ServerError};
+pub use run::{run, RunOptions, ServerError};
 
 /// State shared by the sessions (all on the network thread).
 pub struct Shared {
     pub config: config::Config,
     pub tree: crate::store::tree::Tree,
+    /// The entangled tree, for GET ENTANGLED (PROTOCOL.md §11).
+    pub entangled: entangled::Entangled,
+    pub dns: dns::Dns,
+    /// `-logtraffic`: every line in and out is logged.
+    pub log_traffic: bool,
     pub auth: RefCell<auth::AuthTable>,
     /// Bytes of `ssl/server.key` (the GENLOGIN seed).
     pub server_key: Vec<u8>,

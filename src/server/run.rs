@@ -8,11 +8,14 @@ use std::sync::mpsc;
 
 use crate::server::auth::{AuthError, AuthTable};
 use crate::server::config::{Config, ConfigError};
+use crate::server::dns::Dns;
+use crate::server::entangled::Entangled;
 use crate::server::ingest::Ingest;
 use crate::server::leaves::Preparer;
+use crate::server::notify::Notifier;
 use crate::server::sender::{self, Liveness};
 use crate::server::tls::{self, TlsError};
-use crate::server::worker::{Job, Worker, INFLIGHT};
+use crate::server::worker::{Job, Outputs, Worker, INFLIGHT};
 use crate::server::{session, Shared};
 use crate::store::journal::{self, Journal, Kind};
 use crate::store::queue::Queue;
@@ -50,8 +53,15 @@ impl ServerError {
     }
 }
 
+/// How the command line asks the server to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// `-logtraffic`: log every line received and sent.
+    pub log_traffic: bool,
+}
+
 /// Runs the server until SHUTDOWN, SIGTERM or SIGINT.
-pub fn run(home: &Path) -> Result<(), ServerError> {
+pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
     if !home.is_dir() {
         return Err(ServerError::NoHome(home.to_path_buf()));
     }
@@ -87,14 +97,21 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
     let sendqueue = Queue::new(home.join("sendqueue"));
     let liveness = Liveness::new(config.run_queue_interval);
     let (journal, recovered) = Journal::open(&home.join(journal::DIR_NAME))?;
+    // `entangled/` may be a link to a tree shared by several instances (`storeherd up`).
+    let entangled = Entangled::new(home.join("entangled"));
+    let (notifier, notifier_thread) = Notifier::start(home)?;
     let worker = Worker::new(
         tree.clone(),
         queue.clone(),
-        sendqueue.clone(),
         journal.clone(),
         config.limits,
         home.join(INFLIGHT),
         liveness.clone(),
+        Outputs {
+            sendqueue: sendqueue.clone(),
+            entangled: entangled.clone(),
+            notifier,
+        },
     );
     worker.recover()?;
     // A queue file torn by a crash mid-write (never acknowledged) must go before clients can
@@ -149,9 +166,20 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
             })?;
         listeners.push(l);
     }
+    let dns = {
+        // The resolver's connections belong to this runtime.
+        let _in_rt = rt.enter();
+        Dns::new(
+            config.dns_resolver,
+            std::time::Duration::from_secs(config.dns_timeout),
+        )
+    };
     let shared = Rc::new(Shared {
         config,
         tree,
+        entangled,
+        dns,
+        log_traffic: opts.log_traffic,
         auth: RefCell::new(auth),
         server_key,
         tls: acceptor,
@@ -176,6 +204,17 @@ pub fn run(home: &Path) -> Result<(), ServerError> {
     // Blocks already handed to the worker are processed first; later ones stay queued.
     let _ = job_tx.send(Job::Stop);
     let _ = worker_thread.join();
+    // The worker held the last handle: the notifier sends what it has, then stops; a slow
+    // or dead SMTP server must not hold up the stop, so it gets a moment, not a wait.
+    let grace = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !notifier_thread.is_finished() && std::time::Instant::now() < grace {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if notifier_thread.is_finished() {
+        let _ = notifier_thread.join();
+    } else {
+        tracing::warn!("SMTP server slow or down: new-mail notices still queued are not sent");
+    }
     tracing::info!("stopped");
     result
 }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::server::auth::LoginResult;
 use crate::server::command::{self, Command};
 use crate::server::conn::{Conn, Rewind};
+use crate::server::dns::TxtAnswer;
 use crate::server::framing::{BlockLines, Input, Line, Next, Upload};
 use crate::server::worker::Job;
 use crate::server::{since, Shared};
@@ -120,6 +121,9 @@ impl Session {
     // ----- output -----
 
     fn line(&mut self, l: &[u8]) {
+        if self.shared.log_traffic {
+            tracing::info!("C{}> {}", self.id, String::from_utf8_lossy(l));
+        }
         self.out.extend_from_slice(l);
         self.out.extend_from_slice(b"\r\n");
     }
@@ -165,6 +169,9 @@ impl Session {
             match self.input.line() {
                 Line::Got(line) => {
                     self.touch();
+                    if self.shared.log_traffic {
+                        tracing::info!("C{}< {}", self.id, String::from_utf8_lossy(&line));
+                    }
                     return Some(line);
                 }
                 Line::TooLong => return None,
@@ -232,7 +239,9 @@ impl Session {
                 // With `replpeer` set, a `replicate` copy goes to `sendqueue/`, durable with
                 // the input-queue file before DONE (PROTOCOL.md §3.1).
                 let peer = self.shared.config.replpeer.is_some();
-                let ok = self.queue_upload(up, "server", &key, &user, peer).await;
+                let ok = self
+                    .queue_upload(up, "server", &key, Some(&user), peer)
+                    .await;
                 self.queued_for_peer |= ok && peer;
                 self.reply(ok);
             }
@@ -243,28 +252,59 @@ impl Session {
                 // Exactly `replication`, case-sensitive, as the original (PROTOCOL.md §14 #6).
                 let ok = if self.user.as_deref() == Some("replication") {
                     // Nothing is queued for this server's own peer (no loops).
-                    self.queue_upload(up, "repl-in", &key, &from, false).await
+                    self.queue_upload(up, "repl-in", &key, Some(&from), false)
+                        .await
                 } else {
                     false
                 };
                 self.reply(ok);
             }
-            Command::StoreProxy(..) | Command::StoreEntangled(..) => {
-                // Not supported: there is no sender to relay proxy blocks and no DHT node.
+            Command::StoreProxy(..) => {
+                // Not supported: there is no sender to relay proxy blocks.
                 // The block is read and refused, as the original refuses what it cannot take.
                 if self.read_upload().await.is_none() {
                     return Flow::Close;
                 }
                 self.line(b"FAILED");
             }
-            Command::GetEntangled(..) => self.line(b"NOT FOUND"),
-            Command::DnsTxt(_) => {
-                // No resolver: answered as the original answers a failed lookup.
-                if self.shared.config.permit_dns_txt {
-                    self.line(b"NOT FOUND");
-                } else {
-                    self.line(b"FAILED");
+            Command::StoreEntangled(key) => {
+                let Some(up) = self.read_upload().await else {
+                    return Flow::Close;
+                };
+                // Queued now, validated by the worker (PROTOCOL.md §3.5); no login needed.
+                let ok = self
+                    .queue_upload(up, "entangled-outgoing", &key, None, false)
+                    .await;
+                self.reply(ok);
+            }
+            Command::GetEntangled(key, since) => {
+                if !self.flush().await {
+                    return Flow::Close;
                 }
+                let value = self.shared.entangled.find_value(&key).await;
+                self.get_entangled(value, since.as_deref());
+            }
+            Command::DnsTxt(name) => {
+                if !self.shared.config.permit_dns_txt {
+                    self.line(b"FAILED");
+                    return Flow::Continue;
+                }
+                if !self.flush().await {
+                    return Flow::Close;
+                }
+                match self.shared.dns.lookup_txt(&name).await {
+                    TxtAnswer::Records(records) => {
+                        for r in records {
+                            let mut l = b"TXT: ".to_vec();
+                            l.extend_from_slice(&r);
+                            self.line(&l);
+                        }
+                        self.line(b"EndBlock");
+                    }
+                    TxtAnswer::Failed => self.line(b"NOT FOUND"),
+                }
+                // The lookup may have taken a while: the idle clock starts again.
+                self.touch();
             }
             Command::GetServer(key, since) => self.get_server(&key, since.as_deref()),
             Command::Login(user, key) => {
@@ -434,7 +474,7 @@ impl Session {
         up: Upload,
         store_type: &str,
         key: &str,
-        user: &str,
+        user: Option<&str>,
         replicate: bool,
     ) -> bool {
         let Upload::Block { lines, payload } = up else {
@@ -455,9 +495,10 @@ impl Session {
         if let Some(p) = payload {
             body.extend_from_slice(&p);
         }
+        // Entangled uploads have no LoginUser line (PROTOCOL.md §6.1).
+        let user_line = user.map_or(String::new(), |u| format!("LoginUser: {u}\n"));
         let with_prefix = |t: &str| {
-            let mut c =
-                format!("StoreType: {t}\nStoreKeyid: {key}\nLoginUser: {user}\n").into_bytes();
+            let mut c = format!("StoreType: {t}\nStoreKeyid: {key}\n{user_line}").into_bytes();
             c.extend_from_slice(&body);
             c
         };
@@ -487,7 +528,31 @@ impl Session {
             self.line(b"NOT FOUND");
             return;
         };
-        let sent = send_block(&mut self.out, &block);
+        let sent = send_block(&mut self.out, &block, DataLine::Prefix);
+        self.slow_deadline(sent);
+    }
+
+    /// The rest of GET ENTANGLED (PROTOCOL.md §3.5): no type hiding, and the data line is
+    /// the full `Data: <n>` pattern.
+    fn get_entangled(&mut self, value: Option<Vec<u8>>, since: Option<&str>) {
+        let value = match (value, since) {
+            (Some(v), Some(d)) => since::since_filter(&v, d),
+            (v, None) => v,
+            (None, Some(_)) => None,
+        };
+        let Some(value) = value else {
+            self.line(b"NOT FOUND");
+            return;
+        };
+        if self.shared.log_traffic {
+            tracing::info!("C{}> ({} bytes of block)", self.id, value.len());
+        }
+        let sent = send_block(&mut self.out, &value, DataLine::Pattern);
+        self.slow_deadline(sent);
+    }
+
+    /// A long reply gets the time a slowest-allowed client needs to read it.
+    fn slow_deadline(&mut self, sent: usize) {
         let slow = sent as u64 / self.shared.config.slowest_connection.max(1);
         self.deadline = Instant::now() + self.timeout.max(Duration::from_secs(slow));
     }
@@ -528,8 +593,35 @@ fn forbidden(line: &[u8]) -> bool {
     FORBIDDEN.iter().any(|p| lower.starts_with(p))
 }
 
+/// How [`send_block`] knows the line after which the payload follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataLine {
+    /// Starts with `Data: ` in any case (GET SERVER).
+    Prefix,
+    /// Is `Data: <n>` with n a number without leading zero, any case (GET ENTANGLED).
+    Pattern,
+}
+
+impl DataLine {
+    fn matches(self, line: &[u8]) -> bool {
+        let Some((head, n)) = line.split_at_checked(6) else {
+            return false;
+        };
+        if !head.eq_ignore_ascii_case(b"data: ") {
+            return false;
+        }
+        match self {
+            DataLine::Prefix => true,
+            DataLine::Pattern => {
+                n.first().is_some_and(|&c| (b'1'..=b'9').contains(&c))
+                    && n.iter().all(u8::is_ascii_digit)
+            }
+        }
+    }
+}
+
 /// Writes a stored block as PROTOCOL.md §4.2 says; returns the bytes added to `out`.
-pub fn send_block(out: &mut Vec<u8>, block: &[u8]) -> usize {
+pub fn send_block(out: &mut Vec<u8>, block: &[u8], data: DataLine) -> usize {
     let before = out.len();
     let mut pos = 0;
     while pos < block.len() {
@@ -544,7 +636,7 @@ pub fn send_block(out: &mut Vec<u8>, block: &[u8]) -> usize {
         out.extend_from_slice(line);
         out.extend_from_slice(b"\r\n");
         pos = next;
-        if line.len() >= 6 && line[..6].eq_ignore_ascii_case(b"data: ") {
+        if data.matches(line) {
             out.extend_from_slice(&block[pos..]);
             return out.len() - before;
         }
@@ -560,11 +652,22 @@ mod tests {
     #[test]
     fn block_sending() {
         let mut out = Vec::new();
-        send_block(&mut out, b"Type: data\nDate: x\r\nData: 5\nhe\nlo");
+        send_block(
+            &mut out,
+            b"Type: data\nDate: x\r\nData: 5\nhe\nlo",
+            DataLine::Prefix,
+        );
         assert_eq!(out, b"Type: data\r\nDate: x\r\nData: 5\r\nhe\nlo");
         out.clear();
-        send_block(&mut out, b"A: 1\nB: 2\n");
+        send_block(&mut out, b"A: 1\nB: 2\n", DataLine::Prefix);
         assert_eq!(out, b"A: 1\r\nB: 2\r\nEndBlock\r\n");
+        // GET ENTANGLED: only a real length ends the header lines.
+        out.clear();
+        send_block(&mut out, b"DATA: 05\nData: 2\nab", DataLine::Pattern);
+        assert_eq!(out, b"DATA: 05\r\nData: 2\r\nab");
+        out.clear();
+        send_block(&mut out, b"data: x\nB\n", DataLine::Pattern);
+        assert_eq!(out, b"data: x\r\nB\r\nEndBlock\r\n");
     }
 
     #[test]

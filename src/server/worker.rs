@@ -13,6 +13,14 @@
 //! locks and settles the uploads once a later sync covers the renames — while the worker
 //! merges the next batch.
 //!
+//! Entangled uploads (`entangled-outgoing` from STORE ENTANGLED, `entangled-incoming` from
+//! the DHT or left by the original) are merged with the DHT rules into the entangled tree
+//! (PROTOCOL.md §6.2, §11), one at a time under that tree's leaf lock, and written with the
+//! same atomic, durable replacement before they are settled.
+//!
+//! Message announcements stored by `STORE SERVER` are handed to the notifier (§12.2) once
+//! their batch is stored; the notifier never holds up the worker.
+//!
 //! Throughput: the committer passes each block's bytes with it, so the worker reads queue
 //! files only when they are left from an earlier run; leaves ensured once are remembered
 //! (the server never deletes a leaf directory); a small batch waits briefly for the
@@ -28,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::server::entangled::{split_headers, Entangled};
 use crate::server::leaves::Known;
+use crate::server::notify::{opted_out, Notifier};
 use crate::server::publish::{Batch, Publisher, Settle};
 use crate::server::validate::{validate_merge, Limits};
 use crate::store::journal::{Journal, Slot};
@@ -78,13 +88,42 @@ pub struct Worker {
     liveness: std::sync::Arc<crate::server::sender::Liveness>,
     /// Leaves (first four hex digits) known to exist, so not `mkdir`ed or `stat`ed again.
     leaves: Arc<Known>,
+    entangled: Entangled,
+    notifier: Notifier,
+}
+
+/// Where the worker's results go besides the local store.
+pub struct Outputs {
+    /// `sendqueue/`, for journal entries bound for the replication peer.
+    pub sendqueue: Queue,
+    /// The entangled tree (entangled uploads).
+    pub entangled: Entangled,
+    /// New-mail notices.
+    pub notifier: Notifier,
+}
+
+/// What a queue file's `StoreType` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryKind {
+    Server,
+    ReplIn,
+    EntangledOut,
+    EntangledIn,
+}
+
+impl EntryKind {
+    fn is_entangled(self) -> bool {
+        matches!(self, EntryKind::EntangledOut | EntryKind::EntangledIn)
+    }
 }
 
 /// What a queue file asks for (its prefix, PROTOCOL.md §6.2).
 struct Entry {
     name: String,
     slot: Option<Slot>,
+    kind: EntryKind,
     key: String,
+    /// Upper case; empty for the entangled types, which have none.
     user: String,
     block: Vec<u8>,
 }
@@ -93,16 +132,15 @@ impl Worker {
     pub fn new(
         tree: Tree,
         queue: Queue,
-        sendqueue: Queue,
         journal: Arc<Journal>,
         limits: Limits,
         inflight: PathBuf,
         liveness: std::sync::Arc<crate::server::sender::Liveness>,
+        outputs: Outputs,
     ) -> Worker {
         Worker {
             tree,
             queue,
-            sendqueue,
             journal,
             limits,
             inflight,
@@ -110,6 +148,9 @@ impl Worker {
             last_temps: String::new(),
             liveness,
             leaves: Arc::default(),
+            sendqueue: outputs.sendqueue,
+            entangled: outputs.entangled,
+            notifier: outputs.notifier,
         }
     }
 
@@ -210,10 +251,28 @@ impl Worker {
                 Job::SelfTest(_) | Job::Stop => {}
             }
         }
+        let (dht, entries): (Vec<Entry>, Vec<Entry>) =
+            entries.into_iter().partition(|e| e.kind.is_entangled());
+        for e in dht {
+            // Durable once stored: settled with the batch.
+            match self.store_entangled(&e) {
+                Ok(()) => done.push(Settle::upload(e.name, e.slot)),
+                Err(err) => {
+                    tracing::error!(key = %e.key, "storing an entangled value: {err}");
+                    self.journal.hold(&e.slot.into_iter().collect::<Vec<_>>());
+                }
+            }
+        }
         let mut out = Batch::default();
         let mut temps = String::new();
-        match self.store(&entries, &mut out, &mut temps) {
-            Ok(()) => done.extend(entries.into_iter().map(|e| Settle::upload(e.name, e.slot))),
+        let mut notices = Vec::new();
+        match self.store(&entries, &mut out, &mut temps, &mut notices) {
+            Ok(()) => {
+                for r in &notices {
+                    self.notifier.notify(r);
+                }
+                done.extend(entries.into_iter().map(|e| Settle::upload(e.name, e.slot)))
+            }
             Err(e) => {
                 // Left for the next start: queue files stay, journal segments keep them.
                 tracing::error!("storing a batch of {} blocks: {e}", entries.len());
@@ -282,6 +341,7 @@ impl Worker {
         entries: &[Entry],
         out: &mut Batch,
         temps: &mut String,
+        notices: &mut Vec<String>,
     ) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
@@ -318,9 +378,12 @@ impl Worker {
             }));
             match outcome {
                 Ok(Ok(merged)) => {
-                    if let Some(r) = &merged.notify {
-                        // The notifier (PROTOCOL.md §12.2) is not built; say who it was for.
-                        tracing::debug!(recipient = %r, "new message announcement");
+                    // Replicated blocks never notify (PROTOCOL.md §6.2).
+                    let notify = merged.notify.as_deref().filter(|r| {
+                        e.kind == EntryKind::Server && !r.is_empty() && !opted_out(&merged.block)
+                    });
+                    if let Some(r) = notify {
+                        notices.push(r.to_string());
                     }
                     tracing::debug!(key = %e.key, "stored");
                     if !results.contains_key(e.key.as_str()) {
@@ -363,6 +426,58 @@ impl Worker {
         out.writes = writes;
         out.locks = locks;
         Ok(())
+    }
+
+    /// Merges one entangled upload into the entangled tree under its leaf lock (PROTOCOL.md
+    /// §6.2): the value is validated with the DHT rules against the stored value (the DHT
+    /// header lines split off both), and stored after the new header lines. An outgoing
+    /// value is first merged against the local copy and published to the DHT, whose store
+    /// into this node is then merged the same way.
+    fn store_entangled(&mut self, e: &Entry) -> Result<(), StoreError> {
+        let tree = self.entangled.tree().clone();
+        tree.ensure_leaf(&e.key)?;
+        let _lock = LeafLock::acquire(&tree.lock_path(&e.key))?;
+        let existing_file = tree.read(&e.key)?;
+        let existing = existing_file.as_deref().map(|f| split_headers(f).1);
+        let published;
+        let incoming: &[u8] = match e.kind {
+            EntryKind::EntangledOut => {
+                let Some(value) = self.merge_dht(&e.key, existing, &e.block) else {
+                    return Ok(());
+                };
+                published = self.entangled.publish(&value);
+                &published
+            }
+            _ => &e.block,
+        };
+        let (headers, value) = split_headers(incoming);
+        let Some(merged) = self.merge_dht(&e.key, existing, value) else {
+            return Ok(());
+        };
+        let mut file = headers.to_vec();
+        file.extend_from_slice(&merged);
+        tree.write_atomic(&e.key, &file)?;
+        tracing::debug!(key = %e.key, "stored in the entangled tree");
+        Ok(())
+    }
+
+    /// `validate_merge` with the DHT rules; `None` (logged) if nothing is to be stored.
+    fn merge_dht(&self, key: &str, existing: Option<&[u8]>, new: &[u8]) -> Option<Vec<u8>> {
+        let now = chrono::Utc::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            validate_merge(key, existing, new, true, None, &self.limits, now)
+        }));
+        match outcome {
+            Ok(Ok(merged)) => Some(merged.block),
+            Ok(Err(why)) => {
+                tracing::info!(key, "entangled value not stored: {why}");
+                None
+            }
+            Err(_) => {
+                tracing::error!(key, "validation panicked; entangled value dropped");
+                None
+            }
+        }
     }
 
     /// Replaces the in-flight list: written over the old one in place, padded with empty
@@ -442,17 +557,31 @@ fn parse_entry(name: &str, content: Vec<u8>) -> Result<Option<Entry>, &'static s
     if key.len() != 40 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("bad StoreKeyid");
     }
-    if stype != "SERVER" && stype != "REPL-IN" {
-        tracing::warn!("queue file {name} has type {stype}, which this server does not process");
-        return Ok(None);
-    }
-    let user = field(next_line(&content), "LoginUser: ").ok_or("no LoginUser line")?;
-    if !(4..=40).contains(&user.len()) || !user.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err("bad LoginUser");
-    }
+    let kind = match stype.as_str() {
+        "SERVER" => EntryKind::Server,
+        "REPL-IN" => EntryKind::ReplIn,
+        "ENTANGLED-OUTGOING" => EntryKind::EntangledOut,
+        "ENTANGLED-INCOMING" => EntryKind::EntangledIn,
+        _ => {
+            tracing::warn!(
+                "queue file {name} has type {stype}, which this server does not process"
+            );
+            return Ok(None);
+        }
+    };
+    let user = if kind.is_entangled() {
+        String::new()
+    } else {
+        let user = field(next_line(&content), "LoginUser: ").ok_or("no LoginUser line")?;
+        if !(4..=40).contains(&user.len()) || !user.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err("bad LoginUser");
+        }
+        user
+    };
     Ok(Some(Entry {
         name: name.to_string(),
         slot: None,
+        kind,
         key: key.to_ascii_uppercase(),
         user: user.to_ascii_uppercase(),
         block: content[pos..].to_vec(),

@@ -7,4 +7,5 @@ pub mod metrics;
 pub mod process;
 pub mod provision;
 pub mod run;
+pub mod shared_tree;
 pub mod watcher;

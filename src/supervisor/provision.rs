@@ -78,7 +78,12 @@ const LEDGER_HEADER: &str =
 /// and the ledger. Runs before any instance starts: the original crashes when two instances
 /// race to create the store folder.
 pub fn prepare_data(plan: &Plan) -> Result<Prepared, ProvisionError> {
-    for dir in [&plan.data, &plan.data.join("homes"), &plan.store] {
+    for dir in [
+        &plan.data,
+        &plan.data.join("homes"),
+        &plan.store,
+        &entangled_dir(plan),
+    ] {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
     link_shards(plan)?;
@@ -237,6 +242,11 @@ pub fn read_or_create_key(path: &Path) -> Result<String, ProvisionError> {
     }
 }
 
+/// The entangled tree every instance shares, `<data>/entangled` (PROTOCOL.md §11).
+pub fn entangled_dir(plan: &Plan) -> PathBuf {
+    plan.data.join("entangled")
+}
+
 /// A new random key: 40 upper-case hex digits (160 bits).
 pub fn new_key() -> String {
     let bytes: [u8; 20] = rand::thread_rng().gen();
@@ -245,15 +255,20 @@ pub fn new_key() -> String {
 
 /// Makes or refreshes the home of instance `id`: `config.txt` (rewritten when it differs),
 /// `auth.txt` seeded from the ledger, `ssl/`, `gpgtemp/` (700), `inputqueue/`,
-/// `sendqueue/`, `entangled/`. Existing queues, stores and log lines are kept.
+/// `sendqueue/`, and `entangled` as a link to the shared tree (files of an older real
+/// folder moved into it). Existing queues, stores and log lines are kept.
 pub fn provision_home(plan: &Plan, prepared: &Prepared, id: u32) -> Result<(), ProvisionError> {
     let inst = plan.instance(id);
     let home = &inst.home;
     fs::create_dir_all(home).map_err(io_err(home))?;
-    for dir in ["inputqueue", "sendqueue", "entangled"] {
+    for dir in ["inputqueue", "sendqueue"] {
         let p = home.join(dir);
         fs::create_dir_all(&p).map_err(io_err(&p))?;
     }
+    let link = home.join("entangled");
+    let shared = entangled_dir(plan);
+    fs::create_dir_all(&shared).map_err(io_err(&shared))?;
+    crate::supervisor::shared_tree::link_home(&shared, &link).map_err(io_err(&link))?;
     let gpg = home.join("gpgtemp");
     fs::create_dir_all(&gpg).map_err(io_err(&gpg))?;
     fs::set_permissions(&gpg, fs::Permissions::from_mode(0o700)).map_err(io_err(&gpg))?;
@@ -496,6 +511,11 @@ mod tests {
             assert!(home.join(d).is_dir(), "{d}");
         }
         assert_eq!(mode(&home.join("gpgtemp")), 0o700);
+        assert_eq!(
+            fs::read_link(home.join("entangled")).unwrap(),
+            entangled_dir(&plan),
+            "every home shares one entangled tree"
+        );
         for f in ["server.crt", "server.key", "dhparams.pem"] {
             assert!(home.join("ssl").join(f).is_file(), "{f}");
         }

@@ -1,0 +1,114 @@
+//! `storeherd store` with the original server's options (server.py): `-daemon -pidfile`
+//! detaches, `-logfile` takes the log, `-logtraffic` logs every line; SIGTERM stops it.
+
+mod common;
+mod harness;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Raw;
+use harness::{alive, wait_dead};
+use storeherd::server::identity::Identity;
+
+/// SIGKILLs the daemon if a test ends with it still running.
+struct Daemon(Option<u32>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            if alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn daemon_writes_its_pidfile_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    Identity::generate("storeherd-test")
+        .unwrap()
+        .install(&home.join("ssl"))
+        .unwrap();
+    let port = common::free_port();
+    std::fs::write(
+        home.join("config.txt"),
+        format!("sport: {port}\nlisten_address: 127.0.0.1\n"),
+    )
+    .unwrap();
+    let pidfile = dir.path().join("store.pid");
+    let logfile = dir.path().join("store.log");
+
+    // The original's spelling; the command returns once the daemon is detached.
+    let out = Command::new(common::binary())
+        .args(["store", "-homedir"])
+        .arg(&home)
+        .args(["-daemon", "-logtraffic", "-pidfile"])
+        .arg(&pidfile)
+        .arg("-logfile")
+        .arg(&logfile)
+        .env("STOREHERD_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut guard = Daemon(None);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut greeting = None;
+    while Instant::now() < deadline {
+        if let Ok(mut raw) = Raw::connect(([127, 0, 0, 1], port).into()) {
+            greeting = raw.line();
+            if greeting.is_some() {
+                assert_eq!(raw.cmd("PING hello"), "PONG hello");
+                assert_eq!(raw.cmd("QUIT"), "GOODBYE");
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(greeting.is_some_and(|g| g.ends_with("READY")));
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    guard.0 = Some(pid);
+    assert!(alive(pid));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("store"),
+        "the pid file names the server"
+    );
+    // Detached: a session of its own, and the log in the log file, traffic included.
+    let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap();
+    assert_eq!(sid.as_raw() as u32, pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = String::new();
+    while !log.contains("> PONG hello") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+        log = std::fs::read_to_string(&logfile).unwrap_or_default();
+    }
+    assert!(log.contains("< PING hello"), "{log}");
+    assert!(log.contains("> PONG hello"), "{log}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_dead(&[pid], Duration::from_secs(20)).is_empty());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pidfile.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(!pidfile.exists(), "removed on a clean stop");
+    assert!(std::fs::read_to_string(&logfile)
+        .unwrap()
+        .contains("SIGTERM"));
+}
