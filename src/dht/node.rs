@@ -35,6 +35,8 @@ const MAX_LOOKUP_RPCS: usize = 32 * ALPHA;
 const MAX_TRIPLES: usize = 4 * K;
 /// Peer addresses the store limiter tracks.
 const MAX_LIMITED: usize = 4096;
+/// Publishes started with [`Handle::publish_detached`] running at once.
+const MAX_PUBLISHING: usize = 256;
 /// Values republished per refresh, at most.
 const MAX_REPUBLISH: usize = 10_000;
 
@@ -104,6 +106,9 @@ struct Inner {
     head_pings: Mutex<HashSet<Id>>,
     serving: Arc<Semaphore>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The runtime the node runs on, for publishes started from other threads.
+    rt: tokio::runtime::Handle,
+    publishing: Arc<Semaphore>,
 }
 
 /// A running node; cheap to clone. Its tasks run on the tokio runtime it was started on.
@@ -174,6 +179,8 @@ pub async fn start(config: Config, values: Arc<dyn Values>) -> Result<Handle, Dh
         head_pings: Mutex::new(HashSet::new()),
         serving: Arc::new(Semaphore::new(MAX_SERVING)),
         tasks: Mutex::new(Vec::new()),
+        rt: tokio::runtime::Handle::current(),
+        publishing: Arc::new(Semaphore::new(MAX_PUBLISHING)),
         config,
     });
     let h = Handle { inner };
@@ -364,6 +371,21 @@ impl Handle {
     /// closest, as the original does).
     pub async fn publish(&self, key: Id, value: Vec<u8>) -> usize {
         self.iterative_store(key, value, self.id(), 0).await
+    }
+
+    /// [`Handle::publish`] in the background, callable from any thread (the worker's).
+    /// Beyond a bounded number running at once, the publish is dropped with a warning.
+    pub fn publish_detached(&self, key: Id, value: Vec<u8>) {
+        let Ok(permit) = self.inner.publishing.clone().try_acquire_owned() else {
+            tracing::warn!(key = %hex::encode(key), "too many DHT publishes running; dropped");
+            return;
+        };
+        let h = self.clone();
+        self.inner.rt.spawn(async move {
+            let n = h.publish(key, value).await;
+            tracing::debug!(key = %hex::encode(key), "published to {n} DHT nodes");
+            drop(permit);
+        });
     }
 
     /// Entangled's iterative delete: asks the nodes close to `key` to delete it and drops
