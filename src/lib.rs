@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod admin;
 pub mod bench;
 pub mod cli;
+pub mod dht;
 pub mod proxy;
 pub mod server;
 pub mod store;

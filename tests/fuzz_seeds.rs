@@ -102,4 +102,23 @@ fn write_fuzz_seeds() {
         "small",
         b"listen: 127.0.0.1:8081\ninstances: 4\ndata: /tmp/x\nports: { server: 18101, entangled: 18201 }\nhealth: { interval: 200ms }\nproxy: { max_connections: 100 }\n",
     );
+    // The original's own datagrams (tests/dht_wire.rs), and its split message in one input.
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dht");
+    let mut split = Vec::new();
+    for e in std::fs::read_dir(&vectors).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let Some(stem) = name.strip_suffix(".bin") else {
+            continue;
+        };
+        let bytes = std::fs::read(&path).unwrap();
+        if stem.starts_with("split_") {
+            split.push((stem.to_string(), bytes));
+        } else {
+            seed("dht", stem, &bytes);
+        }
+    }
+    split.sort();
+    let joined: Vec<Vec<u8>> = split.into_iter().map(|(_, b)| b).collect();
+    seed("dht", "split", &joined.join(&0xfe));
 }

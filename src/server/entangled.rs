@@ -1,34 +1,58 @@
 //! The entangled store (PROTOCOL.md §11): the tree `<home>/entangled/` of DHT value files,
-//! each the six DHT header lines (`Source: entangled` … `Data: <n>`) and then the value.
+//! each the six DHT header lines (`Source: entangled` … `Data: <n>`) and then the value, and
+//! the instance's DHT node ([`crate::dht`]) on UDP `eport`.
 //!
-//! There is no DHT node here yet, so this node behaves as an Entangled node with no
-//! contacts: its iterative store stores on itself (the original does so with fewer than k
-//! contacts), and its iterative find-value finds only what it holds. [`Entangled::publish`]
-//! and [`Entangled::find_value`] are the two places a DHT node plugs in to.
+//! GET ENTANGLED looks in the tree first and asks the DHT when the value is not there;
+//! STORE ENTANGLED's validated value is stored here and published to the DHT. A peer's DHT
+//! store into this node becomes an `entangled-incoming` upload ([`ServerValues`]), made
+//! durable by the ingest and validated by the worker as the original's store thread does
+//! (§6.2); the node answers `OK` once it is durable.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use rand::Rng;
 
+use crate::dht::store::{parse_value_file, tree_keys, Meta, Values};
+use crate::dht::{self, Id};
+use crate::server::ingest::Ingest;
 use crate::store::tree::Tree;
 
 /// The DHT header lines of a value file, before the value.
 pub const HEADER_LINES: usize = 6;
 
-/// The entangled tree and this node's identity.
-#[derive(Debug, Clone)]
+/// The entangled tree and this instance's DHT node, once started.
+#[derive(Clone)]
 pub struct Entangled {
     tree: Tree,
-    /// This node's id: random at every start, as the original's (its saved state is never
-    /// read back, PROTOCOL.md §11).
-    node_id: [u8; 20],
+    dht: Arc<OnceLock<dht::Handle>>,
+    /// The publisher id until the node is up (its id from then on).
+    fallback_id: Id,
+}
+
+impl std::fmt::Debug for Entangled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entangled")
+            .field("tree", &self.tree)
+            .field("dht", &self.dht.get().map(|d| d.local_addr()))
+            .finish()
+    }
+}
+
+/// A 40-hex-digit key as a DHT key.
+fn dht_key(key: &str) -> Option<Id> {
+    hex::decode(key)
+        .ok()
+        .and_then(|b| Id::try_from(b.as_slice()).ok())
 }
 
 impl Entangled {
     pub fn new(root: impl Into<PathBuf>) -> Entangled {
         Entangled {
             tree: Tree::new(root),
-            node_id: rand::thread_rng().gen(),
+            dht: Arc::new(OnceLock::new()),
+            fallback_id: rand::thread_rng().gen(),
         }
     }
 
@@ -36,26 +60,137 @@ impl Entangled {
         &self.tree
     }
 
-    /// GET ENTANGLED's lookup: the value stored under `key` (a clean key), as the DHT's
-    /// find-value returns it. Without a DHT node, only this node's tree is asked (the
-    /// original also falls back to its own tree when the network has no copy).
+    /// Plugs the running DHT node in (once).
+    pub fn attach(&self, node: dht::Handle) {
+        let _ = self.dht.set(node);
+    }
+
+    pub fn dht(&self) -> Option<&dht::Handle> {
+        self.dht.get()
+    }
+
+    fn node_id(&self) -> Id {
+        self.dht.get().map_or(self.fallback_id, dht::Handle::id)
+    }
+
+    /// GET ENTANGLED's lookup: the value stored under `key` (a clean key). The tree first;
+    /// when it has no copy, the DHT (bounded by the node's lookup timeout).
     pub async fn find_value(&self, key: &str) -> Option<Vec<u8>> {
         match self.tree.read(key) {
-            Ok(file) => file.map(|f| value_of(&f).to_vec()),
-            Err(e) => {
-                tracing::error!("reading an entangled value: {e}");
-                None
-            }
+            Ok(Some(file)) => return Some(value_of(&file).to_vec()),
+            Ok(None) => {}
+            Err(e) => tracing::error!("reading an entangled value: {e}"),
+        }
+        let node = self.dht.get()?;
+        node.find_value(dht_key(key)?).await
+    }
+
+    /// The DHT's iterative store of a validated outgoing value (PROTOCOL.md §6.2): handed to
+    /// the DHT node, which stores it on the k closest nodes in the background. This node's
+    /// own copy is the value file returned, published now by this node, to be merged into
+    /// the tree as an incoming DHT store is.
+    pub fn publish(&self, key: &str, value: &[u8]) -> Vec<u8> {
+        if let (Some(node), Some(k)) = (self.dht.get(), dht_key(key)) {
+            node.publish_detached(k, value.to_vec());
+        }
+        let now = chrono::Utc::now().timestamp();
+        value_file(value, now, now, &self.node_id())
+    }
+}
+
+/// A server's DHT values: read from the entangled tree; a peer's store goes through the
+/// ingest as an `entangled-incoming` upload, validated by the worker. The tree is never
+/// pruned by the node (the original's file store ignores deletes; storutil prunes).
+pub struct ServerValues {
+    tree: Tree,
+    /// Taken away at shutdown ([`ServerValues::close`]).
+    ingest: std::sync::Mutex<Option<Ingest>>,
+    rt: tokio::runtime::Handle,
+}
+
+impl ServerValues {
+    /// `rt` is the runtime the ingest's replies are awaited on (the network thread's).
+    pub fn new(tree: Tree, ingest: Ingest, rt: tokio::runtime::Handle) -> ServerValues {
+        ServerValues {
+            tree,
+            ingest: std::sync::Mutex::new(Some(ingest)),
+            rt,
         }
     }
 
-    /// The DHT's iterative store of a validated outgoing value. A node that stores on itself
-    /// hands its own store a value file published now by this node; that file is returned,
-    /// to be merged into the tree as an incoming DHT store is (PROTOCOL.md §6.2).
-    pub fn publish(&self, value: &[u8]) -> Vec<u8> {
-        let now = chrono::Utc::now().timestamp();
-        value_file(value, now, now, &self.node_id)
+    /// Lets go of the ingest (the server is stopping); later stores are refused.
+    pub fn close(&self) {
+        self.ingest.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
+}
+
+impl Values for ServerValues {
+    fn get(&self, key: &Id) -> Option<Vec<u8>> {
+        let file = self.tree.read(&hex::encode_upper(key)).ok()??;
+        parse_value_file(&file).map(|(_, v)| v.to_vec())
+    }
+
+    fn put(&self, key: &Id, value: &[u8], meta: Meta) {
+        let k = hex::encode_upper(key);
+        let content = incoming_file(
+            &k,
+            value,
+            meta.last_published,
+            meta.originally_published,
+            &meta.publisher,
+        );
+        let ingest = self
+            .ingest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(ingest) = ingest else {
+            return;
+        };
+        // Called on a blocking thread: wait until the upload is durable.
+        if !self.rt.block_on(ingest.submit(&k, content, None)) {
+            tracing::warn!(key = %k, "a DHT store could not be queued");
+        }
+    }
+
+    fn entries(&self, max: usize) -> Vec<(Id, Meta)> {
+        tree_keys(self.tree.root(), max)
+            .into_iter()
+            .filter_map(|k| {
+                let file = self.tree.read(&hex::encode_upper(k)).ok()??;
+                parse_value_file(&file).map(|(m, _)| (k, m))
+            })
+            .collect()
+    }
+
+    fn expire(&self, _key: &Id) {}
+}
+
+/// Starts the instance's DHT node on `bind` (`listen_address`:`eport`), its id and
+/// contacts kept in `state`, and joins through `knode` in the background. Runs on the
+/// current runtime.
+pub async fn start_node(
+    bind: SocketAddr,
+    state: PathBuf,
+    knode: Vec<(String, u16)>,
+    values: Arc<dyn Values>,
+) -> Result<dht::Handle, dht::DhtError> {
+    let mut config = dht::Config::new(bind);
+    config.state_path = Some(state);
+    let node = dht::start(config, values).await?;
+    let joining = node.clone();
+    tokio::spawn(async move {
+        let mut seeds = Vec::new();
+        for (host, port) in knode {
+            match tokio::net::lookup_host((host.as_str(), port)).await {
+                Ok(addrs) => seeds.extend(addrs),
+                Err(e) => tracing::warn!("knode {host}:{port}: {e}"),
+            }
+        }
+        let n = joining.join(&seeds).await;
+        tracing::info!("DHT node joined with {n} contacts");
+    });
+    Ok(node)
 }
 
 /// A value file: the six DHT header lines, then the value (PROTOCOL.md §11).

@@ -4,12 +4,12 @@ use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use crate::server::auth::{AuthError, AuthTable};
 use crate::server::config::{Config, ConfigError};
 use crate::server::dns::Dns;
-use crate::server::entangled::Entangled;
+use crate::server::entangled::{self, Entangled, ServerValues};
 use crate::server::ingest::Ingest;
 use crate::server::leaves::Preparer;
 use crate::server::notify::Notifier;
@@ -21,6 +21,9 @@ use crate::store::journal::{self, Journal, Kind};
 use crate::store::queue::Queue;
 use crate::store::tree::Tree;
 use crate::store::{ensure_dir, StoreError};
+
+/// The DHT node's id and contacts, in the home (`dht::state`).
+pub const DHT_STATE: &str = "dht.state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -174,6 +177,35 @@ pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
             std::time::Duration::from_secs(config.dns_timeout),
         )
     };
+    // The DHT node on UDP `eport` (PROTOCOL.md §11), with this home's id and contacts.
+    let dht_bind = SocketAddr::new(config.listen_address, config.eport);
+    let values = Arc::new(ServerValues::new(
+        entangled.tree().clone(),
+        ingest.clone(),
+        rt.handle().clone(),
+    ));
+    let knode = config
+        .knode
+        .iter()
+        .map(|k| (k.host.clone(), k.port))
+        .collect();
+    // Without its UDP port the server still serves the line protocol, GET ENTANGLED from
+    // its tree (PROTOCOL.md §11 implementer note); the original would not start at all.
+    let node = match rt.block_on(entangled::start_node(
+        dht_bind,
+        home.join(DHT_STATE),
+        knode,
+        values.clone(),
+    )) {
+        Ok(node) => {
+            entangled.attach(node.clone());
+            Some(node)
+        }
+        Err(e) => {
+            tracing::error!("no DHT node: {e}");
+            None
+        }
+    };
     let shared = Rc::new(Shared {
         config,
         tree,
@@ -197,6 +229,11 @@ pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
     // Sessions still open are dropped with the runtime; anything they had acknowledged is
     // durable in the input journal already.
     drop(local);
+    if let Some(node) = &node {
+        rt.block_on(node.shutdown());
+    }
+    // The node's values hold an ingest handle; the committer stops once every one is gone.
+    values.close();
     drop(rt);
     drop(shared);
     let _ = ingest_thread.join();

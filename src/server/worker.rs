@@ -451,7 +451,7 @@ impl Worker {
                 let Some(value) = self.merge_dht(&e.key, existing, &e.block) else {
                     return Ok(());
                 };
-                published = self.entangled.publish(&value);
+                published = self.entangled.publish(&e.key, &value);
                 &published
             }
             _ => &e.block,

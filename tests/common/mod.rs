@@ -111,7 +111,8 @@ impl TestServer {
         let mut last = String::new();
         for _ in 0..5 {
             let port = opts.port.unwrap_or_else(free_port);
-            let mut text = format!("sport: {port}\nlisten_address: 127.0.0.1\n");
+            // eport 0: the DHT node takes a free UDP port (the default 8081 would be shared).
+            let mut text = format!("sport: {port}\neport: 0\nlisten_address: 127.0.0.1\n");
             if let Some(store) = &opts.store {
                 text.push_str(&format!("alt_localstore: {}\n", store.display()));
             }
