@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod proxy;
 pub mod server;
+pub mod serverlog;
 pub mod store;
 pub mod supervisor;
 pub mod topology;

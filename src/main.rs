@@ -24,6 +24,9 @@ fn main() -> std::process::ExitCode {
         Command::Shards(a) => storeherd::cli::control::shards(a),
         Command::Store(a) => storeherd::cli::store::run(a),
         Command::Bench(a) => storeherd::cli::bench::run(a),
+        Command::Logs(a) => storeherd::cli::logs::run(a),
+        Command::Completions(a) => storeherd::cli::generate::completions(a),
+        Command::Man(a) => storeherd::cli::generate::man(a),
     };
     match result {
         Ok(code) => code,
