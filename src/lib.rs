@@ -10,6 +10,7 @@ pub mod cli;
 pub mod dht;
 pub mod proxy;
 pub mod server;
+pub mod serverlog;
 pub mod store;
 pub mod supervisor;
 pub mod topology;

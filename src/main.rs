@@ -19,6 +19,9 @@ fn main() -> std::process::ExitCode {
         Command::Bench(a) => storeherd::cli::bench::run(a),
         Command::Prune(a) => storeherd::cli::upkeep::prune(a),
         Command::Report(a) => storeherd::cli::upkeep::report(a),
+        Command::Logs(a) => storeherd::cli::logs::run(a),
+        Command::Completions(a) => storeherd::cli::generate::completions(a),
+        Command::Man(a) => storeherd::cli::generate::man(a),
     };
     match result {
         Ok(code) => code,

@@ -646,8 +646,8 @@ async fn body_limit_unknown_routes_and_wrong_methods() {
     );
     assert!(matches!(fx.next_seen().await, Request::Scale(2)));
 
+    // (`/` is the status page.)
     for path in [
-        "/",
         "/nope",
         "/status/extra",
         "/instances/1/stop",
@@ -916,4 +916,64 @@ async fn control_commands_find_the_api_in_the_topology_file() {
         stderr(&out)
     );
     assert!(fx.nothing_seen());
+}
+
+#[tokio::test]
+async fn the_status_page_is_served_without_the_token_and_loads_nothing_else() {
+    let fx = Fixture::start(Some("page-token")).await;
+    let addr = fx.addr;
+    let a = request(addr, "GET", "/", None).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("content-type"), Some("text/html; charset=utf-8"));
+    let csp = a.header("content-security-policy").expect("a CSP header");
+    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"));
+    let page = a.text();
+    assert!(page.contains("fetch(\"/status\""), "{page}");
+    // Everything inline: no stylesheet, script or image from anywhere.
+    for outside in ["<link", " src=", "@import", "url("] {
+        assert!(
+            !page.contains(outside),
+            "the page loads something: {outside}"
+        );
+    }
+    // The data behind it keeps the token.
+    assert_error(
+        &request(addr, "GET", "/status", None).await,
+        401,
+        "bearer token",
+    );
+    // Only reading the page is public.
+    assert_error(
+        &request(addr, "POST", "/", Some("{}")).await,
+        401,
+        "bearer token",
+    );
+    let a = request_auth(addr, "POST", "/", Some("{}"), Some("Bearer page-token")).await;
+    assert_error(&a, 405, "GET, HEAD");
+}
+
+#[tokio::test]
+async fn logs_route_checks_its_input_and_keeps_the_token() {
+    let fx = Fixture::start(Some("logs-token")).await;
+    let addr = fx.addr;
+    let auth = Some("Bearer logs-token");
+    assert_error(
+        &request(addr, "GET", "/logs", None).await,
+        401,
+        "bearer token",
+    );
+    let a = request_auth(addr, "GET", "/logs?instance=9", None, auth).await;
+    assert_error(&a, 404, "no instance 9");
+    let a = request_auth(addr, "GET", "/logs?lines=many", None, auth).await;
+    assert_error(&a, 400, "lines=many");
+    let a = request_auth(addr, "GET", "/logs?cursor=1.2", None, auth).await;
+    assert_error(&a, 400, "cursor");
+    let a = request_auth(addr, "POST", "/logs", Some("{}"), auth).await;
+    assert_error(&a, 405, "GET, HEAD");
+    // The sample instances' homes do not exist: no lines yet, and a cursor to follow from.
+    let a = request_auth(addr, "GET", "/logs?instance=2&lines=5", None, auth).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let doc = a.json();
+    assert_eq!(doc["lines"], serde_json::json!([]), "{doc}");
+    assert!(doc["cursor"].as_str().unwrap().starts_with("2."), "{doc}");
 }

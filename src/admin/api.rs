@@ -151,3 +151,18 @@ impl Handle {
         Ok(rx)
     }
 }
+
+/// One line of `GET /logs`: which instance wrote it, and the line as in its `server.log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub instance: u32,
+    pub line: String,
+}
+
+/// The `GET /logs` document: lines oldest first and where to ask for the next ones
+/// (`?cursor=…`, opaque to clients).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsPage {
+    pub lines: Vec<LogLine>,
+    pub cursor: String,
+}

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use super::api::Status;
+use super::api::{LogsPage, Status};
 use super::server::Limits;
 use crate::accounts::{Command, Report};
 
@@ -118,6 +118,28 @@ impl AdminClient {
             .await?;
         self.expect_success(status, &body)?;
         String::from_utf8(body.to_vec()).map_err(|_| self.bad("metrics are not UTF-8".into()))
+    }
+
+    /// `GET /logs`: the last `lines` lines of one instance (or of all, interleaved), or with
+    /// `cursor` (from an earlier page) the lines written since.
+    pub async fn get_logs(
+        &self,
+        instance: Option<u32>,
+        lines: usize,
+        cursor: Option<&str>,
+    ) -> Result<LogsPage, ClientError> {
+        let mut path = format!("/logs?lines={lines}");
+        if let Some(id) = instance {
+            path.push_str(&format!("&instance={id}"));
+        }
+        if let Some(c) = cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, body) = self
+            .send(Method::GET, &path, None, self.read_timeout)
+            .await?;
+        self.expect_success(status, &body)?;
+        serde_json::from_slice(&body).map_err(|e| self.bad(format!("logs document: {e}")))
     }
 
     /// `POST path` with an optional JSON body.

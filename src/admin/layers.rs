@@ -9,14 +9,20 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body_util::{Full, Limited};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use super::routes::error_response;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Requires `Authorization: Bearer <token>` when a token is set.
+/// What is served without the token: only `GET /`. The status page holds no data (it reads `/status` with the token it asks for), and a browser
+/// cannot send a bearer header when it opens an address.
+fn public(req_method: &Method, path: &str) -> bool {
+    path == "/" && (req_method == Method::GET || req_method == Method::HEAD)
+}
+
+/// Requires `Authorization: Bearer <token>` when a token is set (see [`public`]).
 #[derive(Clone)]
 pub struct BearerAuthLayer {
     token: Option<Arc<str>>,
@@ -77,7 +83,9 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if let Some(token) = &self.token {
-            if !authorized(token, req.headers().get(AUTHORIZATION)) {
+            if !public(req.method(), req.uri().path())
+                && !authorized(token, req.headers().get(AUTHORIZATION))
+            {
                 tracing::warn!(path = %req.uri().path(), "admin request without a valid token");
                 let mut resp = error_response(
                     StatusCode::UNAUTHORIZED,

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod client;
 mod layers;
+pub mod logs;
 pub mod metrics;
 mod routes;
 pub mod server;

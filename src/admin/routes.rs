@@ -10,13 +10,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tower::Service;
 
 use super::api::{ControlError, Handle, Request as Control};
-use super::{layers, metrics};
+use super::{layers, logs, metrics};
 use crate::accounts::Command as AccountsCommand;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -145,9 +145,12 @@ impl Router {
         let is_get = method == Method::GET || method == Method::HEAD;
         let is_post = method == Method::POST;
         match segments.as_slice() {
+            [] if is_get => page(),
+            [] => method_not_allowed("GET, HEAD"),
             ["status"] if is_get => self.status(),
             ["metrics"] if is_get => self.metrics(),
-            ["status"] | ["metrics"] => method_not_allowed("GET, HEAD"),
+            ["logs"] if is_get => logs::answer(&self.handle, req.uri().query()).await,
+            ["status"] | ["metrics"] | ["logs"] => method_not_allowed("GET, HEAD"),
             ["scale"] if is_post => match self.body::<ScaleBody, B>(req).await {
                 Ok(Some(body)) => self.control(Control::Scale(body.instances)).await,
                 Ok(None) => error_response(StatusCode::BAD_REQUEST, "a JSON body is required"),
@@ -314,6 +317,24 @@ impl Router {
             ),
         }
     }
+}
+
+/// The status page: one self-contained HTML document (inline style and script, no other
+/// request than `/status`), so it works offline and behind the same token as the API.
+const PAGE: &str = include_str!("page.html");
+
+/// Only inline code and same-origin requests: the page loads nothing from anywhere else.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+fn page() -> Response<Full<Bytes>> {
+    let mut resp = with_type(StatusCode::OK, PAGE.into(), "text/html; charset=utf-8");
+    resp.headers_mut().insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_POLICY),
+    );
+    resp
 }
 
 /// The action's name for logs: the command itself carries keys, which stay out of them.

@@ -19,7 +19,7 @@ use crate::topology::Plan;
 /// Where `storeherd up` puts the admin API when nothing says otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8089";
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -74,7 +74,7 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn client(args: &ControlArgs) -> anyhow::Result<AdminClient> {
+pub(super) fn client(args: &ControlArgs) -> anyhow::Result<AdminClient> {
     let (addr, token_file) = endpoint(args)?;
     let token = token_file.as_deref().map(read_token).transpose()?;
     Ok(AdminClient::new(addr, token))

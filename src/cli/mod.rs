@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand};
 pub mod bench;
 pub mod check;
 pub mod control;
+pub mod generate;
 pub mod logging;
+pub mod logs;
 pub mod store;
 pub mod up;
 pub mod upkeep;
@@ -62,6 +64,12 @@ pub enum Command {
     Prune(PruneArgs),
     /// Store usage: blocks and bytes per type, per first-level folder, and by age.
     Report(ReportArgs),
+    /// Show an instance's server.log (across rotations), or every instance's, interleaved.
+    Logs(LogsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the manual page, or write one page per command into a directory.
+    Man(ManArgs),
 }
 
 /// Where the topology comes from (shared by `up`, `check` and the control commands).
@@ -313,4 +321,31 @@ pub struct ReportArgs {
     /// File system allocation unit for the disk-bytes columns (storutil's -blocksize).
     #[arg(long, default_value_t = 512)]
     pub blocksize: u64,
+// `-f` follows here, as in `tail -f`; the topology file is `--file` only.
+#[command(mut_arg("file", |a| a.short(None)))]
+pub struct LogsArgs {
+    /// Instance id; without it, every instance, interleaved by time, each line led by its id.
+    pub id: Option<u32>,
+    /// Keep printing new lines as they are written.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// How many of the last lines to print first.
+    #[arg(short = 'n', long = "lines", default_value_t = 50)]
+    pub lines: usize,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write storeherd.1 and one storeherd-COMMAND.1 per command here instead of printing
+    /// storeherd.1.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }

@@ -67,9 +67,7 @@ impl RotatingLog {
 
     /// The path of rotated file `n` (`server.log.n`).
     pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
-        let mut s = path.as_os_str().to_owned();
-        s.push(format!(".{n}"));
-        PathBuf::from(s)
+        crate::serverlog::rotated_path(path, n)
     }
 
     /// Appends one line (a newline is added). A line longer than a whole file is cut to fit.

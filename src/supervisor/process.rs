@@ -22,7 +22,7 @@ use super::logs::{self, LogSink, Stream};
 /// File name of the pidfile in a home.
 pub const PIDFILE: &str = "storeherd.pid";
 /// File name of the captured output in a home.
-pub const SERVER_LOG: &str = "server.log";
+pub use crate::serverlog::FILE as SERVER_LOG;
 
 /// How long a stale process gets after SIGTERM, and again after SIGKILL, to disappear.
 const STALE_WAIT: Duration = Duration::from_secs(3);

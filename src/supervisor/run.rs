@@ -206,9 +206,16 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
         shutdown_rx.clone(),
     ));
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    let mut announced = false;
     loop {
         tokio::select! {
-            Some(ev) = events_rx.recv() => sup.on_event(ev),
+            Some(ev) = events_rx.recv() => {
+                sup.on_event(ev);
+                if !announced && sup.all_ready() {
+                    announced = true;
+                    info!("{}", where_to_look(&sup.plan(), sup.slots.len()));
+                }
+            }
             Some((req, reply)) = req_rx.recv() => {
                 let answer = sup.on_request(req);
                 let _ = reply.send(answer);
@@ -262,7 +269,42 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
     Ok(())
 }
 
+/// What an operator needs once `up` is ready: where clients connect, where the status page
+/// is, where the administrator key and the data are.
+fn where_to_look(plan: &Plan, instances: usize) -> String {
+    let admin = plan.admin.listen;
+    // A wildcard listener is reached on loopback from this machine.
+    let page = if admin.ip().is_unspecified() {
+        format!(
+            "http://127.0.0.1:{}/ (listening on every address)",
+            admin.port()
+        )
+    } else {
+        format!("http://{admin}/")
+    };
+    let token = match &plan.admin.token_file {
+        Some(t) => format!(", bearer token in {}", t.display()),
+        None => String::new(),
+    };
+    format!(
+        "every instance is ready ({instances}):\n  clients connect to  {}\n  status page         {page}{token}\n  administrator key   {} (LOGIN administrator <key>)\n  data                {}",
+        plan.listen,
+        plan.admin_key_file.display(),
+        plan.data.display()
+    )
+}
+
 impl Supervisor {
+    /// True when the wanted number of instances run and every one is ready.
+    fn all_ready(&self) -> bool {
+        let want = self.plan().instances as usize;
+        self.slots.len() == want
+            && self
+                .slots
+                .values()
+                .all(|s| s.info.state == InstanceState::Ready)
+    }
+
     fn plan(&self) -> Arc<Plan> {
         self.plan_tx.borrow().clone()
     }
