@@ -321,6 +321,9 @@ pub struct ReportArgs {
     /// File system allocation unit for the disk-bytes columns (storutil's -blocksize).
     #[arg(long, default_value_t = 512)]
     pub blocksize: u64,
+}
+
+#[derive(Debug, Args)]
 // `-f` follows here, as in `tail -f`; the topology file is `--file` only.
 #[command(mut_arg("file", |a| a.short(None)))]
 pub struct LogsArgs {
