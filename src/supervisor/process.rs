@@ -529,7 +529,11 @@ struct ProcStat {
 }
 
 fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_at(&format!("/proc/{pid}/stat"))
+}
+
+fn stat_at(path: &str) -> Option<ProcStat> {
+    let text = fs::read_to_string(path).ok()?;
     // The command name is in parentheses and may itself hold spaces and parentheses.
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
@@ -543,7 +547,18 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
 }
 
 fn alive(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|s| !s.dead)
+    match proc_stat(pid) {
+        None => false,
+        Some(s) if !s.dead => true,
+        // A leader thread that exited first shows as a zombie while its other threads still
+        // run and hold the process's files (its listening socket among them).
+        Some(_) => fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks.flatten().any(|t| {
+                let stat = format!("/proc/{pid}/task/{}/stat", t.file_name().to_string_lossy());
+                stat_at(&stat).is_some_and(|s| !s.dead)
+            })
+        }),
+    }
 }
 
 /// True while any process of group `pgid` exists (a zombie counts until reaped).
