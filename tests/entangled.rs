@@ -13,6 +13,7 @@ use chrono::{TimeDelta, Utc};
 
 use common::{Raw, TestServer};
 use gpg::{announce, Fields, Gpg};
+use storeherd::dht::store::Meta;
 use storeherd::server::compose;
 use storeherd::server::entangled::incoming_file;
 use storeherd::server::validate::{validate_merge, Limits};
@@ -191,7 +192,12 @@ fn incoming_dht_store_left_in_the_queue_is_merged_at_start() {
     // An original server's DHT node queues `entangled-incoming` files; ours takes them too.
     let mut s = TestServer::start(&[]);
     let (key, block) = compose::dht_data_block(b"from a DHT peer", Utc::now());
-    let content = incoming_file(&key, &block, 1_700_000_100, 1_700_000_000, &[0xab; 20]);
+    let meta = Meta {
+        last_published: 1_700_000_100,
+        originally_published: 1_700_000_000,
+        publisher: [0xab; 20],
+    };
+    let content = incoming_file(&key, &block, &meta);
     let name = storeherd::store::queue::name_of(&content);
     s.kill9();
     std::fs::write(s.home().join("inputqueue").join(&name), &content).unwrap();
@@ -267,7 +273,10 @@ fn stock_client_key_posting_through_up_is_served_by_another_instance() {
     };
     let in_dht = merge(None, &merge(None, &claim, true, None), true, None);
     let got = wait_found(two, &format!("GET ENTANGLED {claim_key}"));
-    assert_eq!(got, expected_reply(&in_dht));
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&expected_reply(&in_dht))
+    );
     let lines = wait_found(two, &format!("GET SERVER {claim_key}"));
     let on_server = merge(None, &claim, false, Some(&fpr));
     assert_eq!(lines, expected_reply(&on_server));

@@ -114,6 +114,7 @@ fn hostile_keys_touch_nothing_outside_the_store() {
                 "sendqueue",
                 "journal",
                 "entangled",
+                "dht.state",
                 "store-inflight.txt"
             ]
             .contains(&n.as_str()),

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use rand::Rng;
 
-use crate::dht::store::{parse_value_file, tree_keys, Meta, Values};
+use crate::dht::store::{parse_value_file, tree_keys, value_file, Meta, Values};
 use crate::dht::{self, Id};
 use crate::server::ingest::Ingest;
 use crate::store::tree::Tree;
@@ -86,15 +86,22 @@ impl Entangled {
     }
 
     /// The DHT's iterative store of a validated outgoing value (PROTOCOL.md §6.2): handed to
-    /// the DHT node, which stores it on the k closest nodes in the background. This node's
-    /// own copy is the value file returned, published now by this node, to be merged into
-    /// the tree as an incoming DHT store is.
-    pub fn publish(&self, key: &str, value: &[u8]) -> Vec<u8> {
+    /// the DHT node, which stores it on the k closest nodes in the background, this node
+    /// included when it is among them (its store comes back as an incoming upload, as in
+    /// the original). Without a node, this node's own copy is returned instead, to be
+    /// merged into the tree as an incoming DHT store is.
+    pub fn publish(&self, key: &str, value: &[u8]) -> Option<Vec<u8>> {
         if let (Some(node), Some(k)) = (self.dht.get(), dht_key(key)) {
             node.publish_detached(k, value.to_vec());
+            return None;
         }
         let now = chrono::Utc::now().timestamp();
-        value_file(value, now, now, &self.node_id())
+        let meta = Meta {
+            last_published: now,
+            originally_published: now,
+            publisher: self.node_id(),
+        };
+        Some(value_file(value, &meta))
     }
 }
 
@@ -132,13 +139,7 @@ impl Values for ServerValues {
 
     fn put(&self, key: &Id, value: &[u8], meta: Meta) {
         let k = hex::encode_upper(key);
-        let content = incoming_file(
-            &k,
-            value,
-            meta.last_published,
-            meta.originally_published,
-            &meta.publisher,
-        );
+        let content = incoming_file(&k, value, &meta);
         let ingest = self
             .ingest
             .lock()
@@ -193,45 +194,15 @@ pub async fn start_node(
     Ok(node)
 }
 
-/// A value file: the six DHT header lines, then the value (PROTOCOL.md §11).
-pub fn value_file(
-    value: &[u8],
-    last_published: i64,
-    originally_published: i64,
-    publisher: &[u8],
-) -> Vec<u8> {
-    let mut out = format!(
-        "Source: entangled\nLastPublished: {last_published}\n\
-         OriginallyPublished: {originally_published}\nOriginalPublisherID: {}\n\
-         DataType: string\nData: {}\n",
-        hex::encode(publisher),
-        value.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(value);
-    out
-}
-
 /// An `entangled-incoming` queue file (PROTOCOL.md §6.1), as the original's store writes
-/// one for a DHT store into this node (entangled_store.py).
-pub fn incoming_file(
-    key: &str,
-    value: &[u8],
-    last_published: i64,
-    originally_published: i64,
-    publisher: &[u8],
-) -> Vec<u8> {
+/// one for a DHT store into this node (entangled_store.py): the key, then the value file.
+pub fn incoming_file(key: &str, value: &[u8], meta: &Meta) -> Vec<u8> {
     let mut out = format!(
         "StoreType: entangled-incoming\nStoreKeyid: {}\n",
         key.to_ascii_lowercase()
     )
     .into_bytes();
-    out.extend(value_file(
-        value,
-        last_published,
-        originally_published,
-        publisher,
-    ));
+    out.extend(value_file(value, meta));
     out
 }
 
@@ -273,12 +244,18 @@ mod tests {
 
     #[test]
     fn value_files() {
-        let f = incoming_file("AB", b"Type: x\nData: 2\nhi", 5, 4, &[0xab, 1]);
+        let meta = Meta {
+            last_published: 5,
+            originally_published: 4,
+            publisher: [0xab; 20],
+        };
+        let f = incoming_file("AB", b"Type: x\nData: 2\nhi", &meta);
         let text = String::from_utf8(f.clone()).unwrap();
-        assert!(text.starts_with(
+        assert!(text.starts_with(&format!(
             "StoreType: entangled-incoming\nStoreKeyid: ab\nSource: entangled\nLastPublished: 5\n\
-             OriginallyPublished: 4\nOriginalPublisherID: ab01\nDataType: string\nData: 18\n"
-        ));
+             OriginallyPublished: 4\nOriginalPublisherID: {}\nDataType: string\nData: 18\n",
+            "ab".repeat(20)
+        )));
         let body = &f[text.find("Source").unwrap()..];
         let (headers, value) = split_headers(body);
         assert_eq!(value, b"Type: x\nData: 2\nhi");

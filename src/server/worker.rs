@@ -438,7 +438,7 @@ impl Worker {
     /// §6.2): the value is validated with the DHT rules against the stored value (the DHT
     /// header lines split off both), and stored after the new header lines. An outgoing
     /// value is first merged against the local copy and published to the DHT, whose store
-    /// into this node is then merged the same way.
+    /// into this node is then merged the same way (directly when there is no DHT node).
     fn store_entangled(&mut self, e: &Entry) -> Result<(), StoreError> {
         let tree = self.entangled.tree().clone();
         tree.ensure_leaf(&e.key)?;
@@ -451,7 +451,10 @@ impl Worker {
                 let Some(value) = self.merge_dht(&e.key, existing, &e.block) else {
                     return Ok(());
                 };
-                published = self.entangled.publish(&e.key, &value);
+                let Some(own) = self.entangled.publish(&e.key, &value) else {
+                    return Ok(());
+                };
+                published = own;
                 &published
             }
             _ => &e.block,
