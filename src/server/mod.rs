@@ -27,11 +27,12 @@
 //!   5-second countdown closes 0–5 s later).
 //!
 //! Entangled store, DNS and notifier:
-//! - STORE ENTANGLED and GET ENTANGLED work on the entangled tree (`entangled/`, §11) as
-//!   on an original node without DHT contacts: an upload is queued (`DONE`), validated
-//!   with the DHT rules and stored by this node; GET ENTANGLED serves this tree. There is
-//!   no DHT node yet (`entangled::Entangled` is where one plugs in). Under `storeherd up`
-//!   every instance shares one tree.
+//! - STORE ENTANGLED and GET ENTANGLED work on the entangled tree (`entangled/`, §11) and
+//!   the instance's DHT node on UDP `eport` (`crate::dht`): an upload is queued (`DONE`),
+//!   validated with the DHT rules and published, this node's own copy coming back as an
+//!   incoming store; GET ENTANGLED serves the tree and asks the DHT when it has no copy.
+//!   Without its UDP port the server still serves the tree (the original would not
+//!   start). Under `storeherd up` every instance shares one tree, each its own node.
 //! - DNS TXT asks the system resolver, or `dns_resolver` (storeherd only), and gives up
 //!   after `dns_timeout` seconds (default 10; Twisted's resolver tries for about a minute).
 //! - The notifier (`notify.txt`, §12.2) mails from a thread of its own: a slow SMTP server
