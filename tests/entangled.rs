@@ -296,3 +296,63 @@ fn stock_client_key_posting_through_up_is_served_by_another_instance() {
     let file = value_file(&shared, &fpr);
     assert!(file.ends_with(&announcement));
 }
+
+/// A free UDP port on loopback for a server's DHT node, so that others can name it in `knode`.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn three_store_servers_find_each_others_values_through_the_dht() {
+    // A ← B ← C: each joins through the one before it (`knode`), each with its own tree.
+    let start = |knode: Option<u16>| {
+        let eport = free_udp_port();
+        let e = eport.to_string();
+        let k = knode.map(|p| format!("127.0.0.1:{p}"));
+        let mut extra = vec![("eport", e.as_str())];
+        if let Some(k) = &k {
+            extra.push(("knode", k.as_str()));
+        }
+        (TestServer::start(&extra), eport)
+    };
+    let (a, a_port) = start(None);
+    let (b, b_port) = start(Some(a_port));
+    let (c, c_port) = start(Some(b_port));
+    let servers = [a, b, c];
+
+    let now = Utc::now();
+    let mut values = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        let payload = format!("published through server {i}\n");
+        let (key, block) = compose::dht_data_block(payload.as_bytes(), now);
+        let mut raw = s.raw();
+        let cmd = format!("STORE ENTANGLED {key}");
+        assert_eq!(upload(&mut raw, &cmd, &block), "DONE", "server {i}");
+        values.push((key, block));
+    }
+    for (key, block) in &values {
+        for (i, s) in servers.iter().enumerate() {
+            let got = wait_found(s.addr(), &format!("GET ENTANGLED {key}"));
+            assert_eq!(got, expected_reply(block), "server {i}: {}", s.log());
+        }
+    }
+    // A server joining later holds none of them: it finds them over the DHT.
+    let (late, _) = start(Some(c_port));
+    for (key, block) in &values {
+        assert!(!Tree::new(late.home().join("entangled"))
+            .block_path(key)
+            .exists());
+        let got = wait_found(late.addr(), &format!("GET ENTANGLED {key}"));
+        assert_eq!(got, expected_reply(block), "{}", late.log());
+    }
+    let (missing, _) = compose::dht_data_block(b"never published", now);
+    let mut raw = late.raw();
+    assert_eq!(
+        get_block(&mut raw, &format!("GET ENTANGLED {missing}")),
+        b"NOT FOUND\r\n"
+    );
+}
