@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use storeherd::server::dt::format_dt;
-use storeherd::server::pow;
+use storeherd::protocol::dt::format_dt;
+use storeherd::protocol::pow;
 use storeherd::server::validate::{validate_merge, Limits};
 
 #[path = "../tests/gpg/mod.rs"]

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use sha1::Digest;
 
-use crate::server::{dt, pow};
+use crate::protocol::{dt, pow};
 use crate::wire::{Client, Greeting, WireError};
 
 /// No single operation may take longer than this.

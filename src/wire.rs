@@ -139,7 +139,7 @@ pub fn split_block(block: &[u8]) -> Result<(Vec<String>, Option<&[u8]>)> {
 /// `Data: <n>` with n a positive decimal without a leading zero (PROTOCOL.md §4.1), any case:
 /// the server's own framing rule, so client and server agree on what ends a block.
 pub fn data_line_len(line: &str) -> Option<usize> {
-    crate::server::framing::data_len(line.as_bytes())
+    crate::protocol::header::data_line_len(line.as_bytes())
 }
 
 enum Stream {

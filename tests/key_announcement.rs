@@ -17,10 +17,10 @@ use sequoia_openpgp::types::ReasonForRevocation;
 
 use common::{Options, TestServer};
 use gpg::{announce, announcement_text, Fields, Gpg};
+use storeherd::protocol::dt::format_dt;
+use storeherd::protocol::pow;
 use storeherd::server::compose;
-use storeherd::server::dt::format_dt;
 use storeherd::server::keyannounce::KeyRejection;
-use storeherd::server::pow;
 use storeherd::server::validate::{validate_merge, Limits, Merged, Reject};
 
 const BEGIN_KEY: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";

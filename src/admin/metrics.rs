@@ -281,7 +281,7 @@ fn render_upkeep(out: &mut String, u: &UpkeepStatus) {
         r.duration_ms as f64 / 1000.0
     );
     let mut trees = vec![("store", &r.store.counts)];
-    let mut entangled = crate::store::prune::PruneCounts::default();
+    let mut entangled = crate::upkeep::prune::PruneCounts::default();
     for e in &r.entangled {
         entangled.add(&e.counts);
     }

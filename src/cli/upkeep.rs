@@ -8,9 +8,9 @@ use anyhow::Context;
 use chrono::Utc;
 
 use super::*;
-use crate::store::prune::{Kind, PruneCounts};
-use crate::store::report::{report_tree, TreeReport, AGE_CLASSES};
 use crate::topology::{Overrides, Plan};
+use crate::upkeep::prune::{Kind, PruneCounts};
+use crate::upkeep::report::{report_tree, TreeReport, AGE_CLASSES};
 use crate::upkeep::{self, RunRecord, SiteLock, Trigger, UpkeepError};
 
 /// Exit status when another prune (or a shard move) holds the site lock (EX_TEMPFAIL: cron

@@ -8,9 +8,9 @@
 use chrono::{DateTime, Utc};
 use sha1::{Digest, Sha1};
 
-pub use super::dt::format_dt;
-use super::pow;
 use super::validate::{POW_ACK_DHT, POW_CLAIM, POW_DATA_DHT, POW_DATA_SERVER, POW_MESSAGE};
+pub use crate::protocol::dt::format_dt;
+use crate::protocol::pow;
 
 fn upper_hex(bytes: &[u8]) -> String {
     hex::encode_upper(bytes)

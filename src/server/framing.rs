@@ -3,6 +3,7 @@
 //! session feeds them bytes from its socket; [`replay`] feeds them from memory, so that the
 //! same code can be fuzzed with input split at arbitrary points.
 
+use crate::protocol::header::data_line_len;
 use crate::server::command::{self, Command};
 use crate::wire::MAX_LINE;
 
@@ -144,7 +145,7 @@ impl BlockLines {
                 payload: None,
             });
         }
-        if let Some(n) = data_len(&line) {
+        if let Some(n) = data_line_len(&line) {
             self.lines.push(line);
             return Next::Raw {
                 n,
@@ -165,15 +166,6 @@ impl BlockLines {
             None => Upload::TooLarge,
         }
     }
-}
-
-/// `Data: <n>`, n a positive decimal without a leading zero, any case (PROTOCOL.md §4.1).
-/// Over 18 digits is not a length line here: such a length is never read raw.
-pub fn data_len(line: &[u8]) -> Option<usize> {
-    if line.len() < 7 || !line[..6].eq_ignore_ascii_case(b"data: ") || line.len() > 6 + 18 {
-        return None;
-    }
-    super::header::data_len(&line[6..])
 }
 
 /// Whether a command is followed by a block upload.
@@ -346,13 +338,5 @@ mod tests {
         // The oversized payload never completes: the session ends reading it.
         assert_eq!(ev.len(), 4);
         split_everywhere(input.as_bytes());
-    }
-
-    #[test]
-    fn data_length_rules() {
-        assert_eq!(data_len(b"DATA: 12"), Some(12));
-        assert_eq!(data_len(b"Data: 0"), None);
-        assert_eq!(data_len(b"Data: 01"), None);
-        assert_eq!(data_len(b"Data: 1234567890123456789"), None);
     }
 }

@@ -22,9 +22,9 @@ use openpgp::policy::{AsymmetricAlgorithm, HashAlgoSecurity, StandardPolicy};
 use openpgp::types::{HashAlgorithm, RevocationStatus};
 use openpgp::{Cert, Fingerprint, KeyHandle};
 
-use super::dt::parse_dt;
-use super::header::without_cr;
-use super::pow;
+use crate::protocol::dt::parse_dt;
+use crate::protocol::header::without_cr;
+use crate::protocol::pow;
 
 /// Proof of work a key announcement needs (bits, nonces) (PROTOCOL.md §7.1).
 pub const POW_KEY: (u32, i64) = (24, 2);

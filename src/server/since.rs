@@ -1,8 +1,8 @@
 //! What a GET returns: the `… SINCE d` filter (PROTOCOL.md §4.3) and the hiding of private
 //! block types from anonymous sessions (§3.4 step 3).
 
-use super::dt::is_dt_shape;
-use super::header::{value, without_cr};
+use crate::protocol::dt::is_dt_shape;
+use crate::protocol::header::{value, without_cr};
 
 /// The stored block's lines as the original's GET walks them: split at LF, with no empty
 /// piece after a final LF. A last line without LF is still a line (the original raised an

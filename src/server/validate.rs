@@ -10,10 +10,10 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, TimeDelta, Utc};
 use sha1::{Digest, Sha1};
 
-use super::dt::{is_dt_shape, parse_dt};
-use super::header::{data_len, hex20, is_pow, is_token, value, without_cr};
 use super::keyannounce::{self, KeyRejection};
-use super::pow;
+use crate::protocol::dt::{is_dt_shape, parse_dt};
+use crate::protocol::header::{data_len, hex20, is_pow, is_token, value, without_cr};
+use crate::protocol::pow;
 
 /// Proof-of-work requirements as (bits, nonces) (PROTOCOL.md §7.1).
 pub const POW_KEY: (u32, i64) = (24, 2);

@@ -2,9 +2,7 @@
 
 pub mod journal;
 pub mod lock;
-pub mod prune;
 pub mod queue;
-pub mod report;
 pub mod shards;
 pub mod tree;
 pub mod walk;

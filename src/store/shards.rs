@@ -33,7 +33,33 @@ use std::sync::Mutex;
 use super::lock::LeafLock;
 use super::tree::LOCKFILE;
 use super::{sync_dir, StoreError};
-use crate::topology::ShardPlan;
+use serde::Serialize;
+
+/// First-level store folders `first..=last` live under `path` (through symlinks
+/// `<store>/XX -> <path>/XX`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardPlan {
+    pub first: u8,
+    pub last: u8,
+    pub path: PathBuf,
+}
+
+impl ShardPlan {
+    /// The range as written: `00-3F`.
+    pub fn range(&self) -> String {
+        format!("{:02X}-{:02X}", self.first, self.last)
+    }
+
+    /// Every link of this shard: (`<store>/XX`, `<path>/XX`).
+    pub fn links(&self, store: &Path) -> Vec<(PathBuf, PathBuf)> {
+        (self.first..=self.last)
+            .map(|b| {
+                let name = format!("{b:02X}");
+                (store.join(&name), self.path.join(&name))
+            })
+            .collect()
+    }
+}
 
 /// Copies made durable and renamed together (within one leaf).
 const BATCH: usize = 64;

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::store::shards::ShardPlan;
 pub use error::TopologyError;
 pub use instance::InstancePlan;
 pub use model::{format_duration, parse_duration};
@@ -141,32 +142,6 @@ pub struct ProxyPlan {
     pub idle_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub drain_timeout: Duration,
-}
-
-/// First-level store folders `first..=last` live under `path` (through symlinks
-/// `<store>/XX -> <path>/XX`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ShardPlan {
-    pub first: u8,
-    pub last: u8,
-    pub path: PathBuf,
-}
-
-impl ShardPlan {
-    /// The range as written: `00-3F`.
-    pub fn range(&self) -> String {
-        format!("{:02X}-{:02X}", self.first, self.last)
-    }
-
-    /// Every link of this shard: (`<store>/XX`, `<path>/XX`).
-    pub fn links(&self, store: &Path) -> Vec<(PathBuf, PathBuf)> {
-        (self.first..=self.last)
-            .map(|b| {
-                let name = format!("{b:02X}");
-                (store.join(&name), self.path.join(&name))
-            })
-            .collect()
-    }
 }
 
 /// Two-site replication, seen from this site.

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use storeherd::server::dt::format_dt;
-use storeherd::server::pow;
+use storeherd::protocol::dt::format_dt;
+use storeherd::protocol::pow;
 
 /// Runs `gpg` with `GNUPGHOME=home`, no passphrase and no terminal, feeding `stdin`; panics
 /// with gpg's stderr when it fails.

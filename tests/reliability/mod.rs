@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha1::Digest;
-use storeherd::server::{dt, pow};
+use storeherd::protocol::{dt, pow};
 use storeherd::wire::Client;
 
 use crate::harness::{free_port, free_range, http, BIN};

@@ -27,14 +27,14 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::lock::LeafLock;
-use super::tree::{PendingWrite, Tree, LOCKFILE};
-use super::walk::{self, Leaf};
-use super::{Devices, StoreError};
-use crate::server::dt::{is_dt_shape, parse_dt};
-use crate::server::header::{data_len, value, without_cr};
+use crate::protocol::dt::{is_dt_shape, parse_dt};
+use crate::protocol::header::{data_len, value, without_cr};
 use crate::server::since::get_lines;
 use crate::server::validate::Limits;
+use crate::store::lock::LeafLock;
+use crate::store::tree::{PendingWrite, Tree, LOCKFILE};
+use crate::store::walk::{self, Leaf};
+use crate::store::{Devices, StoreError};
 
 /// The five block types, by the names the counts use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -68,6 +68,15 @@ pub fn without_cr(line: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
+/// `Data: <n>`, n a positive decimal without a leading zero, any case (PROTOCOL.md §4.1).
+/// Over 18 digits is not a length line here: such a length is never read raw.
+pub fn data_line_len(line: &[u8]) -> Option<usize> {
+    if line.len() < 7 || !line[..6].eq_ignore_ascii_case(b"data: ") || line.len() > 6 + 18 {
+        return None;
+    }
+    data_len(&line[6..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +102,13 @@ mod tests {
         assert_eq!(data_len(b"99999999999999999999999999"), Some(usize::MAX));
         assert_eq!(data_len(b"1 "), None);
         assert_eq!(without_cr(b"a\rb\r"), Cow::<[u8]>::Owned(b"ab".to_vec()));
+    }
+
+    #[test]
+    fn data_length_rules() {
+        assert_eq!(data_line_len(b"DATA: 12"), Some(12));
+        assert_eq!(data_line_len(b"Data: 0"), None);
+        assert_eq!(data_line_len(b"Data: 01"), None);
+        assert_eq!(data_line_len(b"Data: 1234567890123456789"), None);
     }
 }

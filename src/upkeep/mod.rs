@@ -1,4 +1,5 @@
-//! Site upkeep: one prune of a site's store and entangled trees at a time, whoever starts it
+//! Site upkeep: the prune and the usage report of a site's store (`prune`, `report`),
+//! and one prune of a site's store and entangled trees at a time, whoever starts it
 //! (`storeherd prune` by hand, or the supervisor's schedule).
 //!
 //! - The lock is `<data>/upkeep.lock` (an OFD lock, as the leaf locks): a prune and a
@@ -17,14 +18,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::dt::format_dt;
 use crate::server::config::Config;
-use crate::server::dt::format_dt;
 use crate::server::validate::Limits;
 use crate::store::lock::LeafLock;
-use crate::store::prune::{PruneCounts, PruneOptions, Pruner};
 use crate::store::shards::{ConflictKind, EntryState, Layout};
 use crate::store::{walk, StoreError};
 use crate::topology::Plan;
+use prune::{PruneCounts, PruneOptions, Pruner};
+
+pub mod prune;
+pub mod report;
 
 pub const LOCK_FILE: &str = "upkeep.lock";
 pub const RECORD_FILE: &str = "upkeep.json";

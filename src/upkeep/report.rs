@@ -12,9 +12,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use super::prune::{date_of, entangled, header_lines, read_for_headers, Kind};
-use super::walk;
-use super::StoreError;
-use crate::server::header::{hex20, value};
+use crate::protocol::header::{hex20, value};
+use crate::store::walk;
+use crate::store::StoreError;
 
 /// Age classes, youngest first (storutil's default limits fall on the 10 d and 31 d edges).
 pub const AGE_CLASSES: [&str; 7] = [
