@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod admin;
 pub mod bench;
 pub mod cli;
+pub mod control;
 pub mod dht;
 pub mod protocol;
 pub mod proxy;

@@ -12,11 +12,11 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use storeherd::admin::api::{
-    Answer, ControlError, Handle, InstanceState, InstanceStatus, Request, Status,
-};
 use storeherd::admin::client::{AdminClient, ClientError};
 use storeherd::admin::{check_listen, serve, serve_with, AdminError, Limits};
+use storeherd::control::{
+    Answer, ControlError, Handle, InstanceState, InstanceStatus, Request, Status,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};

@@ -19,9 +19,9 @@ use tracing::{debug, info, warn};
 use super::deliver::{self, Batch, Delivered, Keys, Op};
 use super::ledger::{is_privileged, is_special, is_user, valid_token, Ledger, DISABLED, UNDEFINED};
 use super::tail::{Polled, Tail};
-use super::{AccountsError, Command, Delivery, Msg, Reply, Report, MAX_GEN};
-use crate::admin::api::{ControlError, InstanceState};
-use crate::supervisor::provision::{new_key, Prepared};
+use super::{AccountsError, Command, Delivery, Msg, Reply, Report, Setup, MAX_GEN};
+use crate::control::{ControlError, InstanceState};
+use crate::protocol::auth::new_key;
 
 /// How often every home's auth.txt is checked for new lines without a notification (some
 /// file systems, NFS among them, send none).
@@ -103,7 +103,7 @@ fn short(key: &str) -> String {
 }
 
 impl Actor {
-    pub fn new(prepared: &Prepared) -> Result<Actor, AccountsError> {
+    pub fn new(setup: Setup) -> Result<Actor, AccountsError> {
         let (results, results_rx) = mpsc::unbounded_channel();
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -114,9 +114,9 @@ impl Actor {
         .map_err(|e| warn!("not watching auth.txt files ({e}); polling them"))
         .ok();
         Ok(Actor {
-            ledger: Ledger::load(&prepared.ledger)?,
-            admin_key: prepared.admin_key.clone(),
-            replication_key: prepared.replication_key.clone(),
+            ledger: Ledger::load(&setup.ledger)?,
+            admin_key: setup.admin_key,
+            replication_key: setup.replication_key,
             insts: BTreeMap::new(),
             results,
             results_rx: Some(results_rx),

@@ -29,24 +29,14 @@ pub fn is_user(user: &str) -> bool {
     !is_special(user) && !is_privileged(user)
 }
 
-/// Parses auth.txt-format lines as the original loads them: CR stripped, empty and `#`
-/// lines skipped, split at single spaces into user, key and the rest (its date). Lines
-/// without both a user and a key are skipped.
+/// An auth.txt-format line with both a user and a key, as the original loads it
+/// ([`crate::protocol::auth`]); `None` for any other line.
 pub fn parse_line(raw: &str) -> Option<Entry> {
-    let line = raw.trim_end_matches(['\r', '\n']);
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let mut parts = line.splitn(3, ' ');
-    let user = parts.next()?;
-    let key = parts.next()?;
-    if user.is_empty() || key.is_empty() {
-        return None;
-    }
+    let e = crate::protocol::auth::entry(raw)?;
     Some(Entry {
-        user: user.to_string(),
-        key: key.to_string(),
-        date: parts.next().unwrap_or("").to_string(),
+        user: e.user.to_string(),
+        key: e.key.to_string(),
+        date: e.rest.unwrap_or("").to_string(),
     })
 }
 

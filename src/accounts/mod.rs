@@ -5,7 +5,7 @@
 //! first LOGIN on one instance) and of REPLOGIN lines from the peer site.
 //!
 //! The supervisor owns one [`Accounts`] actor; the admin API hands it [`Command`]s and it
-//! answers with a [`Report`].
+//! answers with a [`Report`] (their vocabulary lives in [`crate::control::accounts`]).
 
 mod actor;
 mod deliver;
@@ -14,13 +14,12 @@ mod tail;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::admin::api::{ControlError, InstanceState};
-use crate::supervisor::provision::Prepared;
+use crate::control::{ControlError, InstanceState};
+
+pub use crate::control::accounts::{Command, Delivery, Entry, Reply, Report};
 
 /// Most keys one `gen` makes.
 pub const MAX_GEN: u32 = 10_000;
@@ -34,68 +33,6 @@ pub enum AccountsError {
     },
 }
 
-/// One account line: user (or `undefined`/`disabled`), key, and the date it was written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    pub user: String,
-    pub key: String,
-    pub date: String,
-}
-
-/// What `storeherd accounts …` asks of the supervisor (`POST /accounts`, `GET /accounts`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Command {
-    /// Bind `key` to `user` everywhere.
-    Add { user: String, key: String },
-    /// Add a free key (`undefined`) everywhere.
-    AddKey { key: String },
-    /// Disable `key` everywhere.
-    Rm { key: String },
-    /// Make `count` new free keys and add them everywhere.
-    Gen { count: u32 },
-    /// The ledger's current mapping.
-    List,
-}
-
-/// How one instance took a change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
-    pub id: u32,
-    pub addr: String,
-    /// Every command answered `DONE`.
-    pub done: bool,
-    /// Why not, when not; the change stays pending for this instance and is sent again once
-    /// it is ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The answer to a [`Command`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Report {
-    pub message: String,
-    /// The keys `gen` made.
-    #[serde(default)]
-    pub keys: Vec<String>,
-    /// The ledger's mapping (`list`).
-    #[serde(default)]
-    pub accounts: Vec<Entry>,
-    /// One entry per local instance the change was sent to.
-    #[serde(default)]
-    pub instances: Vec<Delivery>,
-}
-
-impl Report {
-    /// The instances that did not answer `DONE`.
-    pub fn missed(&self) -> impl Iterator<Item = &Delivery> {
-        self.instances.iter().filter(|d| !d.done)
-    }
-}
-
-/// Where a [`Command`]'s answer goes.
-pub type Reply = oneshot::Sender<Result<Report, ControlError>>;
-
 enum Msg {
     Command(Command, Reply),
     Instance {
@@ -107,6 +44,24 @@ enum Msg {
     Gone(u32),
 }
 
+/// What the actor starts from: the ledger and the two keys every home must keep.
+pub struct Setup {
+    /// The accounts ledger, `<data>/accounts.txt` (auth.txt format).
+    pub ledger: PathBuf,
+    pub admin_key: String,
+    /// The shared replication key, with `sites`.
+    pub replication_key: Option<String>,
+}
+
+// The keys stay out of logs and panics.
+impl std::fmt::Debug for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Setup")
+            .field("ledger", &self.ledger)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The supervisor's handle on the accounts actor. Dropping every handle stops it.
 #[derive(Clone)]
 pub struct Accounts {
@@ -115,9 +70,9 @@ pub struct Accounts {
 
 impl Accounts {
     /// Loads the ledger and starts the actor (on the current tokio runtime).
-    pub fn start(prepared: Arc<Prepared>) -> Result<Accounts, AccountsError> {
+    pub fn start(setup: Setup) -> Result<Accounts, AccountsError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let actor = actor::Actor::new(&prepared)?;
+        let actor = actor::Actor::new(setup)?;
         tokio::spawn(actor.run(rx));
         Ok(Accounts { tx })
     }

@@ -12,9 +12,9 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use super::api::{LogsPage, Status};
 use super::server::Limits;
-use crate::accounts::{Command, Report};
+use crate::control::accounts::{Command, Report};
+use crate::control::{LogsPage, Status};
 
 /// Bound on an answer's size: a status of thousands of instances fits many times over.
 const MAX_ANSWER: usize = 64 << 20;

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
-use super::api::{Handle, LogLine, LogsPage};
 use super::routes::{error_response, json_response};
+use crate::control::{Handle, LogLine, LogsPage};
 use crate::serverlog::{self, Cursor};
 
 /// Most lines one request may ask for.

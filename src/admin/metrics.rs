@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::api::{InstanceState, InstanceStatus, Status, UpkeepStatus};
+use crate::control::{InstanceState, InstanceStatus, Status, UpkeepStatus};
 
 /// The `Content-Type` Prometheus expects for this format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

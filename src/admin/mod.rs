@@ -1,6 +1,5 @@
 //! HTTP admin API server, its client, and metrics.
 
-pub mod api;
 pub mod client;
 mod layers;
 pub mod logs;

@@ -15,9 +15,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tower::Service;
 
-use super::api::{ControlError, Handle, Request as Control};
 use super::{layers, logs, metrics};
-use crate::accounts::Command as AccountsCommand;
+use crate::control::accounts::Command as AccountsCommand;
+use crate::control::{ControlError, Handle, Request as Control};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

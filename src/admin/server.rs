@@ -17,9 +17,9 @@ use tower::limit::ConcurrencyLimitLayer;
 use tower::timeout::{error::Elapsed, TimeoutLayer};
 use tower::ServiceBuilder;
 
-use super::api::Handle;
 use super::layers::{BearerAuthLayer, BodyLimitLayer};
 use super::routes::{error_response, Router};
+use crate::control::Handle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 
 use super::*;
 use crate::accounts::{Command, MAX_GEN};
-use crate::admin::api::{InstanceState, Status};
 use crate::admin::client::{AdminClient, ClientError, ControlReply};
+use crate::control::{InstanceState, Status};
 use crate::store::shards::{Layout, MoveOptions, Progress, ShardError};
 use crate::topology::Plan;
 
@@ -357,7 +357,7 @@ fn human_duration(secs: u64) -> String {
 
 /// The readable `status`: one summary line, then one aligned row per instance.
 /// One line on the site's prune, when there is a schedule or a recorded run.
-pub fn render_upkeep(u: &crate::admin::api::UpkeepStatus) -> String {
+pub fn render_upkeep(u: &crate::control::UpkeepStatus) -> String {
     let last = u.last.as_ref().map(|r| {
         let t = r.total().totals();
         format!(
@@ -480,7 +480,7 @@ pub fn render_table(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::api::InstanceStatus;
+    use crate::control::InstanceStatus;
 
     fn inst(id: u32, state: InstanceState, pid: Option<u32>) -> InstanceStatus {
         InstanceStatus {

@@ -9,7 +9,7 @@ use anyhow::bail;
 
 use super::control::{client, runtime};
 use super::{LogsArgs, Outcome};
-use crate::admin::api::LogLine;
+use crate::control::LogLine;
 
 /// How often `-f` asks for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
+use crate::protocol::auth;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {source}")]
 pub struct AuthError {
@@ -36,16 +38,12 @@ pub fn parse(path: &Path, bytes: &[u8]) -> (HashMap<String, String>, Vec<String>
     let mut warnings = Vec::new();
     let text = String::from_utf8_lossy(bytes);
     for (i, raw) in text.split('\n').enumerate() {
-        let line = raw.trim_end_matches(['\r', '\n']);
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut parts = line.splitn(3, ' ');
-        match (parts.next(), parts.next()) {
-            (Some(user), Some(key)) => {
-                map.insert(key.to_string(), user.to_string());
+        match auth::parse_line(raw) {
+            auth::Line::Blank => {}
+            auth::Line::Entry(e) => {
+                map.insert(e.key.to_string(), e.user.to_string());
             }
-            _ => warnings.push(format!(
+            auth::Line::NoKey => warnings.push(format!(
                 "{}:{}: line without a user and a key ignored",
                 path.display(),
                 i + 1

@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 use super::health::{self, HealthError};
 use super::process::{self, Child, Spawn};
 use super::provision::{self, Prepared};
-use crate::admin::api::InstanceState;
+use crate::control::InstanceState;
 use crate::proxy::Pool;
 use crate::store::queued_uploads;
 use crate::topology::{InstancePlan, Plan};

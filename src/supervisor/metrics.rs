@@ -7,7 +7,7 @@ use std::time::Instant;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use super::instance::InstanceInfo;
-use crate::admin::api::{InstanceStatus, Status};
+use crate::control::{InstanceStatus, Status};
 use crate::proxy::Pool;
 use crate::store::queued_uploads;
 use crate::topology::Plan;

@@ -9,8 +9,6 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rand::Rng;
-
 use crate::server::identity::{Identity, IdentityError, FFDHE2048_PEM};
 use crate::topology::Plan;
 
@@ -219,7 +217,7 @@ pub fn read_or_create_key(path: &Path) -> Result<String, ProvisionError> {
             Ok(key)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let key = new_key();
+            let key = crate::protocol::auth::new_key();
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(io_err(dir))?;
             }
@@ -245,12 +243,6 @@ pub fn read_or_create_key(path: &Path) -> Result<String, ProvisionError> {
 /// The entangled tree every instance shares, `<data>/entangled` (PROTOCOL.md §11).
 pub fn entangled_dir(plan: &Plan) -> PathBuf {
     plan.data.join("entangled")
-}
-
-/// A new random key: 40 upper-case hex digits (160 bits).
-pub fn new_key() -> String {
-    let bytes: [u8; 20] = rand::thread_rng().gen();
-    hex::encode_upper(bytes)
 }
 
 /// Makes or refreshes the home of instance `id`: `config.txt` (rewritten when it differs),
@@ -303,24 +295,14 @@ struct Account {
     rest: Option<String>,
 }
 
-/// Parses auth.txt-format text the way the original loads it: CR/LF stripped, empty and
-/// `#` lines skipped, split at single spaces. Lines without a key are skipped.
+/// The lines of auth.txt-format text with both a user and a key, in order.
 fn parse_accounts(text: &str) -> Vec<Account> {
     text.lines()
-        .map(|l| l.trim_end_matches(['\r', '\n']))
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ' ');
-            let user = parts.next()?.to_string();
-            let key = parts.next()?.to_string();
-            if user.is_empty() || key.is_empty() {
-                return None;
-            }
-            Some(Account {
-                user,
-                key,
-                rest: parts.next().map(str::to_string),
-            })
+        .filter_map(crate::protocol::auth::entry)
+        .map(|e| Account {
+            user: e.user.to_string(),
+            key: e.key.to_string(),
+            rest: e.rest.map(str::to_string),
         })
         .collect()
 }

@@ -18,9 +18,9 @@ use super::metrics::Sampler;
 use super::provision::{self, Prepared};
 use super::upkeep::Upkeep;
 use super::watcher;
-use crate::accounts::Accounts;
-use crate::admin::api::{Answer, ControlError, Handle, InstanceState, Request, Status};
+use crate::accounts::{self, Accounts};
 use crate::admin::server as admin_server;
+use crate::control::{Answer, ControlError, Handle, InstanceState, Request, Status};
 use crate::proxy::{self, Pool, ProxyLimits};
 use crate::topology::{Overrides, Plan};
 
@@ -125,7 +125,11 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
     // The store (and shard links) exist before any instance starts: the original crashes
     // when two instances race to create it.
     let prepared = Arc::new(provision::prepare_data(&plan)?);
-    let accounts = Accounts::start(prepared.clone())?;
+    let accounts = Accounts::start(accounts::Setup {
+        ledger: prepared.ledger.clone(),
+        admin_key: prepared.admin_key.clone(),
+        replication_key: prepared.replication_key.clone(),
+    })?;
     let proxy_listener = bind(plan.listen, "public proxy port").await?;
     let admin_listener = bind(plan.admin.listen, "admin API").await?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(SupervisorError::Signals)?;

@@ -17,7 +17,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::admin::api::UpkeepStatus;
+use crate::control::UpkeepStatus;
 use crate::topology::Plan;
 use crate::upkeep::{self, SiteLock, Trigger, UpkeepError};
 

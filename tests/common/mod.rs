@@ -159,6 +159,10 @@ impl TestServer {
             }
             if let Ok(mut raw) = Raw::connect(self.addr) {
                 if raw.line().is_some_and(|l| l.ends_with("READY")) {
+                    // Closed by the server before returning, so the probe no longer
+                    // counts against `max_connections` (a test may fill every slot).
+                    raw.cmd("QUIT");
+                    raw.closed();
                     return Ok(());
                 }
             }

@@ -1,5 +1,9 @@
-//! The admin API's data: the `/status` document (a contract other tools read, DESIGN.md
-//! "Admin API and metrics") and the control requests the supervisor carries out.
+//! The supervisor's control vocabulary: instance states, the `/status` document (a contract
+//! other tools read, DESIGN.md "Admin API and metrics"), the control requests the
+//! supervisor carries out and their typed errors. The admin API is an HTTP skin over it;
+//! the accounts actor and the supervisor both speak it, so it sits below all three.
+
+pub mod accounts;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -105,8 +109,8 @@ pub enum Request {
     Reload,
     /// `storeherd accounts …`: answered on its own channel with a structured report.
     Accounts {
-        cmd: crate::accounts::Command,
-        reply: crate::accounts::Reply,
+        cmd: accounts::Command,
+        reply: accounts::Reply,
     },
 }
 
