@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use chrono::{TimeDelta, Utc};
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 
 const BIN: &str = env!("CARGO_BIN_EXE_storeherd");
 

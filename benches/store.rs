@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common::{accounts, Options, TestServer, USER, USER_KEY};
 use hdrhistogram::Histogram;
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 use storeherd::wire::Client;
 
 type Blocks = Arc<Vec<(String, Vec<u8>)>>;

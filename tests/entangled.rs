@@ -14,7 +14,7 @@ use chrono::{TimeDelta, Utc};
 use common::{Raw, TestServer};
 use gpg::{announce, Fields, Gpg};
 use storeherd::dht::store::Meta;
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 use storeherd::server::entangled::incoming_file;
 use storeherd::server::validate::{validate_merge, Limits};
 use storeherd::store::tree::Tree;

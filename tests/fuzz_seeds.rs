@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use chrono::{TimeZone, Utc};
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 use storeherd::server::validate::{validate_merge, Limits};
 
 fn seed(target: &str, name: &str, bytes: &[u8]) {

@@ -17,9 +17,9 @@ use sequoia_openpgp::types::ReasonForRevocation;
 
 use common::{Options, TestServer};
 use gpg::{announce, announcement_text, Fields, Gpg};
+use storeherd::protocol::compose;
 use storeherd::protocol::dt::format_dt;
 use storeherd::protocol::pow;
-use storeherd::server::compose;
 use storeherd::server::keyannounce::KeyRejection;
 use storeherd::server::validate::{validate_merge, Limits, Merged, Reject};
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::Utc;
 
 use common::TestServer;
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 
 /// Takes mail on 127.0.0.1:port and writes each one to `<dir>/mailNNN`: the envelope
 /// recipients, a blank line, the message.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{Options, TestServer, USER, USER_KEY};
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 use storeherd::server::validate::{validate_merge, Limits};
 use storeherd::wire::Client;
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 use storeherd::server::sendfile::{proxy_file, rewrite_post_to};
 use storeherd::store::queue::name_of;
 use storeherd::wire::Client;

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 use storeherd::server::identity::Identity;
 use storeherd::wire::Client;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{accounts, Options, Raw, TestServer, USER, USER_KEY};
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 
 fn alive(s: &TestServer) {
     assert_eq!(s.raw().cmd("PING"), "PONG", "server log:\n{}", s.log());

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{accounts, Options, TestServer, USER, USER_KEY};
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 use storeherd::wire::Client;
 
 const WAIT: Duration = Duration::from_secs(60);

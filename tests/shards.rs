@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{Up, BIN};
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 use storeherd::store::shards::{Layout, MoveOptions};
 use storeherd::topology::{Overrides, Plan};
 use storeherd::wire::Client;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::{alive, wait_dead, Up};
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 use storeherd::wire::Client;
 
 const T: Duration = Duration::from_secs(10);

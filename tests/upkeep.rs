@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use harness::Up;
-use storeherd::server::compose;
+use storeherd::protocol::compose;
 
 const BIN: &str = env!("CARGO_BIN_EXE_storeherd");
 

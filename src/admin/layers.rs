@@ -12,7 +12,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE
 use hyper::{Method, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
-use super::routes::error_response;
+use super::response::error_response;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 

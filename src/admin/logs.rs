@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
-use super::routes::{error_response, json_response};
+use super::response::{error_response, json_response};
 use crate::control::{Handle, LogLine, LogsPage};
 use crate::serverlog::{self, Cursor};
 

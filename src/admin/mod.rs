@@ -4,6 +4,7 @@ pub mod client;
 mod layers;
 pub mod logs;
 pub mod metrics;
+mod response;
 mod routes;
 pub mod server;
 

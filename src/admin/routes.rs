@@ -10,11 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_SECURITY_POLICY};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tower::Service;
 
+use super::response::{error_response, json_response, with_type};
 use super::{layers, logs, metrics};
 use crate::control::accounts::Command as AccountsCommand;
 use crate::control::{ControlError, Handle, Request as Control};
@@ -72,26 +73,6 @@ where
         let router = self.clone();
         Box::pin(async move { Ok(router.route(req).await) })
     }
-}
-
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut text = body.to_string();
-    text.push('\n');
-    with_type(status, text.into(), "application/json")
-}
-
-/// The error document every failing route answers.
-pub fn error_response(status: StatusCode, error: &str) -> Response<Full<Bytes>> {
-    json_response(status, &serde_json::json!({ "ok": false, "error": error }))
-}
-
-fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body));
-    *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {

@@ -18,7 +18,8 @@ use tower::timeout::{error::Elapsed, TimeoutLayer};
 use tower::ServiceBuilder;
 
 use super::layers::{BearerAuthLayer, BodyLimitLayer};
-use super::routes::{error_response, Router};
+use super::response::error_response;
+use super::routes::Router;
 use crate::control::Handle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -3,6 +3,7 @@
 //! protocol's dates, proof of work and `auth.txt` lines (docs/protocol.md §4, §5, §7, §8).
 
 pub mod auth;
+pub mod compose;
 pub mod dt;
 pub mod header;
 pub mod pow;

@@ -6,6 +6,16 @@ use std::collections::{HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
+/// Proof-of-work requirements as (bits, nonces) (PROTOCOL.md §7.1).
+pub const POW_KEY: (u32, i64) = (24, 2);
+pub const POW_CLAIM: (u32, i64) = POW_KEY;
+pub const POW_DATA_SERVER: (u32, i64) = (8, 2);
+pub const POW_DATA_DHT: (u32, i64) = (20, 2);
+/// Message announcements need 8/2 in both modes (the DHT constants exist but are unused).
+pub const POW_MESSAGE: (u32, i64) = (8, 2);
+pub const POW_ACK_SERVER: (u32, i64) = (16, 2);
+pub const POW_ACK_DHT: (u32, i64) = (20, 2);
+
 /// Generates a proof for `data` exactly as the stock client does (§8.1), including its
 /// stop-length quirk (`9·nmatches − 1` characters, so nmatches ≥ 10 yields fewer nonces).
 /// Deterministic. `nbits` above 256 is treated as 256 (the original would raise).

@@ -48,9 +48,9 @@
 
 pub mod auth;
 pub mod command;
-pub mod compose;
 pub mod config;
 pub mod conn;
+pub mod dht_values;
 pub mod dns;
 pub mod entangled;
 pub mod framing;

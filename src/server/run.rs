@@ -8,8 +8,9 @@ use std::sync::{mpsc, Arc};
 
 use crate::server::auth::{AuthError, AuthTable};
 use crate::server::config::{Config, ConfigError};
+use crate::server::dht_values::ServerValues;
 use crate::server::dns::Dns;
-use crate::server::entangled::{self, Entangled, ServerValues};
+use crate::server::entangled::{self, Entangled};
 use crate::server::ingest::Ingest;
 use crate::server::leaves::Preparer;
 use crate::server::notify::Notifier;

@@ -15,15 +15,9 @@ use crate::protocol::dt::{is_dt_shape, parse_dt};
 use crate::protocol::header::{data_len, hex20, is_pow, is_token, value, without_cr};
 use crate::protocol::pow;
 
-/// Proof-of-work requirements as (bits, nonces) (PROTOCOL.md §7.1).
-pub const POW_KEY: (u32, i64) = (24, 2);
-pub const POW_CLAIM: (u32, i64) = POW_KEY;
-pub const POW_DATA_SERVER: (u32, i64) = (8, 2);
-pub const POW_DATA_DHT: (u32, i64) = (20, 2);
-/// Message announcements need 8/2 in both modes (the DHT constants exist but are unused).
-pub const POW_MESSAGE: (u32, i64) = (8, 2);
-pub const POW_ACK_SERVER: (u32, i64) = (16, 2);
-pub const POW_ACK_DHT: (u32, i64) = (20, 2);
+pub use crate::protocol::pow::{
+    POW_ACK_DHT, POW_ACK_SERVER, POW_CLAIM, POW_DATA_DHT, POW_DATA_SERVER, POW_KEY, POW_MESSAGE,
+};
 /// Largest data payload, in bytes.
 pub const MAX_PAYLOAD_SERVER: usize = 8_388_608;
 pub const MAX_PAYLOAD_DHT: usize = 65_536;
@@ -590,7 +584,7 @@ fn merge(new: &[Entry<'_>], old: &[Entry<'_>], separator: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::compose;
+    use crate::protocol::compose;
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {
@@ -1126,6 +1120,37 @@ mod tests {
             "validate_merge, 4 KiB data: {:.0} blocks/s on one core ({:.1} µs each)",
             n / secs,
             secs / n * 1e6
+        );
+    }
+
+    #[test]
+    fn since_filters_a_merged_announcement_as_observed() {
+        // Announcements dated now−2 h and now−1 min, merged by the validator; SINCE now−10 min
+        // returns only the newer one, SINCE now+10 min returns NOT FOUND.
+        let now = Utc.with_ymd_and_hms(2026, 11, 24, 5, 0, 0).unwrap();
+        let rec = [0x11; 20];
+        let (key, old) =
+            compose::message_announcement(rec, "inbox", [1; 20], &[], now - TimeDelta::hours(2));
+        let (_, newer) =
+            compose::message_announcement(rec, "inbox", [2; 20], &[], now - TimeDelta::minutes(1));
+        let l = Limits::default();
+        let stored = validate_merge(&key, None, &old, false, None, &l, now)
+            .unwrap()
+            .block;
+        let stored = validate_merge(&key, Some(&stored), &newer, false, None, &l, now)
+            .unwrap()
+            .block;
+        let since = compose::format_dt(now - TimeDelta::minutes(10));
+        assert_eq!(
+            crate::server::since::since_filter(&stored, &since).unwrap(),
+            newer
+        );
+        let since = compose::format_dt(now + TimeDelta::minutes(10));
+        assert_eq!(crate::server::since::since_filter(&stored, &since), None);
+        let since = compose::format_dt(now - TimeDelta::hours(3));
+        assert_eq!(
+            crate::server::since::since_filter(&stored, &since).unwrap(),
+            stored
         );
     }
 }

@@ -594,7 +594,7 @@ fn prune_leaf(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::compose;
+    use crate::protocol::compose;
     use crate::server::validate::validate_merge;
     use chrono::TimeZone;
 

@@ -180,7 +180,7 @@ fn add_block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::compose;
+    use crate::protocol::compose;
     use crate::store::tree::Tree;
 
     #[test]

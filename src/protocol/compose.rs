@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use sha1::{Digest, Sha1};
 
-use super::validate::{POW_ACK_DHT, POW_CLAIM, POW_DATA_DHT, POW_DATA_SERVER, POW_MESSAGE};
+use super::pow::{POW_ACK_DHT, POW_CLAIM, POW_DATA_DHT, POW_DATA_SERVER, POW_MESSAGE};
 pub use crate::protocol::dt::format_dt;
 use crate::protocol::pow;
 
