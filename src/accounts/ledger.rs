@@ -175,7 +175,7 @@ fn ends_with_newline(path: &Path, len: u64) -> io::Result<bool> {
 
 /// The date format auth.txt lines carry.
 pub fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    crate::protocol::dt::format_dt(chrono::Utc::now())
 }
 
 /// A user or key the protocol accepts in LOGIN/ADDLOGIN/RMLOGIN: 8 to 40 ASCII letters and

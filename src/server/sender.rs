@@ -724,7 +724,7 @@ mod tests {
     fn plan_puts_data_first_for_relays_only_and_skips_embargoes() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::new(dir.path());
-        let date = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let date = crate::protocol::dt::format_dt(chrono::Utc::now());
         let put = |c: Vec<u8>| {
             let n = crate::store::queue::name_of(&c);
             q.put_new(&n, &c).unwrap();

@@ -129,13 +129,9 @@ fn value_of(line: &[u8], prefix: &str) -> String {
     String::from_utf8_lossy(&line[prefix.len()..]).into_owned()
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ`, exactly, as the original's patterns.
+/// `YYYY-MM-DDTHH:MM:SSZ`, exactly, as the original's patterns (a real date).
 fn datetime(v: &[u8]) -> Option<NaiveDateTime> {
-    let s = std::str::from_utf8(v).ok()?;
-    if s.len() != 20 {
-        return None;
-    }
-    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%SZ").ok()
+    crate::protocol::dt::parse_dt(v).map(|t| t.naive_utc())
 }
 
 pub fn headers(content: &[u8]) -> Headers {

@@ -229,7 +229,7 @@ impl Session {
     }
 
     async fn handle(&mut self, cmd: Command) -> Flow {
-        let now = || chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let now = || crate::protocol::dt::format_dt(chrono::Utc::now());
         match cmd {
             Command::StoreServer(key) => {
                 let Some(up) = self.read_upload().await else {

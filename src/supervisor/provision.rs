@@ -351,7 +351,7 @@ fn seed_auth(path: &Path, desired: &[Account]) -> Result<(), ProvisionError> {
         .into_iter()
         .map(|a| (a.key, a.user))
         .collect();
-    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let now = crate::protocol::dt::format_dt(chrono::Utc::now());
     let mut append = String::new();
     for a in desired {
         let cur = current.get(&a.key);
