@@ -103,16 +103,12 @@ impl State {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        use std::io::Write;
-        let io = |source| StateError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(self.to_text().as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        crate::store::replace_file(path, self.to_text().as_bytes(), 0o644).map_err(|source| {
+            StateError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
     }
 }
 

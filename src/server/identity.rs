@@ -3,8 +3,6 @@
 //! storeherd deployment generates one identity once and installs it in every home.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// RFC 7919 `ffdhe2048`: standard, published DH parameters, valid for OpenSSL (the original
@@ -77,21 +75,10 @@ impl Identity {
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), IdentityError> {
-    let err = |source| IdentityError::Io {
+    crate::store::replace_file(path, text.as_bytes(), mode).map_err(|source| IdentityError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(text.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 #[cfg(test)]

@@ -43,6 +43,37 @@ pub fn clean_key(key: &str) -> String {
         .collect()
 }
 
+/// Replaces the whole file `path` with `bytes`, atomically and durably: a temporary file
+/// `.<name>.<pid>.tmp` in the same folder (created with `mode`), written and synced, renamed
+/// over `path`, then the folder synced. Readers see the old file or the new one, never half,
+/// and once this returns the new one survives a power cut. Every whole-file replacement
+/// outside the store tree uses it (the tree's blocks have their own batched path).
+pub fn replace_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    // `mode` applies only on creation; a leftover temporary file gets it too.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
 /// `fsync` of a directory, so that entries created, renamed or removed in it are durable.
 pub fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
     std::fs::File::open(dir)

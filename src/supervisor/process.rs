@@ -385,9 +385,7 @@ async fn spawn_on_spawner_thread(
 }
 
 fn write_pidfile(path: &Path, pid: u32) -> io::Result<()> {
-    let tmp = path.with_extension("pid.tmp");
-    fs::write(&tmp, format!("{pid}\n"))?;
-    fs::rename(&tmp, path)
+    crate::store::replace_file(path, format!("{pid}\n").as_bytes(), 0o644)
 }
 
 /// Removes the pidfile if it still names `pid` (a newer run may have replaced it).

@@ -417,10 +417,7 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ProvisionErr
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    let tmp = tmp_name(path);
-    write_file(&tmp, bytes, mode)?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    sync_dir(path)
+    crate::store::replace_file(path, bytes, mode).map_err(io_err(path))
 }
 
 fn sync_dir(path: &Path) -> Result<(), ProvisionError> {

@@ -266,17 +266,14 @@ pub fn prune_site(
 
 fn write_record(data: &Path, record: &RunRecord) -> Result<(), UpkeepError> {
     let path = data.join(RECORD_FILE);
-    let tmp = data.join(format!(".{RECORD_FILE}.{}", std::process::id()));
     let text = serde_json::to_vec_pretty(record).map_err(|e| UpkeepError::Record {
         path: path.clone(),
         source: e.into(),
     })?;
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|source| UpkeepError::Record {
-            path: path.clone(),
-            source,
-        })
+    crate::store::replace_file(&path, &text, 0o644).map_err(|source| UpkeepError::Record {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// The last recorded run, if any (an unreadable record counts as none).
