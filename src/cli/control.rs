@@ -310,7 +310,7 @@ fn refuse_while_running(plan: &Plan) -> anyhow::Result<()> {
         else {
             continue;
         };
-        if process_runs_in(pid, &home) {
+        if crate::supervisor::process::alive_in(pid, &home) {
             bail!(
                 "a store server (pid {pid}, from {}) still runs in {}: stop it first, then run                  `storeherd shards apply` again",
                 pidfile.display(),
@@ -319,30 +319,6 @@ fn refuse_while_running(plan: &Plan) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// True when `pid` is alive (not a zombie) and works in `home` (its cwd or an argument).
-fn process_runs_in(pid: u32, home: &Path) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let zombie = stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X')));
-    if zombie {
-        return false;
-    }
-    // The pidfile's process names the home as spelled in the topology; cwd is resolved.
-    let canon = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
-    if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == canon) {
-        return true;
-    }
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
-        cmd.split(|&b| b == 0).any(|arg| {
-            arg == home.as_os_str().as_encoded_bytes()
-                || arg == canon.as_os_str().as_encoded_bytes()
-        })
-    })
 }
 
 /// `12s`, `5m03s`, `2h05m`, `3d04h`.

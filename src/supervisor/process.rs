@@ -588,6 +588,16 @@ fn group_members(pid: u32) -> Vec<u32> {
     out
 }
 
+/// `pid` is alive (a zombie leader with a live thread counts) and works in `home`, as spelled
+/// or resolved: for tools that find a server through its pidfile.
+pub fn alive_in(pid: u32, home: &Path) -> bool {
+    if !alive(pid) {
+        return false;
+    }
+    let canon = fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
+    runs_in(pid, home) || (canon != home && runs_in(pid, &canon))
+}
+
 /// The process works in `home` (our instances run with cwd = home) or names it in its
 /// command line (`-homedir DIR`).
 fn runs_in(pid: u32, home: &Path) -> bool {
