@@ -30,7 +30,7 @@ pub fn run(args: CheckArgs) -> Outcome {
         // A valid file that `up` would still refuse (data outside its shard) is an error too.
         _ if !report.conflicts.is_empty() => {
             eprintln!(
-                "storeherd: `up` would refuse to start: {} store folder(s) hold data somewhere else than the shards say",
+                "storeherd: `up` would refuse to start: {} problem(s) with the store (see above)",
                 report.conflicts.len()
             );
             Ok(ExitCode::from(1))
@@ -190,6 +190,12 @@ pub fn render(r: &PlanReport) -> String {
         let _ = writeln!(o, "\n`storeherd up` would refuse to start:");
         for c in &r.conflicts {
             let _ = writeln!(o, "  - {c}");
+        }
+    }
+    if !r.warnings.is_empty() {
+        let _ = writeln!(o, "\nnot checked:");
+        for w in &r.warnings {
+            let _ = writeln!(o, "  - {w}");
         }
     }
     let _ = writeln!(o, "\n`storeherd up` would");

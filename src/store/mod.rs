@@ -2,6 +2,7 @@
 
 pub mod journal;
 pub mod lock;
+pub mod mounts;
 pub mod queue;
 pub mod shards;
 pub mod tree;

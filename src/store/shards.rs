@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::lock::LeafLock;
+use super::mounts::MountProblem;
 use super::tree::LOCKFILE;
 use super::{sync_dir, StoreError};
 use serde::Serialize;
@@ -76,6 +77,19 @@ pub enum ShardError {
     Io(#[from] StoreError),
     #[error("{}", render_conflicts(.0))]
     Conflicts(Vec<Conflict>),
+    #[error("{}", render_mounts(.0))]
+    UnsafeMounts(Vec<MountProblem>),
+}
+
+fn render_mounts(list: &[MountProblem]) -> String {
+    let mut out = format!(
+        "{} problem(s) with the file systems of the store (they lose or hide blocks between hosts):",
+        list.len()
+    );
+    for p in list {
+        out.push_str(&format!("\n  {p}"));
+    }
+    out
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -389,7 +403,27 @@ impl Layout {
         if !conflicts.is_empty() {
             return Err(ShardError::Conflicts(conflicts));
         }
+        let (problems, warnings) = self.mounts();
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        if !problems.is_empty() {
+            return Err(ShardError::UnsafeMounts(problems));
+        }
         Ok(self.link()?)
+    }
+
+    /// The problems (and unverifiable settings) of the file systems holding the store and
+    /// every shard ([`super::mounts`]).
+    pub fn mounts(&self) -> (Vec<MountProblem>, Vec<String>) {
+        let mut paths = vec![self.store.clone()];
+        for (_, target) in self.targets.iter().flatten() {
+            let shard = target.parent().unwrap_or(target).to_path_buf();
+            if !paths.contains(&shard) {
+                paths.push(shard);
+            }
+        }
+        super::mounts::check(&paths)
     }
 
     /// Creates the links that need no data moved: missing ones, and those replacing a folder

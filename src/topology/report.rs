@@ -18,9 +18,13 @@ pub struct PlanReport {
     pub shard_links: Vec<ShardLink>,
     /// What `up` would create or rewrite on disk, in order; it never deletes anything.
     pub changes: Vec<String>,
-    /// Why `up` would refuse to start: store folders whose data is not where the shards say
-    /// (each with what to do). `check` exits 1 when there is any.
+    /// Why `up` would refuse to start: store folders whose data is not where the shards say,
+    /// or a file system of the store that loses or hides blocks between hosts (each with
+    /// what to do). `check` exits 1 when there is any.
     pub conflicts: Vec<String>,
+    /// Settings that could not be checked (e.g. a JuiceFS mount process not visible here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,10 +70,12 @@ impl Plan {
         let instances: Vec<InstancePlan> =
             (1..=self.instances).map(|id| self.instance(id)).collect();
         let layout = Layout::new(&self.store, &self.shards);
-        let conflicts = match layout.conflicts() {
+        let mut conflicts: Vec<String> = match layout.conflicts() {
             Ok(list) => list.iter().map(ToString::to_string).collect(),
             Err(e) => vec![format!("cannot inspect the store: {e}")],
         };
+        let (mounts, warnings) = layout.mounts();
+        conflicts.extend(mounts.iter().map(ToString::to_string));
         let shard_links = self
             .shards
             .iter()
@@ -175,6 +181,7 @@ impl Plan {
             shard_links,
             changes,
             conflicts,
+            warnings,
         }
     }
 }
