@@ -44,6 +44,13 @@ pub fn clean_key(key: &str) -> String {
         .collect()
 }
 
+/// An NFS client's placeholder for a file removed or replaced while still open on this host
+/// (`.nfsXXXX`, a "silly rename"): not data, and the client removes it itself once the file
+/// is closed, so walks neither count, copy nor delete it.
+pub fn is_nfs_placeholder(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(b".nfs")
+}
+
 /// Replaces the whole file `path` with `bytes`, atomically and durably: a temporary file
 /// `.<name>.<pid>.tmp` in the same folder (created with `mode`), written and synced, renamed
 /// over `path`, then the folder synced. Readers see the old file or the new one, never half,

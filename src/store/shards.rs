@@ -776,7 +776,7 @@ impl Mover<'_, '_> {
                 continue;
             }
             let name_str = name.to_string_lossy();
-            if name_str == LOCKFILE {
+            if name_str == LOCKFILE || super::is_nfs_placeholder(&name) {
                 continue;
             }
             if name_str.ends_with(MOVE_SUFFIX) {
@@ -957,7 +957,8 @@ fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Files (not folders, not `LOCKFILE`s) under `dir` and their total size; 0 when absent.
+/// Files (not folders, not `LOCKFILE`s, not NFS placeholders) under `dir` and their total
+/// size; 0 when absent.
 pub fn count_files(dir: &Path) -> Result<(u64, u64), StoreError> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -973,7 +974,7 @@ pub fn count_files(dir: &Path) -> Result<(u64, u64), StoreError> {
             let (f, b) = count_files(&path)?;
             files += f;
             bytes += b;
-        } else if e.file_name() != LOCKFILE {
+        } else if e.file_name() != LOCKFILE && !super::is_nfs_placeholder(&e.file_name()) {
             files += 1;
             bytes += meta.len();
         }
@@ -1079,6 +1080,8 @@ mod tests {
         symlink(d1.join("01"), store.join("01")).unwrap();
         fs::create_dir_all(store.join("02/AA")).unwrap();
         fs::write(store.join("02/AA/LOCKFILE"), "").unwrap();
+        // An NFS client's placeholder of a replaced file is not data.
+        fs::write(store.join("02/AA/.nfs000000000a1b2c0000000001"), "old").unwrap();
         put(&store, &format!("03AA{}", "1".repeat(36)), b"x");
         symlink(other.join("04"), store.join("04")).unwrap();
         fs::write(store.join("05"), "junk").unwrap();
@@ -1107,7 +1110,11 @@ mod tests {
         assert!(matches!(layout.prepare(), Err(ShardError::Conflicts(_))));
         assert!(fs::symlink_metadata(store.join("00")).is_err());
         // `link` makes what needs no move and leaves the rest.
-        assert_eq!(layout.link().unwrap(), 12);
+        // 02 waits until the NFS client has removed its placeholder.
+        assert_eq!(layout.link().unwrap(), 11);
+        assert_eq!(st(0x02), "empty-directory");
+        fs::remove_file(store.join("02/AA/.nfs000000000a1b2c0000000001")).unwrap();
+        assert_eq!(layout.link().unwrap(), 1);
         assert_eq!(st(0x00), "link");
         assert_eq!(st(0x02), "link");
         assert_eq!(st(0x03), "directory");
