@@ -8,6 +8,7 @@ pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod dht;
+pub mod handoff;
 pub mod proxy;
 pub mod server;
 pub mod serverlog;

@@ -18,7 +18,7 @@ use super::provision::{self, Prepared};
 use crate::admin::api::InstanceState;
 use crate::proxy::Pool;
 use crate::store::queued_uploads;
-use crate::topology::{InstancePlan, Plan};
+use crate::topology::{InstancePlan, Plan, ServerCommand};
 use crate::wire::WireError;
 
 /// A healthy minute resets the restart backoff.
@@ -271,6 +271,8 @@ impl Runner {
                         st.backoff = plan.restart.backoff_min;
                         st.crashes.clear();
                     }
+                    // Before it enters rotation, so that its first clients are handed over.
+                    self.attach_handoff(&plan, &home);
                     if st.info.state != InstanceState::Ready {
                         info!(instance = self.id, "ready");
                         self.set(st, InstanceState::Ready);
@@ -407,6 +409,23 @@ impl Runner {
         let exit = child.stop(plan.server.stop_grace).await;
         info!(instance = self.id, "removed: {exit}");
         Next::End
+    }
+
+    /// Opens the hand-off channel of a built-in instance when it is not up (first ready,
+    /// restarted, or the channel dropped); other instances are relayed.
+    fn attach_handoff(&self, plan: &Plan, home: &Path) {
+        if plan.server.command != ServerCommand::Builtin || self.pool.handoff_up(self.id) {
+            return;
+        }
+        let path = crate::handoff::socket_path(home);
+        match self.pool.attach_handoff(self.id, &path) {
+            Ok(()) => debug!(instance = self.id, "hand-off channel up"),
+            Err(e) => debug!(
+                instance = self.id,
+                "no hand-off channel at {} ({e}); relaying",
+                path.display()
+            ),
+        }
     }
 
     /// Waits until the proxy has no session open on this instance, or `timeout`.
