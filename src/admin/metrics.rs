@@ -108,13 +108,13 @@ const PER_INSTANCE: &[PerInstance] = &[
     },
     PerInstance {
         name: "storeherd_proxy_connections_active",
-        help: "Client connections currently relayed to the instance.",
+        help: "Client connections currently open on the instance (relayed or handed over).",
         kind: Kind::Gauge,
         value: |i| Value::Int(i.connections_active),
     },
     PerInstance {
         name: "storeherd_proxy_connections_total",
-        help: "Client connections relayed to the instance.",
+        help: "Client connections placed on the instance (relayed or handed over).",
         kind: Kind::Counter,
         value: |i| Value::Int(i.connections_total),
     },
@@ -176,7 +176,7 @@ pub fn render(status: &Status) -> String {
     header(
         &mut out,
         "storeherd_proxy_bytes_total",
-        "Bytes relayed for the instance's clients: in = from clients, out = to clients.",
+        "Bytes of the instance's clients (relayed, or reported by the instance for handed-over ones): in = from clients, out = to clients.",
         Kind::Counter,
     );
     for i in &status.instances {

@@ -60,9 +60,9 @@ pub(crate) struct Snapshot {
 /// Counters of one instance (ids keep theirs across removal and re-adding).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct InstanceStats {
-    /// Relayed sessions open now.
+    /// Sessions open now, relayed or handed over.
     pub active: u64,
-    /// Sessions relayed since start (greeted `READY`).
+    /// Sessions since start: relayed (greeted `READY`) or adopted by the instance.
     pub total: u64,
     /// Bytes client → instance.
     pub bytes_in: u64,
@@ -253,7 +253,7 @@ impl Pool {
         }
     }
 
-    /// Relayed sessions open on instance `id` (0 for an id never seen).
+    /// Sessions (relayed or handed over) open on instance `id` (0 for an id never seen).
     pub fn active_for(&self, id: u32) -> u64 {
         self.registry()
             .get(&id)

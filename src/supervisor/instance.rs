@@ -18,7 +18,7 @@ use super::provision::{self, Prepared};
 use crate::admin::api::InstanceState;
 use crate::proxy::Pool;
 use crate::store::queued_uploads;
-use crate::topology::{InstancePlan, Plan, ServerCommand};
+use crate::topology::{InstancePlan, Plan};
 use crate::wire::WireError;
 
 /// A healthy minute resets the restart backoff.
@@ -272,7 +272,7 @@ impl Runner {
                         st.crashes.clear();
                     }
                     // Before it enters rotation, so that its first clients are handed over.
-                    self.attach_handoff(&plan, &home);
+                    self.attach_handoff(&home);
                     if st.info.state != InstanceState::Ready {
                         info!(instance = self.id, "ready");
                         self.set(st, InstanceState::Ready);
@@ -411,10 +411,11 @@ impl Runner {
         Next::End
     }
 
-    /// Opens the hand-off channel of a built-in instance when it is not up (first ready,
-    /// restarted, or the channel dropped); other instances are relayed.
-    fn attach_handoff(&self, plan: &Plan, home: &Path) {
-        if plan.server.command != ServerCommand::Builtin || self.pool.handoff_up(self.id) {
+    /// Opens the instance's hand-off channel when it is not up (first ready, restarted, or
+    /// the channel dropped). Built-in instances listen on one (`--handoff`); an instance
+    /// without a listening channel (the original server) is relayed, per instance.
+    fn attach_handoff(&self, home: &Path) {
+        if self.pool.handoff_up(self.id) {
             return;
         }
         let path = crate::handoff::socket_path(home);
