@@ -116,7 +116,9 @@ fn admit(client: TcpStream, pool: &Pool) {
     }
 }
 
-async fn session(mut client: TcpStream, pool: Pool, _slot: ClientSlot) {
+async fn session(mut client: TcpStream, pool: Pool, slot: ClientSlot) {
+    // Held until the session ends here, or handed with the socket to the instance's channel.
+    let mut slot = Some(slot);
     let Ok(mut peer) = client.peer_addr() else {
         return;
     };
@@ -134,7 +136,7 @@ async fn session(mut client: TcpStream, pool: Pool, _slot: ClientSlot) {
             }
         }
     }
-    let (mut server, greeting, id, counters) = match place(&pool, &client, peer).await {
+    let (mut server, greeting, id, counters) = match place(&pool, &client, peer, &mut slot).await {
         Some(Placed::Handed(id)) => {
             // The instance serves the client now; our copy of the socket closes here.
             debug!(instance = id, client = %peer, "handed off");
@@ -186,7 +188,12 @@ enum Placed {
 /// can, it tries again with the current ready set for up to `connect_timeout`: a moment
 /// with no ready instance (a kill, a rolling restart and a removal at once) then costs the
 /// client a short wait instead of a BUSY line.
-async fn place(pool: &Pool, client: &TcpStream, peer: SocketAddr) -> Option<Placed> {
+async fn place(
+    pool: &Pool,
+    client: &TcpStream,
+    peer: SocketAddr,
+    slot: &mut Option<ClientSlot>,
+) -> Option<Placed> {
     let timeout = pool.connect_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -195,7 +202,7 @@ async fn place(pool: &Pool, client: &TcpStream, peer: SocketAddr) -> Option<Plac
         for i in 0..n {
             let backend = &snapshot.backends[start.wrapping_add(i) % n];
             if let Some(h) = backend.counters.handoff.load_full() {
-                match h.hand(client, peer, timeout).await {
+                match h.hand(client, peer, timeout, slot).await {
                     Ok(()) => return Some(Placed::Handed(backend.id)),
                     Err(HandError::Refused) => {
                         backend.counters.busy_total.fetch_add(1, Relaxed);

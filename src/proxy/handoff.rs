@@ -2,7 +2,7 @@
 //! client sockets over, waits for the answer, and keeps the instance's counters from what
 //! the instance reports.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::pool::Counters;
+use super::pool::{ClientSlot, Counters};
 use crate::handoff::{Channel, Msg};
 
 /// Why a hand-off did not place the client.
@@ -33,8 +33,9 @@ pub(crate) enum HandError {
 struct Book {
     /// Hand-offs waiting for their answer.
     pending: HashMap<u64, oneshot::Sender<bool>>,
-    /// Adopted sessions not yet ended.
-    open: HashSet<u64>,
+    /// Adopted sessions not yet ended, each with the client slot it holds on the public
+    /// port (so that `max_connections` still bounds every open client).
+    open: HashMap<u64, Option<ClientSlot>>,
 }
 
 /// One instance's channel, as the proxy holds it.
@@ -48,13 +49,7 @@ pub(crate) struct Handoff {
 
 impl Handoff {
     /// Connects to the channel at `path` and starts its reader, which keeps `counters`.
-    /// `handed` is the pool's count of handed sessions open anywhere.
-    pub fn connect(
-        path: &Path,
-        id: u32,
-        counters: Arc<Counters>,
-        handed: Arc<AtomicU64>,
-    ) -> std::io::Result<Arc<Handoff>> {
+    pub fn connect(path: &Path, id: u32, counters: Arc<Counters>) -> std::io::Result<Arc<Handoff>> {
         let chan = Channel::connect(path)?;
         let me = Arc::new(Handoff {
             chan,
@@ -62,7 +57,7 @@ impl Handoff {
             up: AtomicBool::new(true),
             book: Mutex::new(Book::default()),
         });
-        tokio::spawn(me.clone().read(id, counters, handed));
+        tokio::spawn(me.clone().read(id, counters));
         Ok(me)
     }
 
@@ -76,12 +71,14 @@ impl Handoff {
     }
 
     /// Passes `client` to the instance. On `Ok` the instance owns the session (the caller
-    /// drops its copy); on an error the socket is untouched and can go elsewhere.
+    /// drops its copy) and `slot` is kept until the session ends; on an error the socket is
+    /// untouched and can go elsewhere.
     pub async fn hand(
         &self,
         client: &TcpStream,
         peer: SocketAddr,
         timeout: Duration,
+        slot: &mut Option<ClientSlot>,
     ) -> Result<(), HandError> {
         if !self.is_up() {
             return Err(HandError::Down);
@@ -98,7 +95,13 @@ impl Handoff {
             rx.await.map_err(|_| HandError::Down)
         };
         match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(true)) => {
+                // Not there when the session already ended: the slot then goes with us.
+                if let Some(held) = self.book().open.get_mut(&sid) {
+                    *held = slot.take();
+                }
+                Ok(())
+            }
             Ok(Ok(false)) => Err(HandError::Refused),
             Ok(Err(e)) => {
                 self.book().pending.remove(&sid);
@@ -119,7 +122,7 @@ impl Handoff {
         self.chan.shutdown();
     }
 
-    async fn read(self: Arc<Handoff>, id: u32, counters: Arc<Counters>, handed: Arc<AtomicU64>) {
+    async fn read(self: Arc<Handoff>, id: u32, counters: Arc<Counters>) {
         let (mut seen_in, mut seen_out) = (0u64, 0u64);
         let mut totals = |bytes_in: u64, bytes_out: u64| {
             counters
@@ -140,10 +143,9 @@ impl Handoff {
                         let waiter = book.pending.remove(&sid);
                         if adopted {
                             // Counted here, before any `Ended` can be read.
-                            book.open.insert(sid);
+                            book.open.insert(sid, None);
                             counters.active.fetch_add(1, Relaxed);
                             counters.total.fetch_add(1, Relaxed);
-                            handed.fetch_add(1, Relaxed);
                         }
                         drop(book);
                         if let Some(w) = waiter {
@@ -156,9 +158,9 @@ impl Handoff {
                         bytes_out,
                     } => {
                         totals(bytes_in, bytes_out);
-                        if self.book().open.remove(&sid) {
+                        let ended = self.book().open.remove(&sid);
+                        if ended.is_some() {
                             counters.active.fetch_sub(1, Relaxed);
-                            handed.fetch_sub(1, Relaxed);
                         }
                     }
                     Msg::Totals {
@@ -179,10 +181,10 @@ impl Handoff {
         let mut book = self.book();
         book.pending.clear();
         let cut = book.open.len() as u64;
-        book.open.clear();
+        let slots = std::mem::take(&mut book.open);
         drop(book);
+        drop(slots);
         counters.active.fetch_sub(cut, Relaxed);
-        handed.fetch_sub(cut, Relaxed);
         debug!(instance = id, cut, "hand-off channel closed");
     }
 }

@@ -100,8 +100,6 @@ pub(crate) struct Inner {
     pub over_limit_total: AtomicU64,
     pub header_accepted_total: AtomicU64,
     pub header_rejected_total: AtomicU64,
-    /// Sessions handed to instances and still open there (they hold no client slot).
-    handed: Arc<AtomicU64>,
     lingering: AtomicUsize,
     leastconn: std::sync::atomic::AtomicBool,
     /// `proxy.accept_proxy`: the networks whose PROXY headers are believed.
@@ -133,7 +131,6 @@ impl Pool {
                 over_limit_total: AtomicU64::new(0),
                 header_accepted_total: AtomicU64::new(0),
                 header_rejected_total: AtomicU64::new(0),
-                handed: Arc::new(AtomicU64::new(0)),
                 lingering: AtomicUsize::new(0),
                 leastconn: Default::default(),
                 accept_proxy: ArcSwapOption::empty(),
@@ -199,7 +196,7 @@ impl Pool {
     /// clients placed on it are then handed over instead of relayed.
     pub fn attach_handoff(&self, id: u32, path: &std::path::Path) -> std::io::Result<()> {
         let counters = self.registry().entry(id).or_default().clone();
-        let h = Handoff::connect(path, id, counters.clone(), self.inner.handed.clone())?;
+        let h = Handoff::connect(path, id, counters.clone())?;
         if let Some(old) = counters.handoff.swap(Some(h)) {
             old.close();
         }
@@ -240,7 +237,7 @@ impl Pool {
     pub fn stats(&self) -> ProxyStats {
         let i = &self.inner;
         ProxyStats {
-            active: i.active.load(Relaxed) + i.handed.load(Relaxed),
+            active: i.active.load(Relaxed),
             rejected_total: i.rejected_total.load(Relaxed),
             over_limit_total: i.over_limit_total.load(Relaxed),
             header_accepted_total: i.header_accepted_total.load(Relaxed),
@@ -271,7 +268,7 @@ impl Pool {
     /// Takes a client slot; `None` when that would exceed `max_connections`.
     pub(crate) fn admit(&self) -> Option<ClientSlot> {
         let i = &self.inner;
-        let now = i.active.fetch_add(1, Relaxed) + 1 + i.handed.load(Relaxed);
+        let now = i.active.fetch_add(1, Relaxed) + 1;
         let slot = ClientSlot(self.inner.clone());
         if now > i.max_connections.load(Relaxed) as u64 {
             i.over_limit_total.fetch_add(1, Relaxed);
@@ -318,7 +315,8 @@ impl Pool {
     }
 }
 
-/// One admitted client connection; released on drop.
+/// One admitted client connection; released on drop (for a handed-off session, when the
+/// instance reports its end).
 #[derive(Debug)]
 pub(crate) struct ClientSlot(Arc<Inner>);
 
