@@ -43,11 +43,25 @@ pub fn socket_path(home: &Path) -> PathBuf {
 /// One message on the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    Hand { sid: u64, peer: SocketAddr },
-    Adopted { sid: u64 },
-    Refused { sid: u64 },
-    Ended { sid: u64, bytes_in: u64, bytes_out: u64 },
-    Totals { bytes_in: u64, bytes_out: u64 },
+    Hand {
+        sid: u64,
+        peer: SocketAddr,
+    },
+    Adopted {
+        sid: u64,
+    },
+    Refused {
+        sid: u64,
+    },
+    Ended {
+        sid: u64,
+        bytes_in: u64,
+        bytes_out: u64,
+    },
+    Totals {
+        bytes_in: u64,
+        bytes_out: u64,
+    },
 }
 
 impl Msg {
@@ -150,9 +164,7 @@ impl Listener {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
         std::fs::rename(&tmp, path)?;
         socket::listen(&fd, Backlog::new(8).map_err(nix_io)?).map_err(nix_io)?;
-        Ok(Listener {
-            fd: register(fd)?,
-        })
+        Ok(Listener { fd: register(fd)? })
     }
 
     pub async fn accept(&self) -> io::Result<Channel> {
@@ -168,9 +180,7 @@ impl Listener {
                 Ok(Ok(raw)) => {
                     // SAFETY: accept4 returned a new descriptor that nothing else owns.
                     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                    return Ok(Channel {
-                        fd: register(fd)?,
-                    });
+                    return Ok(Channel { fd: register(fd)? });
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -187,9 +197,7 @@ impl Channel {
         let addr = UnixAddr::new(path).map_err(nix_io)?;
         socket::connect(fd.as_raw_fd(), &addr).map_err(nix_io)?;
         set_nonblocking(&fd)?;
-        Ok(Channel {
-            fd: register(fd)?,
-        })
+        Ok(Channel { fd: register(fd)? })
     }
 
     /// Sends one message, with `pass` attached as `SCM_RIGHTS` when given.
@@ -246,7 +254,10 @@ impl Channel {
     }
 }
 
-fn recv_one(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+fn recv_one(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<OwnedFd>)> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
     let msg = socket::recvmsg::<()>(
@@ -299,7 +310,17 @@ mod tests {
         ] {
             assert_eq!(Msg::parse(m.encode().as_bytes()), Some(m));
         }
-        for bad in ["", "A", "A x", "A 1 2", "Z 1", "H 1", "H 1 nowhere", "T 1", "E 1 2"] {
+        for bad in [
+            "",
+            "A",
+            "A x",
+            "A 1 2",
+            "Z 1",
+            "H 1",
+            "H 1 nowhere",
+            "T 1",
+            "E 1 2",
+        ] {
             assert_eq!(Msg::parse(bad.as_bytes()), None, "{bad:?}");
         }
     }

@@ -192,7 +192,10 @@ fn built_in_instances_get_the_socket_and_others_are_relayed_in_one_up() {
             handed += 1;
         } else {
             // Relayed: the supervisor holds the client side, the instance its own.
-            assert!(in_sup, "a relayed session's socket is not in the supervisor");
+            assert!(
+                in_sup,
+                "a relayed session's socket is not in the supervisor"
+            );
             relayed += 1;
         }
     }
@@ -260,7 +263,11 @@ fn a_full_instance_refuses_the_socket_and_the_next_one_takes_the_client() {
     }
     let busy_before = instances(&up.status())[0]["busy_total"].as_u64().unwrap();
     let mut c = Line::connect(up.listen);
-    assert_eq!(c.line(), READY, "a client got no READY while instance 2 was free");
+    assert_eq!(
+        c.line(),
+        READY,
+        "a client got no READY while instance 2 was free"
+    );
     assert_eq!(c.cmd("PING"), "PONG");
     wait_log(&up, 2, &format!("client={}", c.local()));
     wait_status(&up, "one session on each, instance 1 refusing", |st| {
@@ -384,8 +391,14 @@ fn proxy_headers_from_trusted_sources_set_the_client_address() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let (_, metrics) = up.http("GET", "/metrics", None);
-    assert!(metrics.contains("storeherd_proxy_header_rejected_total 3"), "{metrics}");
-    assert!(metrics.contains("storeherd_proxy_header_accepted_total 2"), "{metrics}");
+    assert!(
+        metrics.contains("storeherd_proxy_header_rejected_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("storeherd_proxy_header_accepted_total 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -448,7 +461,10 @@ fn an_instance_killed_under_a_connect_ping_quit_loop_fails_no_client() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "instance 2 never came back: {st:#}");
+        assert!(
+            Instant::now() < deadline,
+            "instance 2 never came back: {st:#}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -460,7 +476,11 @@ fn an_instance_killed_under_a_connect_ping_quit_loop_fails_no_client() {
     });
     assert!(ok.load(Ordering::Relaxed) > 50);
     assert_eq!(failures.load(Ordering::Relaxed), 0, "client failures");
-    assert!(cut.load(Ordering::Relaxed) <= 8, "cut: {}", cut.load(Ordering::Relaxed));
+    assert!(
+        cut.load(Ordering::Relaxed) <= 8,
+        "cut: {}",
+        cut.load(Ordering::Relaxed)
+    );
     // Every handed session the killed instance had was taken off its count.
     let deadline = Instant::now() + T;
     loop {

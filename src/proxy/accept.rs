@@ -179,7 +179,7 @@ enum Placed {
     /// Its socket was handed to this instance.
     Handed(u32),
     /// Connected to the instance, which greeted READY: relay.
-    Relay(TcpStream, Received, u32, Arc<Counters>),
+    Relay(TcpStream, Box<Received>, u32, Arc<Counters>),
 }
 
 /// Tries each ready instance at most once, starting where the balance says, until one
@@ -222,7 +222,7 @@ async fn place(
                 Ok((server, greeting)) => {
                     return Some(Placed::Relay(
                         server,
-                        greeting,
+                        Box::new(greeting),
                         backend.id,
                         backend.counters.clone(),
                     ))

@@ -44,7 +44,10 @@ pub(crate) fn trusted(nets: &[IpNet], ip: IpAddr) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Parsed {
     Incomplete,
-    Done { len: usize, client: Option<SocketAddr> },
+    Done {
+        len: usize,
+        client: Option<SocketAddr>,
+    },
 }
 
 /// Pure, so it can be tested on bytes.
@@ -180,7 +183,10 @@ mod tests {
         assert_eq!(parse(b"PROXY TCP4 192.0").unwrap(), Parsed::Incomplete);
         assert_eq!(parse(b"\r\n\r\n\0").unwrap(), Parsed::Incomplete);
         for bad in [&b"HELLO there\r\n"[..], b"PROXY TCP4 nonsense here 1 2\r\n"] {
-            assert!(matches!(parse(bad), Err(HeaderError::Malformed(_))), "{bad:?}");
+            assert!(
+                matches!(parse(bad), Err(HeaderError::Malformed(_))),
+                "{bad:?}"
+            );
         }
         assert!(parse(&[b'P'; MAX_HEADER]).is_err());
     }

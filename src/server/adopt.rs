@@ -73,7 +73,8 @@ async fn serve_channel(shared: Rc<Shared>, chan: Rc<Channel>, ids: Rc<Cell<u64>>
         let id = ids.get() + 1;
         ids.set(id);
         open.set(open.get() + 1);
-        let (shared, chan, tally, open) = (shared.clone(), chan.clone(), tally.clone(), open.clone());
+        let (shared, chan, tally, open) =
+            (shared.clone(), chan.clone(), tally.clone(), open.clone());
         tokio::task::spawn_local(async move {
             session::serve_handed(shared, tcp, id, peer, tally.clone(), counted).await;
             open.set(open.get() - 1);

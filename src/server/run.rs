@@ -305,7 +305,11 @@ async fn serve(
         match crate::handoff::Listener::bind(path) {
             Ok(l) => {
                 tracing::info!("taking handed-off clients on {}", path.display());
-                tokio::task::spawn_local(crate::server::adopt::listen(shared.clone(), l, ids.clone()));
+                tokio::task::spawn_local(crate::server::adopt::listen(
+                    shared.clone(),
+                    l,
+                    ids.clone(),
+                ));
             }
             Err(e) => tracing::error!("no hand-off channel at {}: {e}", path.display()),
         }

@@ -408,7 +408,9 @@ pub fn resolve(
             Some(other) => {
                 return Err(ctx.at_key(
                     "proxy.balance",
-                    format!("proxy.balance: unknown balance `{other}`: expected roundrobin or leastconn"),
+                    format!(
+                    "proxy.balance: unknown balance `{other}`: expected roundrobin or leastconn"
+                ),
                 ))
             }
         },
@@ -1037,6 +1039,38 @@ fn creatable(path: &Path) -> Result<(), String> {
     }
 }
 
+/// `proxy.accept_proxy`: networks (`10.0.0.0/8`) or single addresses (`192.0.2.7`).
+fn trusted_networks(ctx: &Ctx, list: &[String]) -> Result<Vec<ipnet::IpNet>, TopologyError> {
+    let mut nets = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let parsed = item.parse::<ipnet::IpNet>().ok().or_else(|| {
+            item.parse::<std::net::IpAddr>()
+                .ok()
+                .map(ipnet::IpNet::from)
+        });
+        match parsed {
+            Some(n) => nets.push(n.trunc()),
+            None => {
+                let mut at = path("proxy.accept_proxy");
+                at.push(Seg::Index(i));
+                return Err(ctx.at(
+                    &at,
+                    format!(
+                        "proxy.accept_proxy: bad network `{item}`: expected an address or a network such as 10.0.0.0/8"
+                    ),
+                ));
+            }
+        }
+    }
+    if nets.is_empty() {
+        return Err(ctx.at_key(
+            "proxy.accept_proxy",
+            "proxy.accept_proxy is empty: list the balancers' networks, or leave the key out",
+        ));
+    }
+    Ok(nets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1127,35 +1161,4 @@ mod tests {
         let err = creatable(&file.join("store")).unwrap_err();
         assert!(err.contains("not a directory"), "{err}");
     }
-}
-
-/// `proxy.accept_proxy`: networks (`10.0.0.0/8`) or single addresses (`192.0.2.7`).
-fn trusted_networks(ctx: &Ctx, list: &[String]) -> Result<Vec<ipnet::IpNet>, TopologyError> {
-    let mut nets = Vec::with_capacity(list.len());
-    for (i, item) in list.iter().enumerate() {
-        let parsed = item
-            .parse::<ipnet::IpNet>()
-            .ok()
-            .or_else(|| item.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from));
-        match parsed {
-            Some(n) => nets.push(n.trunc()),
-            None => {
-                let mut at = path("proxy.accept_proxy");
-                at.push(Seg::Index(i));
-                return Err(ctx.at(
-                    &at,
-                    format!(
-                        "proxy.accept_proxy: bad network `{item}`: expected an address or a network such as 10.0.0.0/8"
-                    ),
-                ));
-            }
-        }
-    }
-    if nets.is_empty() {
-        return Err(ctx.at_key(
-            "proxy.accept_proxy",
-            "proxy.accept_proxy is empty: list the balancers' networks, or leave the key out",
-        ));
-    }
-    Ok(nets)
 }
