@@ -326,6 +326,8 @@ async fn serve(
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
         }
     }
+    // The proxy's hand-offs are refused from here on (it places those clients elsewhere).
+    shared.stopping.set(true);
     // Let the session that sent SHUTDOWN write its GOODBYE.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     Ok(())
