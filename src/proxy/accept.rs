@@ -122,12 +122,14 @@ async fn session(mut client: TcpStream, pool: Pool, slot: ClientSlot) {
     let Ok(mut peer) = client.peer_addr() else {
         return;
     };
+    let mut via_header = false;
     if let Some(nets) = pool.accept_proxy() {
         match header::read(&mut client, peer, &nets, pool.connect_timeout()).await {
             Ok(from) => {
                 pool.inner.header_accepted_total.fetch_add(1, Relaxed);
                 debug!(client = %from, via = %peer, "PROXY header");
                 peer = from;
+                via_header = true;
             }
             Err(e) => {
                 pool.inner.header_rejected_total.fetch_add(1, Relaxed);
@@ -142,7 +144,13 @@ async fn session(mut client: TcpStream, pool: Pool, slot: ClientSlot) {
             debug!(instance = id, client = %peer, "handed off");
             return;
         }
-        Some(Placed::Relay(server, greeting, id, counters)) => (server, greeting, id, counters),
+        Some(Placed::Relay(server, greeting, id, counters)) => {
+            // A relayed instance cannot learn the carried address: it is logged here.
+            if via_header {
+                info!(instance = id, client = %peer, "relaying a client (PROXY header)");
+            }
+            (server, greeting, id, counters)
+        }
         None => {
             pool.count_rejected();
             debug!("no instance can take the client; BUSY");
