@@ -51,7 +51,7 @@ pub async fn serve(
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((client, _)) => admit(client, &pool),
+                Ok((client, peer)) => admit(client, peer, &pool),
                 Err(e) => match classify(&e) {
                     AcceptError::Fatal => return Err(ProxyError::Accept { addr, source: e }),
                     AcceptError::PerConnection => debug!(error = %e, "accept"),
@@ -102,12 +102,12 @@ fn classify(e: &io::Error) -> AcceptError {
     }
 }
 
-fn admit(client: TcpStream, pool: &Pool) {
+fn admit(client: TcpStream, peer: SocketAddr, pool: &Pool) {
     // Small request/reply lines: Nagle would hold replies for a delayed ACK.
     let _ = client.set_nodelay(true);
     match pool.admit() {
         Some(slot) => {
-            tokio::spawn(session(client, pool.clone(), slot));
+            tokio::spawn(session(client, peer, pool.clone(), slot));
         }
         None => {
             debug!("over max_connections; BUSY");
@@ -116,12 +116,9 @@ fn admit(client: TcpStream, pool: &Pool) {
     }
 }
 
-async fn session(mut client: TcpStream, pool: Pool, slot: ClientSlot) {
+async fn session(mut client: TcpStream, mut peer: SocketAddr, pool: Pool, slot: ClientSlot) {
     // Held until the session ends here, or handed with the socket to the instance's channel.
     let mut slot = Some(slot);
-    let Ok(mut peer) = client.peer_addr() else {
-        return;
-    };
     let mut via_header = false;
     if let Some(nets) = pool.accept_proxy() {
         match header::read(&mut client, peer, &nets, pool.connect_timeout()).await {
