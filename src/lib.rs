@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod control;
 pub mod dht;
+pub mod handoff;
 pub mod protocol;
 pub mod proxy;
 pub mod server;

@@ -44,6 +44,7 @@ fn instance(id: u32, state: InstanceState) -> InstanceStatus {
         rss_bytes: 9_437_184,
         uptime_s: 12,
         queued_blocks: 0,
+        handoff: false,
     }
 }
 
@@ -58,6 +59,8 @@ fn sample_status() -> Status {
         rejected_total: 5,
         upkeep: Default::default(),
         connections_active: 3,
+        proxy_header_accepted_total: 0,
+        proxy_header_rejected_total: 0,
     }
 }
 

@@ -328,7 +328,7 @@ fn sessions_leave_descriptors_for_the_admin_api() {
     let mut held = Vec::new();
     let got = rt.block_on(open_idle(svc.listen, 200, &mut held));
     let during = svc.status();
-    let log = svc.log();
+    let log = svc.full_log();
     drop(held);
     println!(
         "200 idle under ulimit -n 256: {got:?}; /status answered: {}",

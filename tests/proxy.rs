@@ -23,6 +23,7 @@ fn limits(max_connections: usize) -> ProxyLimits {
         max_connections,
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(120),
+        balance: Default::default(),
     }
 }
 

@@ -71,6 +71,12 @@ const PER_INSTANCE: &[PerInstance] = &[
         value: |i| Value::Int(u64::from(i.state == InstanceState::Ready)),
     },
     PerInstance {
+        name: "storeherd_instance_handoff",
+        help: "1 when new clients are handed to the instance itself, 0 when they are relayed.",
+        kind: Kind::Gauge,
+        value: |i| Value::Int(u64::from(i.handoff)),
+    },
+    PerInstance {
         name: "storeherd_instance_restarts_total",
         help: "Restarts of the instance since the supervisor started.",
         kind: Kind::Counter,
@@ -102,13 +108,13 @@ const PER_INSTANCE: &[PerInstance] = &[
     },
     PerInstance {
         name: "storeherd_proxy_connections_active",
-        help: "Client connections currently relayed to the instance.",
+        help: "Client connections currently open on the instance (relayed or handed over).",
         kind: Kind::Gauge,
         value: |i| Value::Int(i.connections_active),
     },
     PerInstance {
         name: "storeherd_proxy_connections_total",
-        help: "Client connections relayed to the instance.",
+        help: "Client connections placed on the instance (relayed or handed over).",
         kind: Kind::Counter,
         value: |i| Value::Int(i.connections_total),
     },
@@ -170,7 +176,7 @@ pub fn render(status: &Status) -> String {
     header(
         &mut out,
         "storeherd_proxy_bytes_total",
-        "Bytes relayed for the instance's clients: in = from clients, out = to clients.",
+        "Bytes of the instance's clients (relayed, or reported by the instance for handed-over ones): in = from clients, out = to clients.",
         Kind::Counter,
     );
     for i in &status.instances {
@@ -183,7 +189,7 @@ pub fn render(status: &Status) -> String {
         }
     }
 
-    let unlabelled: [(&str, &str, Kind, u64); 3] = [
+    let unlabelled: [(&str, &str, Kind, u64); 5] = [
         (
             "storeherd_proxy_rejected_total",
             "Clients turned away because no instance could take them.",
@@ -201,6 +207,18 @@ pub fn render(status: &Status) -> String {
             "Instances the supervisor knows, in any state.",
             Kind::Gauge,
             status.instances.len() as u64,
+        ),
+        (
+            "storeherd_proxy_header_accepted_total",
+            "Clients whose PROXY protocol header was taken (proxy.accept_proxy).",
+            Kind::Counter,
+            status.proxy_header_accepted_total,
+        ),
+        (
+            "storeherd_proxy_header_rejected_total",
+            "Clients closed for a missing, malformed or untrusted PROXY protocol header.",
+            Kind::Counter,
+            status.proxy_header_rejected_total,
         ),
     ];
     for (name, help, kind, value) in unlabelled {
@@ -334,6 +352,7 @@ mod tests {
             rss_bytes: 9_437_184,
             uptime_s: 12,
             queued_blocks: 1,
+            handoff: true,
         }
     }
 
@@ -348,6 +367,8 @@ mod tests {
             rejected_total: 7,
             upkeep: Default::default(),
             connections_active: 4,
+            proxy_header_accepted_total: 5,
+            proxy_header_rejected_total: 6,
         }
     }
 
@@ -415,6 +436,8 @@ mod tests {
             0.0
         );
         assert_eq!(v("storeherd_proxy_rejected_total", &[]), 7.0);
+        assert_eq!(v("storeherd_proxy_header_accepted_total", &[]), 5.0);
+        assert_eq!(v("storeherd_proxy_header_rejected_total", &[]), 6.0);
         assert_eq!(v("storeherd_proxy_client_connections", &[]), 4.0);
     }
 

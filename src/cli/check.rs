@@ -118,6 +118,21 @@ pub fn render(r: &PlanReport) -> String {
         format_duration(px.idle_timeout),
         format_duration(px.drain_timeout)
     );
+    let trusted = match &px.accept_proxy {
+        Some(nets) => {
+            let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+            format!(", PROXY headers required from {}", nets.join(", "))
+        }
+        None => String::new(),
+    };
+    let _ = writeln!(
+        o,
+        "           balance {}{trusted}",
+        match px.balance {
+            crate::proxy::Balance::RoundRobin => "roundrobin",
+            crate::proxy::Balance::LeastConn => "leastconn",
+        }
+    );
     let up = &p.upkeep;
     let every = up
         .prune_every

@@ -477,6 +477,7 @@ mod tests {
             rss_bytes: 9_437_184,
             uptime_s: 3725,
             queued_blocks: 0,
+            handoff: false,
         }
     }
 
@@ -492,6 +493,8 @@ mod tests {
             rejected_total: 3,
             upkeep: Default::default(),
             connections_active: 1,
+            proxy_header_accepted_total: 0,
+            proxy_header_rejected_total: 0,
         };
         let table = render_table(&status);
         let lines: Vec<&str> = table.lines().collect();

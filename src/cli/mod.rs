@@ -253,6 +253,10 @@ pub struct StoreArgs {
     /// Log every protocol line received and sent (`-logtraffic`).
     #[arg(long)]
     pub logtraffic: bool,
+    /// Take client sockets handed over by `storeherd up`'s proxy on <homedir>/handoff.sock
+    /// (set by the supervisor for built-in instances).
+    #[arg(long)]
+    pub handoff: bool,
 }
 
 #[derive(Debug, Args)]

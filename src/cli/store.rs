@@ -46,6 +46,7 @@ pub fn run(args: StoreArgs) -> Outcome {
     };
     let opts = crate::server::RunOptions {
         log_traffic: args.logtraffic,
+        handoff: args.handoff,
     };
     match crate::server::run(&homedir, opts) {
         Ok(()) => Ok(std::process::ExitCode::SUCCESS),

@@ -59,6 +59,10 @@ pub struct InstanceStatus {
     /// Uploads the instance has not yet processed: files in `inputqueue/` and unsettled
     /// input-journal entries (`store::queued_uploads`).
     pub queued_blocks: u64,
+    /// New clients are handed to the instance itself (its hand-off channel is up); false:
+    /// relayed.
+    #[serde(default)]
+    pub handoff: bool,
 }
 
 /// The `/status` document.
@@ -74,6 +78,12 @@ pub struct Status {
     /// The site's scheduled prune (absent from documents of older supervisors).
     #[serde(default)]
     pub upkeep: UpkeepStatus,
+    /// Clients whose PROXY header was taken (`proxy.accept_proxy`).
+    #[serde(default)]
+    pub proxy_header_accepted_total: u64,
+    /// Clients closed for a missing, malformed or untrusted PROXY header.
+    #[serde(default)]
+    pub proxy_header_rejected_total: u64,
 }
 
 /// The prune in `/status`: the schedule's counters and the last run on this site, whoever

@@ -1,6 +1,7 @@
 //! The accept loop and the life of one client connection.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::greeting::{self, OpenError, Received};
+use super::handoff::HandError;
+use super::header;
 use super::pool::{ClientSlot, Counters, InstanceSlot, Pool};
 use super::relay::relay;
 use super::ProxyError;
@@ -48,7 +51,7 @@ pub async fn serve(
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((client, _)) => admit(client, &pool),
+                Ok((client, peer)) => admit(client, peer, &pool),
                 Err(e) => match classify(&e) {
                     AcceptError::Fatal => return Err(ProxyError::Accept { addr, source: e }),
                     AcceptError::PerConnection => debug!(error = %e, "accept"),
@@ -99,12 +102,12 @@ fn classify(e: &io::Error) -> AcceptError {
     }
 }
 
-fn admit(client: TcpStream, pool: &Pool) {
+fn admit(client: TcpStream, peer: SocketAddr, pool: &Pool) {
     // Small request/reply lines: Nagle would hold replies for a delayed ACK.
     let _ = client.set_nodelay(true);
     match pool.admit() {
         Some(slot) => {
-            tokio::spawn(session(client, pool.clone(), slot));
+            tokio::spawn(session(client, peer, pool.clone(), slot));
         }
         None => {
             debug!("over max_connections; BUSY");
@@ -113,12 +116,44 @@ fn admit(client: TcpStream, pool: &Pool) {
     }
 }
 
-async fn session(mut client: TcpStream, pool: Pool, _slot: ClientSlot) {
-    let Some((mut server, greeting, id, counters)) = place(&pool).await else {
-        pool.count_rejected();
-        debug!("no instance can take the client; BUSY");
-        turn_away(client, pool).await;
-        return;
+async fn session(mut client: TcpStream, mut peer: SocketAddr, pool: Pool, slot: ClientSlot) {
+    // Held until the session ends here, or handed with the socket to the instance's channel.
+    let mut slot = Some(slot);
+    let mut via_header = false;
+    if let Some(nets) = pool.accept_proxy() {
+        match header::read(&mut client, peer, &nets, pool.connect_timeout()).await {
+            Ok(from) => {
+                pool.inner.header_accepted_total.fetch_add(1, Relaxed);
+                debug!(client = %from, via = %peer, "PROXY header");
+                peer = from;
+                via_header = true;
+            }
+            Err(e) => {
+                pool.inner.header_rejected_total.fetch_add(1, Relaxed);
+                info!(source = %peer, "closed: {e}");
+                return;
+            }
+        }
+    }
+    let (mut server, greeting, id, counters) = match place(&pool, &client, peer, &mut slot).await {
+        Some(Placed::Handed(id)) => {
+            // The instance serves the client now; our copy of the socket closes here.
+            debug!(instance = id, client = %peer, "handed off");
+            return;
+        }
+        Some(Placed::Relay(server, greeting, id, counters)) => {
+            // A relayed instance cannot learn the carried address: it is logged here.
+            if via_header {
+                info!(instance = id, client = %peer, "relaying a client (PROXY header)");
+            }
+            (server, greeting, id, counters)
+        }
+        None => {
+            pool.count_rejected();
+            debug!("no instance can take the client; BUSY");
+            turn_away(client, pool).await;
+            return;
+        }
     };
     let instance = InstanceSlot::open(counters);
     let counters = &instance.0;
@@ -139,16 +174,31 @@ async fn session(mut client: TcpStream, pool: Pool, _slot: ClientSlot) {
     )
     .await
     {
-        Ok(end) => debug!(instance = id, ?end, "session ended"),
-        Err(e) => debug!(instance = id, error = %e, "session cut"),
+        Ok(end) => debug!(instance = id, client = %peer, ?end, "session ended"),
+        Err(e) => debug!(instance = id, client = %peer, error = %e, "session cut"),
     }
 }
 
-/// Tries each ready instance at most once, starting at the round-robin cursor, until one
-/// greets `READY`. When none can, it tries again with the current ready set for up to
-/// `connect_timeout`: a moment with no ready instance (a kill, a rolling restart and a
-/// removal at once) then costs the client a short wait instead of a BUSY line.
-async fn place(pool: &Pool) -> Option<(TcpStream, Received, u32, Arc<Counters>)> {
+/// Where a client went.
+enum Placed {
+    /// Its socket was handed to this instance.
+    Handed(u32),
+    /// Connected to the instance, which greeted READY: relay.
+    Relay(TcpStream, Box<Received>, u32, Arc<Counters>),
+}
+
+/// Tries each ready instance at most once, starting where the balance says, until one
+/// adopts the socket or greets `READY`. An instance with a hand-off channel gets the
+/// socket; one without (or whose channel is down) is connected to and relayed. When none
+/// can, it tries again with the current ready set for up to `connect_timeout`: a moment
+/// with no ready instance (a kill, a rolling restart and a removal at once) then costs the
+/// client a short wait instead of a BUSY line.
+async fn place(
+    pool: &Pool,
+    client: &TcpStream,
+    peer: SocketAddr,
+    slot: &mut Option<ClientSlot>,
+) -> Option<Placed> {
     let timeout = pool.connect_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -156,9 +206,31 @@ async fn place(pool: &Pool) -> Option<(TcpStream, Received, u32, Arc<Counters>)>
         let n = snapshot.backends.len();
         for i in 0..n {
             let backend = &snapshot.backends[start.wrapping_add(i) % n];
+            if let Some(h) = backend.counters.handoff.load_full() {
+                match h.hand(client, peer, timeout, slot).await {
+                    Ok(()) => return Some(Placed::Handed(backend.id)),
+                    Err(HandError::Refused) => {
+                        backend.counters.busy_total.fetch_add(1, Relaxed);
+                        debug!(instance = backend.id, "instance full; trying the next");
+                        continue;
+                    }
+                    Err(e @ HandError::Timeout(_)) => {
+                        backend.counters.connect_failures.fetch_add(1, Relaxed);
+                        debug!(instance = backend.id, error = %e, "hand-off failed; trying the next");
+                        continue;
+                    }
+                    // The channel is gone but the instance may still serve: relay.
+                    Err(HandError::Down) => {}
+                }
+            }
             match greeting::open(backend.addr, timeout).await {
                 Ok((server, greeting)) => {
-                    return Some((server, greeting, backend.id, backend.counters.clone()))
+                    return Some(Placed::Relay(
+                        server,
+                        Box::new(greeting),
+                        backend.id,
+                        backend.counters.clone(),
+                    ))
                 }
                 Err(OpenError::Busy) => {
                     backend.counters.busy_total.fetch_add(1, Relaxed);

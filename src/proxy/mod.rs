@@ -6,10 +6,16 @@
 //! connect or a garbled greeting, so a client sees `BUSY` only when no instance can take it.
 //! The supervisor publishes the ready set with [`Pool::set_backends`]; the accept path reads
 //! it without locks.
+//!
+//! A built-in instance whose hand-off channel is up gets the client socket itself
+//! (`handoff`): it greets the client and serves it directly, and the proxy keeps no
+//! descriptor for the session. Other instances are relayed.
 
 mod accept;
 pub mod fds;
 pub mod greeting;
+mod handoff;
+mod header;
 mod pool;
 mod relay;
 
@@ -28,6 +34,18 @@ pub struct ProxyLimits {
     pub connect_timeout: Duration,
     /// A session with no byte either way for this long is closed (zero: never).
     pub idle_timeout: Duration,
+    pub balance: Balance,
+}
+
+/// `proxy.balance`: how the next instance is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// Each instance in turn.
+    #[default]
+    RoundRobin,
+    /// The fewest active sessions first, in turn among equals (for long sessions).
+    LeastConn,
 }
 
 impl Default for ProxyLimits {
@@ -37,6 +55,7 @@ impl Default for ProxyLimits {
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(600),
+            balance: Balance::RoundRobin,
         }
     }
 }

@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use ipnet::IpNet;
 use serde::Serialize;
 
-use super::ProxyLimits;
+use super::handoff::Handoff;
+use super::{Balance, ProxyLimits};
 
 /// Counters of one instance; shared by the snapshot entry and every session relayed to it.
 #[derive(Debug, Default)]
@@ -24,6 +26,8 @@ pub(crate) struct Counters {
     pub bytes_out: AtomicU64,
     pub connect_failures: AtomicU64,
     pub busy_total: AtomicU64,
+    /// The instance's hand-off channel, while one is up (built-in instances only).
+    pub handoff: ArcSwapOption<Handoff>,
 }
 
 impl Counters {
@@ -56,9 +60,9 @@ pub(crate) struct Snapshot {
 /// Counters of one instance (ids keep theirs across removal and re-adding).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct InstanceStats {
-    /// Relayed sessions open now.
+    /// Sessions open now, relayed or handed over.
     pub active: u64,
-    /// Sessions relayed since start (greeted `READY`).
+    /// Sessions since start: relayed (greeted `READY`) or adopted by the instance.
     pub total: u64,
     /// Bytes client → instance.
     pub bytes_in: u64,
@@ -73,12 +77,16 @@ pub struct InstanceStats {
 /// A point-in-time copy of every proxy counter.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ProxyStats {
-    /// Client connections open now (relayed or still being placed).
+    /// Client connections open now (relayed, handed to an instance, or being placed).
     pub active: u64,
     /// Clients sent the BUSY line: no instance could take them, or over `max_connections`.
     pub rejected_total: u64,
     /// The part of `rejected_total` turned away by `max_connections`.
     pub over_limit_total: u64,
+    /// Connections whose PROXY header was taken (`proxy.accept_proxy`).
+    pub header_accepted_total: u64,
+    /// Connections closed for a missing, malformed or untrusted PROXY header.
+    pub header_rejected_total: u64,
     /// Per instance id, every id ever set.
     pub instances: BTreeMap<u32, InstanceStats>,
 }
@@ -90,7 +98,12 @@ pub(crate) struct Inner {
     pub active: AtomicU64,
     pub rejected_total: AtomicU64,
     pub over_limit_total: AtomicU64,
+    pub header_accepted_total: AtomicU64,
+    pub header_rejected_total: AtomicU64,
     lingering: AtomicUsize,
+    leastconn: std::sync::atomic::AtomicBool,
+    /// `proxy.accept_proxy`: the networks whose PROXY headers are believed.
+    accept_proxy: ArcSwapOption<Vec<IpNet>>,
     max_connections: AtomicUsize,
     connect_timeout_us: AtomicU64,
     idle_timeout_us: AtomicU64,
@@ -116,7 +129,11 @@ impl Pool {
                 active: AtomicU64::new(0),
                 rejected_total: AtomicU64::new(0),
                 over_limit_total: AtomicU64::new(0),
+                header_accepted_total: AtomicU64::new(0),
+                header_rejected_total: AtomicU64::new(0),
                 lingering: AtomicUsize::new(0),
+                leastconn: Default::default(),
+                accept_proxy: ArcSwapOption::empty(),
                 max_connections: AtomicUsize::new(0),
                 connect_timeout_us: AtomicU64::new(0),
                 idle_timeout_us: AtomicU64::new(0),
@@ -161,6 +178,46 @@ impl Pool {
             .store(micros(limits.connect_timeout), Relaxed);
         i.idle_timeout_us
             .store(micros(limits.idle_timeout), Relaxed);
+        i.leastconn
+            .store(limits.balance == Balance::LeastConn, Relaxed);
+    }
+
+    /// `proxy.accept_proxy`: `Some(networks)` makes every client start with a PROXY
+    /// header from one of them; `None` takes clients as they come.
+    pub fn set_accept_proxy(&self, trusted: Option<Vec<IpNet>>) {
+        self.inner.accept_proxy.store(trusted.map(Arc::new));
+    }
+
+    pub(crate) fn accept_proxy(&self) -> Option<Arc<Vec<IpNet>>> {
+        self.inner.accept_proxy.load_full()
+    }
+
+    /// Opens instance `id`'s hand-off channel at `path` (replacing a dead one): new
+    /// clients placed on it are then handed over instead of relayed.
+    pub fn attach_handoff(&self, id: u32, path: &std::path::Path) -> std::io::Result<()> {
+        let counters = self.registry().entry(id).or_default().clone();
+        let h = Handoff::connect(path, id, counters.clone())?;
+        if let Some(old) = counters.handoff.swap(Some(h)) {
+            old.close();
+        }
+        Ok(())
+    }
+
+    /// True while instance `id` takes clients over its hand-off channel.
+    pub fn handoff_up(&self, id: u32) -> bool {
+        self.registry()
+            .get(&id)
+            .and_then(|c| c.handoff.load_full())
+            .is_some_and(|h| h.is_up())
+    }
+
+    /// Closes instance `id`'s hand-off channel (the process is being stopped).
+    pub fn detach_handoff(&self, id: u32) {
+        if let Some(c) = self.registry().get(&id) {
+            if let Some(old) = c.handoff.swap(None) {
+                old.close();
+            }
+        }
     }
 
     pub fn limits(&self) -> ProxyLimits {
@@ -169,6 +226,11 @@ impl Pool {
             max_connections: i.max_connections.load(Relaxed),
             connect_timeout: Duration::from_micros(i.connect_timeout_us.load(Relaxed)),
             idle_timeout: Duration::from_micros(i.idle_timeout_us.load(Relaxed)),
+            balance: if i.leastconn.load(Relaxed) {
+                Balance::LeastConn
+            } else {
+                Balance::RoundRobin
+            },
         }
     }
 
@@ -178,6 +240,8 @@ impl Pool {
             active: i.active.load(Relaxed),
             rejected_total: i.rejected_total.load(Relaxed),
             over_limit_total: i.over_limit_total.load(Relaxed),
+            header_accepted_total: i.header_accepted_total.load(Relaxed),
+            header_rejected_total: i.header_rejected_total.load(Relaxed),
             instances: self
                 .registry()
                 .iter()
@@ -186,7 +250,7 @@ impl Pool {
         }
     }
 
-    /// Relayed sessions open on instance `id` (0 for an id never seen).
+    /// Sessions (relayed or handed over) open on instance `id` (0 for an id never seen).
     pub fn active_for(&self, id: u32) -> u64 {
         self.registry()
             .get(&id)
@@ -222,11 +286,21 @@ impl Pool {
         Duration::from_micros(self.inner.idle_timeout_us.load(Relaxed))
     }
 
-    /// The snapshot and the index to start from for one client connection.
+    /// The snapshot and the index to start from for one client connection: the round-robin
+    /// cursor, or with `leastconn` the instance with the fewest active sessions, the first
+    /// such from the cursor on (round robin among equals).
     pub(crate) fn pick(&self) -> (Arc<Snapshot>, usize) {
         let snapshot = self.inner.snapshot.load_full();
         let start = self.inner.rr.fetch_add(1, Relaxed);
-        (snapshot, start)
+        let n = snapshot.backends.len();
+        if n < 2 || !self.inner.leastconn.load(Relaxed) {
+            return (snapshot, start);
+        }
+        let best = (0..n)
+            .map(|i| start.wrapping_add(i) % n)
+            .min_by_key(|&k| snapshot.backends[k].counters.active.load(Relaxed))
+            .unwrap_or(0);
+        (snapshot, best)
     }
 
     /// A turned-away client may linger until it closes, unless `max` already do.
@@ -241,7 +315,8 @@ impl Pool {
     }
 }
 
-/// One admitted client connection; released on drop.
+/// One admitted client connection; released on drop (for a handed-off session, when the
+/// instance reports its end).
 #[derive(Debug)]
 pub(crate) struct ClientSlot(Arc<Inner>);
 
@@ -288,6 +363,7 @@ mod tests {
             max_connections: max,
             connect_timeout: Duration::from_millis(1500),
             idle_timeout: Duration::from_secs(300),
+            balance: Balance::RoundRobin,
         }
     }
 
@@ -306,6 +382,33 @@ mod tests {
             })
             .collect();
         assert_eq!(picked, [1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn leastconn_takes_the_least_loaded_and_rotates_among_equals() {
+        let pool = Pool::new(ProxyLimits {
+            balance: Balance::LeastConn,
+            ..limits(10)
+        });
+        pool.set_backends(vec![(1, addr(1001)), (2, addr(1002)), (3, addr(1003))]);
+        let (s, _) = pool.pick();
+        let busy: Vec<InstanceSlot> = (0..3)
+            .map(|_| InstanceSlot::open(s.backends[0].counters.clone()))
+            .collect();
+        let picked: Vec<u32> = (0..4)
+            .map(|_| {
+                let (s, start) = pool.pick();
+                s.backends[start].id
+            })
+            .collect();
+        assert!(!picked.contains(&1), "{picked:?}");
+        assert!(picked.contains(&2) && picked.contains(&3), "{picked:?}");
+        let one = InstanceSlot::open(s.backends[1].counters.clone());
+        let (s2, start) = pool.pick();
+        assert_eq!(s2.backends[start].id, 3);
+        drop((busy, one));
+        pool.set_limits(limits(10));
+        assert_eq!(pool.limits().balance, Balance::RoundRobin);
     }
 
     #[test]

@@ -46,6 +46,7 @@
 //! refused; `entangled` targets get `STORE ENTANGLED` on this server, reached directly. The
 //! sender writes no certificate records of its peers (§10.6).
 
+pub mod adopt;
 pub mod auth;
 pub mod command;
 pub mod config;

@@ -62,6 +62,9 @@ impl ServerError {
 pub struct RunOptions {
     /// `-logtraffic`: log every line received and sent.
     pub log_traffic: bool,
+    /// `--handoff`: take client sockets from the supervisor's proxy on
+    /// `<home>/handoff.sock`.
+    pub handoff: bool,
 }
 
 /// Runs the server until SHUTDOWN, SIGTERM or SIGINT.
@@ -226,7 +229,14 @@ pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
         stop: tokio::sync::Notify::new(),
     });
     let local = tokio::task::LocalSet::new();
-    let result = local.block_on(&rt, serve(shared.clone(), listeners, addrs));
+    let handoff = opts.handoff.then(|| crate::handoff::socket_path(home));
+    let result = local.block_on(
+        &rt,
+        serve(shared.clone(), listeners, addrs, handoff.as_deref()),
+    );
+    if let Some(path) = &handoff {
+        let _ = std::fs::remove_file(path);
+    }
     // Sessions still open are dropped with the runtime; anything they had acknowledged is
     // durable in the input journal already.
     drop(local);
@@ -261,6 +271,7 @@ async fn serve(
     shared: Rc<Shared>,
     listeners: Vec<tokio::net::TcpListener>,
     addrs: Vec<SocketAddr>,
+    handoff: Option<&Path>,
 ) -> Result<(), ServerError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -288,18 +299,36 @@ async fn serve(
         tracing::info!("listening on {a}");
     }
     tokio::task::spawn_local(sender::run(shared.clone()));
-    let mut next_id = 0u64;
+    // Session ids, shared with the sessions handed over by the proxy.
+    let ids = Rc::new(Cell::new(0u64));
+    if let Some(path) = handoff {
+        // Without its channel the server still serves its port: the proxy then relays.
+        match crate::handoff::Listener::bind(path) {
+            Ok(l) => {
+                tracing::info!("taking handed-off clients on {}", path.display());
+                tokio::task::spawn_local(crate::server::adopt::listen(
+                    shared.clone(),
+                    l,
+                    ids.clone(),
+                ));
+            }
+            Err(e) => tracing::error!("no hand-off channel at {}: {e}", path.display()),
+        }
+    }
     loop {
         tokio::select! {
             Some(stream) = conn_rx.recv() => {
-                next_id += 1;
-                tokio::task::spawn_local(session::serve(shared.clone(), stream, next_id));
+                let id = ids.get() + 1;
+                ids.set(id);
+                tokio::task::spawn_local(session::serve(shared.clone(), stream, id));
             }
             _ = shared.stop.notified() => break,
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
         }
     }
+    // The proxy's hand-offs are refused from here on (it places those clients elsewhere).
+    shared.stopping.set(true);
     // Let the session that sent SHUTDOWN write its GOODBYE.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     Ok(())

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::server::auth::LoginResult;
 use crate::server::command::{self, Command};
-use crate::server::conn::{Conn, Rewind};
+use crate::server::conn::{Conn, Rewind, Tally, Tcp};
 use crate::server::dns::TxtAnswer;
 use crate::server::framing::{BlockLines, Input, Line, Next, Upload};
 use crate::server::worker::Job;
@@ -34,7 +34,14 @@ const FORBIDDEN: [&[u8]; 6] = [
 ];
 
 /// Counts this connection in the open-connection total until it is dropped.
-struct Counted(Rc<Shared>);
+pub struct Counted(Rc<Shared>);
+
+impl Counted {
+    pub fn take(shared: &Rc<Shared>) -> Counted {
+        shared.conns.set(shared.conns.get() + 1);
+        Counted(shared.clone())
+    }
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
@@ -62,11 +69,32 @@ pub struct Session {
     queued_for_peer: bool,
 }
 
-/// Runs a session to its end; every error just closes the connection.
+/// Runs a session accepted on the server's own port to its end; every error just closes
+/// the connection.
 pub async fn serve(shared: Rc<Shared>, tcp: TcpStream, id: u64) {
     let _ = tcp.set_nodelay(true);
-    shared.conns.set(shared.conns.get() + 1);
-    let counted = Counted(shared.clone());
+    if let Ok(peer) = tcp.peer_addr() {
+        tracing::debug!(conn = id, client = %peer, "session");
+    }
+    let counted = Counted::take(&shared);
+    run(shared, Tcp::new(tcp, None), id, counted).await;
+}
+
+/// Runs a session whose socket the proxy handed over (`adopt`); the client's address is
+/// the one the proxy saw, or the one its PROXY header carried.
+pub async fn serve_handed(
+    shared: Rc<Shared>,
+    tcp: TcpStream,
+    id: u64,
+    peer: std::net::SocketAddr,
+    tally: Rc<Tally>,
+    counted: Counted,
+) {
+    tracing::info!(conn = id, client = %peer, "session handed over by the proxy");
+    run(shared, Tcp::new(tcp, Some(tally)), id, counted).await;
+}
+
+async fn run(shared: Rc<Shared>, tcp: Tcp, id: u64, counted: Counted) {
     let timeout = Duration::from_secs(shared.config.timeout);
     let mut s = Session {
         shared,

@@ -271,6 +271,8 @@ impl Runner {
                         st.backoff = plan.restart.backoff_min;
                         st.crashes.clear();
                     }
+                    // Before it enters rotation, so that its first clients are handed over.
+                    self.attach_handoff(&home);
                     if st.info.state != InstanceState::Ready {
                         info!(instance = self.id, "ready");
                         self.set(st, InstanceState::Ready);
@@ -407,6 +409,24 @@ impl Runner {
         let exit = child.stop(plan.server.stop_grace).await;
         info!(instance = self.id, "removed: {exit}");
         Next::End
+    }
+
+    /// Opens the instance's hand-off channel when it is not up (first ready, restarted, or
+    /// the channel dropped). Built-in instances listen on one (`--handoff`); an instance
+    /// without a listening channel (the original server) is relayed, per instance.
+    fn attach_handoff(&self, home: &Path) {
+        if self.pool.handoff_up(self.id) {
+            return;
+        }
+        let path = crate::handoff::socket_path(home);
+        match self.pool.attach_handoff(self.id, &path) {
+            Ok(()) => debug!(instance = self.id, "hand-off channel up"),
+            Err(e) => debug!(
+                instance = self.id,
+                "no hand-off channel at {} ({e}); relaying",
+                path.display()
+            ),
+        }
     }
 
     /// Waits until the proxy has no session open on this instance, or `timeout`.

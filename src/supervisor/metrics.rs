@@ -69,6 +69,7 @@ impl Sampler {
                         .map(|t| Instant::now().duration_since(t).as_secs())
                         .unwrap_or(0),
                     queued_blocks: queued_uploads(&ip.home),
+                    handoff: pool.handoff_up(id),
                 }
             })
             .collect();
@@ -79,6 +80,8 @@ impl Sampler {
             rejected_total: stats.rejected_total,
             upkeep: Default::default(),
             connections_active: stats.active,
+            proxy_header_accepted_total: stats.header_accepted_total,
+            proxy_header_rejected_total: stats.header_rejected_total,
         }
     }
 }

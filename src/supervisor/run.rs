@@ -98,6 +98,7 @@ fn limits(plan: &Plan) -> ProxyLimits {
         max_connections: plan.proxy.max_connections.min(budget),
         connect_timeout: plan.proxy.connect_timeout,
         idle_timeout: plan.proxy.idle_timeout,
+        balance: plan.proxy.balance,
     }
 }
 
@@ -137,6 +138,7 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
     let mut sighup = signal(SignalKind::hangup()).map_err(SupervisorError::Signals)?;
 
     let pool = Pool::new(limits(&plan));
+    pool.set_accept_proxy(plan.proxy.accept_proxy.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let proxy_task = tokio::spawn(proxy::serve(
         proxy_listener,
@@ -150,6 +152,8 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
         rejected_total: 0,
         upkeep: Default::default(),
         connections_active: 0,
+        proxy_header_accepted_total: 0,
+        proxy_header_rejected_total: 0,
     });
     let (req_tx, mut req_rx) = mpsc::channel::<(Request, oneshot::Sender<Answer>)>(64);
     let handle = Handle {
@@ -615,6 +619,7 @@ impl Supervisor {
         }
         let want = new.instances;
         self.pool.set_limits(limits(&new));
+        self.pool.set_accept_proxy(new.proxy.accept_proxy.clone());
         self.plan_tx.send_replace(Arc::new(new));
         let before = self.live_ids().len() as u32;
         self.scale_to(want);

@@ -95,7 +95,14 @@ impl Plan {
                 let exe = std::env::current_exe()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| "storeherd".to_string());
-                vec![exe, "store".into(), "--homedir".into(), home_text]
+                // The proxy hands clients to built-in instances (`crate::handoff`).
+                vec![
+                    exe,
+                    "store".into(),
+                    "--homedir".into(),
+                    home_text,
+                    "--handoff".into(),
+                ]
             }
             ServerCommand::Argv(args) => args
                 .iter()

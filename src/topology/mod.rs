@@ -133,7 +133,7 @@ pub struct RestartPlan {
     pub crash_loop_within: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProxyPlan {
     pub max_connections: usize,
     #[serde(serialize_with = "ser_duration")]
@@ -142,6 +142,9 @@ pub struct ProxyPlan {
     pub idle_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub drain_timeout: Duration,
+    pub balance: crate::proxy::Balance,
+    /// `Some`: every client must start with a PROXY header from one of these networks.
+    pub accept_proxy: Option<Vec<ipnet::IpNet>>,
 }
 
 /// Two-site replication, seen from this site.

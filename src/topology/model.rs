@@ -109,13 +109,17 @@ pub struct CrashLoopModel {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with max_connections, connect_timeout, idle_timeout and drain_timeout"
+    expecting = "a mapping with max_connections, connect_timeout, idle_timeout, drain_timeout, balance and accept_proxy"
 )]
 pub struct ProxyModel {
     pub max_connections: Option<usize>,
     pub connect_timeout: Option<Dur>,
     pub idle_timeout: Option<Dur>,
     pub drain_timeout: Option<Dur>,
+    /// `roundrobin` or `leastconn`.
+    pub balance: Option<String>,
+    /// Trusted source networks of PROXY protocol headers (`10.0.0.0/8`, `192.0.2.7`).
+    pub accept_proxy: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -402,6 +402,22 @@ pub fn resolve(
         connect_timeout: dur(&p.connect_timeout, Duration::from_secs(2)),
         idle_timeout: dur(&p.idle_timeout, Duration::from_secs(600)),
         drain_timeout: dur(&p.drain_timeout, Duration::from_secs(60)),
+        balance: match p.balance.as_deref() {
+            None | Some("roundrobin") => crate::proxy::Balance::RoundRobin,
+            Some("leastconn") => crate::proxy::Balance::LeastConn,
+            Some(other) => {
+                return Err(ctx.at_key(
+                    "proxy.balance",
+                    format!(
+                    "proxy.balance: unknown balance `{other}`: expected roundrobin or leastconn"
+                ),
+                ))
+            }
+        },
+        accept_proxy: match &p.accept_proxy {
+            None => None,
+            Some(list) => Some(trusted_networks(&ctx, list)?),
+        },
     };
     if proxy.max_connections == 0 {
         return Err(ctx.at_key(
@@ -1021,6 +1037,38 @@ fn creatable(path: &Path) -> Result<(), String> {
             Err(e) => return Err(format!("{}: {e}", p.display())),
         }
     }
+}
+
+/// `proxy.accept_proxy`: networks (`10.0.0.0/8`) or single addresses (`192.0.2.7`).
+fn trusted_networks(ctx: &Ctx, list: &[String]) -> Result<Vec<ipnet::IpNet>, TopologyError> {
+    let mut nets = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let parsed = item.parse::<ipnet::IpNet>().ok().or_else(|| {
+            item.parse::<std::net::IpAddr>()
+                .ok()
+                .map(ipnet::IpNet::from)
+        });
+        match parsed {
+            Some(n) => nets.push(n.trunc()),
+            None => {
+                let mut at = path("proxy.accept_proxy");
+                at.push(Seg::Index(i));
+                return Err(ctx.at(
+                    &at,
+                    format!(
+                        "proxy.accept_proxy: bad network `{item}`: expected an address or a network such as 10.0.0.0/8"
+                    ),
+                ));
+            }
+        }
+    }
+    if nets.is_empty() {
+        return Err(ctx.at_key(
+            "proxy.accept_proxy",
+            "proxy.accept_proxy is empty: list the balancers' networks, or leave the key out",
+        ));
+    }
+    Ok(nets)
 }
 
 #[cfg(test)]

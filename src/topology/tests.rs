@@ -498,3 +498,42 @@ fn upkeep_schedule() {
         "{e}"
     );
 }
+
+#[test]
+fn balance_and_accept_proxy_are_read_and_checked() {
+    let p = plan("instances: 1\n").unwrap();
+    assert_eq!(p.proxy.balance, crate::proxy::Balance::RoundRobin);
+    assert_eq!(p.proxy.accept_proxy, None);
+    let p = plan(
+        "instances: 1\nproxy:\n  balance: leastconn\n  accept_proxy: [10.1.2.3/8, 192.0.2.7, \"2001:db8::/32\"]\n",
+    )
+    .unwrap();
+    assert_eq!(p.proxy.balance, crate::proxy::Balance::LeastConn);
+    let nets: Vec<String> = p
+        .proxy
+        .accept_proxy
+        .unwrap()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+    let e = err("proxy:\n  balance: random\n");
+    assert!(
+        e.starts_with(
+            "t.yaml:2:3: proxy.balance: unknown balance `random`: expected roundrobin or leastconn"
+        ),
+        "{e}"
+    );
+    let e = err("proxy:\n  accept_proxy: [10.0.0.0/8, nowhere]\n");
+    assert!(
+        e.starts_with("t.yaml:2:") && e.contains("proxy.accept_proxy: bad network `nowhere`"),
+        "{e}"
+    );
+    let e = err("proxy:\n  accept_proxy: []\n");
+    assert!(e.contains("proxy.accept_proxy is empty"), "{e}");
+    // Both apply live.
+    let a = plan("instances: 1\n").unwrap();
+    let b =
+        plan("instances: 1\nproxy: { balance: leastconn, accept_proxy: [10.0.0.0/8] }\n").unwrap();
+    assert!(a.restart_needed(&b).is_empty());
+}

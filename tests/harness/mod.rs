@@ -72,6 +72,17 @@ impl Up {
     }
 
     pub fn start_with(instances: &str, extra: &str, args: &[&str]) -> Up {
+        Self::start_edited(instances, extra, args, |t| t)
+    }
+
+    /// As [`Up::start_with`], with `edit` applied to the topology text first (to add keys
+    /// to one of its mappings, such as `proxy:`).
+    pub fn start_edited(
+        instances: &str,
+        extra: &str,
+        args: &[&str],
+        edit: impl Fn(String) -> String,
+    ) -> Up {
         let dir = tempfile::tempdir().unwrap();
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -80,7 +91,15 @@ impl Up {
         let file = dir.path().join("storeherd.yaml");
         std::fs::write(
             &file,
-            Self::topology(dir.path(), instances, listen, admin, sport, eport, extra),
+            edit(Self::topology(
+                dir.path(),
+                instances,
+                listen,
+                admin,
+                sport,
+                eport,
+                extra,
+            )),
         )
         .unwrap();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();

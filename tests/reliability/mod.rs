@@ -140,6 +140,11 @@ impl Service {
         panic!("admin API never answered:\n{}", self.log());
     }
 
+    /// The whole supervisor log (`log` keeps only its tail, for failure messages).
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(60).collect();

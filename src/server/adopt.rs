@@ -1,0 +1,117 @@
+//! The instance's end of the hand-off channel (`crate::handoff`): takes client sockets from
+//! the supervisor's proxy and serves them as its own sessions, answering before the
+//! greeting is written, and reports their end and their bytes.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::handoff::{Channel, Listener, Msg};
+use crate::server::conn::Tally;
+use crate::server::session::{self, Counted};
+use crate::server::Shared;
+
+/// How often byte totals go to the proxy while handed sessions are open.
+const TOTALS_EVERY: Duration = Duration::from_millis(500);
+
+/// Accepts the proxy's channel connections (one at a time in practice; a new one after a
+/// supervisor restart) until the server stops.
+pub async fn listen(shared: Rc<Shared>, listener: Listener, ids: Rc<Cell<u64>>) {
+    loop {
+        match listener.accept().await {
+            Ok(chan) => {
+                tracing::debug!("hand-off channel connected");
+                tokio::task::spawn_local(serve_channel(shared.clone(), Rc::new(chan), ids.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("hand-off channel accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_channel(shared: Rc<Shared>, chan: Rc<Channel>, ids: Rc<Cell<u64>>) {
+    let tally = Rc::new(Tally::default());
+    let open = Rc::new(Cell::new(0usize));
+    let reporter = tokio::task::spawn_local(report(chan.clone(), tally.clone(), open.clone()));
+    loop {
+        let (sid, peer, fd) = match chan.recv().await {
+            Ok(Some((Msg::Hand { sid, peer }, fd))) => (sid, peer, fd),
+            Ok(Some((other, _))) => {
+                tracing::debug!("hand-off channel: unexpected {other:?}");
+                continue;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!("hand-off channel: {e}");
+                break;
+            }
+        };
+        let full = shared.stopping.get() || shared.conns.get() >= shared.config.max_connections;
+        let tcp = match fd {
+            Some(fd) if !full => adopt(fd),
+            _ => None,
+        };
+        let Some(tcp) = tcp else {
+            // Full, stopping, or no usable socket: the proxy still holds its own copy and
+            // places the client elsewhere; ours is closed by the drop.
+            if chan.send(&Msg::Refused { sid }, None).await.is_err() {
+                break;
+            }
+            continue;
+        };
+        // Counted before answering, so that the next hand-off sees this one.
+        let counted = Counted::take(&shared);
+        // Answered before the greeting is written: if this process dies first, the proxy
+        // knows that the client has seen nothing and can place it elsewhere.
+        if chan.send(&Msg::Adopted { sid }, None).await.is_err() {
+            break;
+        }
+        let id = ids.get() + 1;
+        ids.set(id);
+        open.set(open.get() + 1);
+        let (shared, chan, tally, open) =
+            (shared.clone(), chan.clone(), tally.clone(), open.clone());
+        tokio::task::spawn_local(async move {
+            session::serve_handed(shared, tcp, id, peer, tally.clone(), counted).await;
+            open.set(open.get() - 1);
+            let end = Msg::Ended {
+                sid,
+                bytes_in: tally.bytes_in.get(),
+                bytes_out: tally.bytes_out.get(),
+            };
+            let _ = chan.send(&end, None).await;
+        });
+    }
+    reporter.abort();
+}
+
+fn adopt(fd: std::os::fd::OwnedFd) -> Option<TcpStream> {
+    let std = std::net::TcpStream::from(fd);
+    std.set_nonblocking(true).ok()?;
+    TcpStream::from_std(std).ok()
+}
+
+/// Sends the byte totals while sessions are open and the totals move, so that the proxy's
+/// counters follow long sessions too, not only their ends.
+async fn report(chan: Rc<Channel>, tally: Rc<Tally>, open: Rc<Cell<usize>>) {
+    let mut last = (0, 0);
+    loop {
+        tokio::time::sleep(TOTALS_EVERY).await;
+        let now = (tally.bytes_in.get(), tally.bytes_out.get());
+        if open.get() == 0 || now == last {
+            continue;
+        }
+        last = now;
+        let msg = Msg::Totals {
+            bytes_in: now.0,
+            bytes_out: now.1,
+        };
+        if chan.send(&msg, None).await.is_err() {
+            return;
+        }
+    }
+}

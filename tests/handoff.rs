@@ -1,0 +1,494 @@
+//! The proxy hands accepted clients to built-in instances (`--handoff`) and relays the
+//! others; `max_connections` refusals, `proxy.balance: leastconn`, PROXY protocol headers
+//! (`proxy.accept_proxy`) and a kill under load, all through a real `storeherd up`.
+
+mod harness;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::{Up, BIN};
+use storeherd::wire::Client;
+
+const T: Duration = Duration::from_secs(20);
+const READY: &str = "CONFIDANT MAIL SERVER PROTOCOL 1 READY";
+
+fn instances(st: &serde_json::Value) -> Vec<serde_json::Value> {
+    st["instances"].as_array().unwrap().clone()
+}
+
+/// Instance 1 takes handed-off sockets, the others do not (the same server without
+/// `--handoff`, as any server that cannot take a socket).
+fn mixed_command() -> String {
+    format!(
+        "server: {{ command: [/bin/sh, -c, \"if [ {{id}} = 1 ]; then exec {BIN} store --homedir {{home}} --handoff; else exec {BIN} store --homedir {{home}}; fi\"] }}\n"
+    )
+}
+
+/// Adds `keys` to the harness topology's `proxy:` mapping.
+fn proxy_keys(keys: &str) -> impl Fn(String) -> String + '_ {
+    move |t| t.replace("proxy: { ", &format!("proxy: {{ {keys}, "))
+}
+
+/// Waits until `/status` says which instances take handed-off clients.
+fn wait_handoff(up: &Up, want: &[bool]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = up.status();
+        let got: Vec<bool> = instances(&st)
+            .iter()
+            .map(|i| i["handoff"].as_bool().unwrap_or(false))
+            .collect();
+        let ready = instances(&st).iter().all(|i| i["state"] == "ready");
+        if got == want && ready {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hand-off never {want:?}: {st:#}\n{}",
+            up.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A blocking line client through the public port.
+struct Line {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Line {
+    fn over(s: TcpStream) -> Line {
+        s.set_read_timeout(Some(T)).unwrap();
+        Line {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    fn connect(addr: SocketAddr) -> Line {
+        Line::over(TcpStream::connect_timeout(&addr, T).unwrap())
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        l.trim_end().to_string()
+    }
+
+    fn cmd(&mut self, c: &str) -> String {
+        self.w.write_all(format!("{c}\r\n").as_bytes()).unwrap();
+        self.line()
+    }
+
+    fn local(&self) -> SocketAddr {
+        self.w.local_addr().unwrap()
+    }
+
+    /// True when the server closed the connection (EOF or reset) without a line.
+    fn closed(&mut self) -> bool {
+        let mut l = String::new();
+        matches!(self.r.read_line(&mut l), Ok(0) | Err(_)) && l.is_empty()
+    }
+}
+
+/// The socket inode of the server side of a client connection from `client` (whose peer
+/// is `server`), from /proc/net/tcp.
+fn server_side_inode(server: SocketAddr, client: SocketAddr) -> Option<String> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => unreachable!("loopback v4 only"),
+    };
+    let (local, remote) = (hex(server), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()))
+            .then(|| f[9].to_string())
+    })
+}
+
+/// True when process `pid` has the socket with this inode open.
+fn holds_socket(pid: u32, inode: &str) -> bool {
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|l| l.to_string_lossy() == want)
+}
+
+/// Waits (bounded) until `/status` satisfies `ok`; returns that document.
+fn wait_status(up: &Up, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + T;
+    loop {
+        let st = up.status();
+        if ok(&st) {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {st:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn column(st: &serde_json::Value, key: &str) -> Vec<u64> {
+    instances(st)
+        .iter()
+        .map(|i| i[key].as_u64().unwrap())
+        .collect()
+}
+
+fn server_log(up: &Up, id: u32) -> String {
+    std::fs::read_to_string(up.data().join(format!("homes/{id}/server.log"))).unwrap_or_default()
+}
+
+fn wait_log(up: &Up, id: u32, needle: &str) {
+    let deadline = Instant::now() + T;
+    while !server_log(up, id).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "instance {id} never logged {needle:?}:\n{}",
+            server_log(up, id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn built_in_instances_get_the_socket_and_others_are_relayed_in_one_up() {
+    let up = Up::start(2, &mixed_command());
+    up.wait_ready(2);
+    wait_handoff(&up, &[true, false]);
+    let sup = up.pid();
+    let st = up.status();
+    let pids: Vec<u32> = instances(&st)
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap() as u32)
+        .collect();
+
+    // Round robin: two sessions on each instance, held open.
+    let mut clients: Vec<Line> = (0..4).map(|_| Line::connect(up.listen)).collect();
+    for c in &mut clients {
+        assert_eq!(c.line(), READY);
+        assert_eq!(c.cmd("PING"), "PONG");
+    }
+    let mut handed = 0;
+    let mut relayed = 0;
+    for c in &clients {
+        let inode = server_side_inode(up.listen, c.local()).expect("the server side socket");
+        let in_sup = holds_socket(sup, &inode);
+        if holds_socket(pids[0], &inode) {
+            // Handed over: the instance has it, the supervisor none, and it logged the
+            // client's own address.
+            assert!(!in_sup, "the supervisor still holds a handed-off socket");
+            wait_log(&up, 1, &format!("client={}", c.local()));
+            handed += 1;
+        } else {
+            // Relayed: the supervisor holds the client side, the instance its own.
+            assert!(
+                in_sup,
+                "a relayed session's socket is not in the supervisor"
+            );
+            relayed += 1;
+        }
+    }
+    assert_eq!((handed, relayed), (2, 2));
+    let deadline = Instant::now() + T;
+    loop {
+        let st = up.status();
+        let a: Vec<u64> = instances(&st)
+            .iter()
+            .map(|i| i["connections_active"].as_u64().unwrap())
+            .collect();
+        if a == [2, 2] && st["connections_active"] == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "active never [2, 2]: {st:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in &mut clients {
+        assert_eq!(c.cmd("QUIT"), "GOODBYE");
+    }
+    drop(clients);
+    let deadline = Instant::now() + T;
+    loop {
+        let st = up.status();
+        let i = instances(&st);
+        let settled = i.iter().all(|i| i["connections_active"] == 0)
+            && i.iter().all(|i| i["connections_total"] == 2)
+            // greeting + PONG + GOODBYE, twice, on each path.
+            && i.iter().all(|i| i["bytes_out"] == 2 * (40 + 6 + 9))
+            && i.iter().all(|i| i["bytes_in"] == 2 * (6 + 6));
+        if settled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "counters never settled: {st:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, metrics) = up.http("GET", "/metrics", None);
+    assert!(metrics.contains("storeherd_instance_handoff{instance=\"1\"} 1"));
+    assert!(metrics.contains("storeherd_instance_handoff{instance=\"2\"} 0"));
+}
+
+#[test]
+fn a_full_instance_refuses_the_socket_and_the_next_one_takes_the_client() {
+    let up = Up::start(2, "server: { config: { max_connections: 1 } }\n");
+    up.wait_ready(2);
+    wait_handoff(&up, &[true, true]);
+    // A on instance 1, B on instance 2; B closes, so that the cursor's next pick is the
+    // full instance 1.
+    let mut a = Line::connect(up.listen);
+    assert_eq!(a.line(), READY);
+    let mut b = Line::connect(up.listen);
+    assert_eq!(b.line(), READY);
+    assert_eq!(b.cmd("QUIT"), "GOODBYE");
+    drop(b);
+    let which = |st: &serde_json::Value| -> Vec<u64> {
+        instances(st)
+            .iter()
+            .map(|i| i["connections_active"].as_u64().unwrap())
+            .collect()
+    };
+    let deadline = Instant::now() + T;
+    while which(&up.status()) != [1, 0] {
+        assert!(Instant::now() < deadline, "{:#}", up.status());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let busy_before = instances(&up.status())[0]["busy_total"].as_u64().unwrap();
+    let mut c = Line::connect(up.listen);
+    assert_eq!(
+        c.line(),
+        READY,
+        "a client got no READY while instance 2 was free"
+    );
+    assert_eq!(c.cmd("PING"), "PONG");
+    wait_log(&up, 2, &format!("client={}", c.local()));
+    wait_status(&up, "one session on each, instance 1 refusing", |st| {
+        which(st) == [1, 1] && column(st, "busy_total")[0] > busy_before
+    });
+    assert_eq!(a.cmd("PING"), "PONG");
+}
+
+#[test]
+fn leastconn_reloaded_live_sends_new_clients_past_long_sessions() {
+    let up = Up::start(1, "");
+    up.wait_ready(1);
+    let mut long: Vec<Line> = (0..3).map(|_| Line::connect(up.listen)).collect();
+    for c in &mut long {
+        assert_eq!(c.line(), READY);
+    }
+    // Three instances, least connections first, applied live.
+    let text = std::fs::read_to_string(&up.file).unwrap();
+    let text = proxy_keys("balance: leastconn")(text).replace("instances: 1", "instances: 3");
+    std::fs::write(&up.file, text).unwrap();
+    up.wait_ready(3);
+    wait_handoff(&up, &[true, true, true]);
+    let deadline = Instant::now() + T;
+    while !up.log().contains("topology reloaded") {
+        assert!(Instant::now() < deadline, "never reloaded:\n{}", up.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut fresh = Vec::new();
+    for _ in 0..4 {
+        let mut c = Line::connect(up.listen);
+        assert_eq!(c.line(), READY);
+        assert_eq!(c.cmd("PING"), "PONG");
+        // Counted when the instance's answer is read: long before this round trip ends.
+        fresh.push(c);
+    }
+    wait_status(&up, "totals [3, 2, 2]", |st| {
+        column(st, "connections_total") == [3, 2, 2]
+    });
+    drop((long, fresh));
+}
+
+/// A client from `from` (a loopback address) to `to`.
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let from: SocketAddr = format!("{from}:0").parse().unwrap();
+    let s = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(from).unwrap();
+        sock.connect(to).await.unwrap().into_std().unwrap()
+    });
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+#[test]
+fn proxy_headers_from_trusted_sources_set_the_client_address() {
+    let up = Up::start_edited(
+        "1",
+        "",
+        &[],
+        proxy_keys("accept_proxy: [127.0.0.2, 10.9.0.0/16]"),
+    );
+    up.wait_ready(1);
+    wait_handoff(&up, &[true]);
+
+    // v1, with the client's first command in the same segment: nothing after the header
+    // may be lost.
+    let mut s = connect_from("127.0.0.2", up.listen);
+    s.write_all(
+        format!(
+            "PROXY TCP4 192.0.2.7 127.0.0.1 40001 {}\r\nPING\r\n",
+            up.listen.port()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut v1 = Line::over(s);
+    assert_eq!(v1.line(), READY);
+    assert_eq!(v1.line(), "PONG");
+    wait_log(&up, 1, "client=192.0.2.7:40001");
+
+    // v2, binary.
+    let src: SocketAddr = "198.51.100.9:40002".parse().unwrap();
+    let header = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (src, up.listen),
+    )
+    .build()
+    .unwrap();
+    let mut s = connect_from("127.0.0.2", up.listen);
+    s.write_all(&header).unwrap();
+    let mut v2 = Line::over(s);
+    assert_eq!(v2.line(), READY);
+    assert_eq!(v2.cmd("PING"), "PONG");
+    wait_log(&up, 1, "client=198.51.100.9:40002");
+
+    // Malformed from a trusted source; a good header from an untrusted one (127.0.0.1);
+    // no header at all from the untrusted one: all closed, never greeted.
+    let mut bad = connect_from("127.0.0.2", up.listen);
+    bad.write_all(b"HELLO there\r\n").unwrap();
+    assert!(Line::over(bad).closed());
+    let mut untrusted = TcpStream::connect(up.listen).unwrap();
+    untrusted
+        .write_all(b"PROXY TCP4 192.0.2.99 127.0.0.1 40003 8081\r\n")
+        .unwrap();
+    assert!(Line::over(untrusted).closed());
+    assert!(Line::connect(up.listen).closed());
+    assert!(!server_log(&up, 1).contains("192.0.2.99"));
+
+    let deadline = Instant::now() + T;
+    loop {
+        let st = up.status();
+        if st["proxy_header_accepted_total"] == 2 && st["proxy_header_rejected_total"] == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "header counters: {st:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, metrics) = up.http("GET", "/metrics", None);
+    assert!(
+        metrics.contains("storeherd_proxy_header_rejected_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("storeherd_proxy_header_accepted_total 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn an_instance_killed_under_a_connect_ping_quit_loop_fails_no_client() {
+    let up = Up::start(3, "");
+    let st = up.wait_ready(3);
+    wait_handoff(&up, &[true, true, true]);
+    let victim = instances(&st)[1]["pid"].as_u64().unwrap() as i32;
+    let failures = Arc::new(AtomicU64::new(0));
+    let cut = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (failures, cut, ok, stop, addr) = (
+                failures.clone(),
+                cut.clone(),
+                ok.clone(),
+                stop.clone(),
+                up.listen,
+            );
+            rt.spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    // No READY greeting is a client failure; a session cut after it (its
+                    // instance was killed mid-session) is counted apart.
+                    let Ok(mut c) = Client::connect(addr, T).await else {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let r = async {
+                        c.ping().await?;
+                        c.quit().await
+                    }
+                    .await;
+                    match r {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => cut.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = up.status();
+        let i = &instances(&st)[1];
+        if i["state"] == "ready" && i["pid"].as_u64() != Some(victim as u64) && i["handoff"] == true
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance 2 never came back: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for c in clients {
+            c.await.unwrap();
+        }
+    });
+    assert!(ok.load(Ordering::Relaxed) > 50);
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "client failures");
+    assert!(
+        cut.load(Ordering::Relaxed) <= 8,
+        "cut: {}",
+        cut.load(Ordering::Relaxed)
+    );
+    // Every handed session the killed instance had was taken off its count.
+    let deadline = Instant::now() + T;
+    loop {
+        let st = up.status();
+        if instances(&st).iter().all(|i| i["connections_active"] == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions left counted: {st:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
