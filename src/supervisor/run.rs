@@ -610,13 +610,8 @@ impl Supervisor {
         };
         let new = Plan::load(Some(&source), old.site.as_deref(), &self.overrides)
             .map_err(|e| ControlError::Invalid(format!("refused, running state kept: {e}")))?;
-        let needs = old.restart_needed(&new);
-        if !needs.is_empty() {
-            return Err(ControlError::Invalid(format!(
-                "refused: these changes need a restart of storeherd: {}",
-                needs.join("; ")
-            )));
-        }
+        old.restart_needed(&new)
+            .map_err(|e| ControlError::Invalid(format!("refused: {e}")))?;
         let want = new.instances;
         self.pool.set_limits(limits(&new));
         self.pool.set_accept_proxy(new.proxy.accept_proxy.clone());

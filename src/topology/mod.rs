@@ -260,90 +260,112 @@ impl Plan {
         resolve::max_instances(self.ports, self.listen.port(), self.admin.listen.port())
     }
 
-    /// Changes from `self` to `new` that cannot be applied to a running supervisor; each
-    /// entry names the setting and its old and new value. Empty = everything applies live.
-    pub fn restart_needed(&self, new: &Plan) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut cmp = |name: &str, a: String, b: String| {
-            if a != b {
-                out.push(format!("{name}: {a} -> {b}"));
-            }
+    /// Refuses a reload from `self` to `new` that a running supervisor cannot apply: every
+    /// changed field outside [`LIVE`], each with its old and new value.
+    pub fn restart_needed(&self, new: &Plan) -> Result<(), RestartNeeded> {
+        let (a, b) = (serde_json::to_value(self), serde_json::to_value(new));
+        let changes = match (a, b) {
+            (Ok(a), Ok(b)) => fixed_changes(&a, &b),
+            // Never expected (every field serializes); refusing is the safe side.
+            _ => vec![Change {
+                field: "(plan)".into(),
+                old: "?".into(),
+                new: "?".into(),
+            }],
         };
-        cmp("site", fmt_opt(&self.site), fmt_opt(&new.site));
-        cmp("listen", self.listen.to_string(), new.listen.to_string());
-        cmp(
-            "admin.listen",
-            self.admin.listen.to_string(),
-            new.admin.listen.to_string(),
-        );
-        cmp(
-            "admin.token_file",
-            fmt_opt_path(&self.admin.token_file),
-            fmt_opt_path(&new.admin.token_file),
-        );
-        cmp(
-            "data",
-            self.data.display().to_string(),
-            new.data.display().to_string(),
-        );
-        cmp(
-            "store",
-            self.store.display().to_string(),
-            new.store.display().to_string(),
-        );
-        cmp(
-            "ports.server",
-            self.ports.server.to_string(),
-            new.ports.server.to_string(),
-        );
-        cmp(
-            "ports.entangled",
-            self.ports.entangled.to_string(),
-            new.ports.entangled.to_string(),
-        );
-        cmp(
-            "server.command",
-            format!("{:?}", self.server.command),
-            format!("{:?}", new.server.command),
-        );
-        cmp(
-            "server.tls",
-            format!("{:?}", self.server.tls),
-            format!("{:?}", new.server.tls),
-        );
-        cmp(
-            "shards",
-            format!("{:?}", self.shards),
-            format!("{:?}", new.shards),
-        );
-        cmp(
-            "replication",
-            format!("{:?}", self.replication),
-            format!("{:?}", new.replication),
-        );
-        cmp(
-            "accounts.admin_key_file",
-            self.admin_key_file.display().to_string(),
-            new.admin_key_file.display().to_string(),
-        );
-        cmp("host", fmt_opt(&self.host), fmt_opt(&new.host));
-        out
+        if changes.is_empty() {
+            Ok(())
+        } else {
+            Err(RestartNeeded(changes))
+        }
     }
+}
+
+/// The plan's fields (serialized paths) that a running supervisor applies on reload. Every
+/// other field needs a restart, so a field added to [`Plan`] is fixed until it is listed
+/// here — it cannot become live-reloadable by accident.
+pub const LIVE: [&str; 8] = [
+    "source",
+    "instances",
+    "server.config",
+    "server.stop_grace",
+    "health",
+    "restart",
+    "proxy",
+    "upkeep",
+];
+
+/// A topology field as the file spells it, where the plan names it otherwise.
+fn file_name_of(path: &str) -> &str {
+    match path {
+        "admin_key_file" => "accounts.admin_key_file",
+        p => p,
+    }
+}
+
+/// One setting a reload would change: its name and old and new values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub field: String,
+    pub old: String,
+    pub new: String,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} -> {}", self.field, self.old, self.new)
+    }
+}
+
+/// A reload refused: these changes need a restart of storeherd.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("these changes need a restart of storeherd: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct RestartNeeded(pub Vec<Change>);
+
+/// The changed fields of two serialized plans outside [`LIVE`], in field order.
+pub fn fixed_changes(a: &serde_json::Value, b: &serde_json::Value) -> Vec<Change> {
+    fn text(v: Option<&serde_json::Value>) -> String {
+        match v {
+            None | Some(serde_json::Value::Null) => "(none)".into(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        }
+    }
+    fn walk(
+        path: &str,
+        a: Option<&serde_json::Value>,
+        b: Option<&serde_json::Value>,
+        out: &mut Vec<Change>,
+    ) {
+        if LIVE.contains(&path) || a == b {
+            return;
+        }
+        if let (Some(serde_json::Value::Object(x)), Some(serde_json::Value::Object(y))) = (a, b) {
+            let keys = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k)));
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                walk(&p, x.get(k), y.get(k), out);
+            }
+            return;
+        }
+        out.push(Change {
+            field: file_name_of(path).to_string(),
+            old: text(a),
+            new: text(b),
+        });
+    }
+    let mut out = Vec::new();
+    walk("", Some(a), Some(b), &mut out);
+    out
 }
 
 fn port_of(first: u16, id: u32) -> u16 {
     let p = u32::from(first) + id.max(1) - 1;
     u16::try_from(p).unwrap_or(u16::MAX)
-}
-
-fn fmt_opt(v: &Option<String>) -> String {
-    v.clone().unwrap_or_else(|| "(none)".into())
-}
-
-fn fmt_opt_path(v: &Option<PathBuf>) -> String {
-    v.as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "(none)".into())
 }
 
 fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {

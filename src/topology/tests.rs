@@ -201,12 +201,43 @@ fn overrides_win_and_instances_beyond_the_count_work() {
 fn restart_needed_lists_what_cannot_apply_live() {
     let a = plan("instances: 2\n").unwrap();
     let b = plan("instances: 5\nhealth: { interval: 3s }\n").unwrap();
-    assert!(a.restart_needed(&b).is_empty());
+    assert!(a.restart_needed(&b).is_ok());
     let c = plan("instances: 2\nlisten: 127.0.0.1:9081\nports: { server: 20001 }\n").unwrap();
-    let changes = a.restart_needed(&c);
+    let changes = a.restart_needed(&c).unwrap_err().0;
     assert_eq!(changes.len(), 2, "{changes:?}");
-    assert!(changes[0].starts_with("listen: 127.0.0.1:8081 -> 127.0.0.1:9081"));
-    assert!(changes[1].starts_with("ports.server: 18101 -> 20001"));
+    assert!(changes[0]
+        .to_string()
+        .starts_with("listen: 127.0.0.1:8081 -> 127.0.0.1:9081"));
+    assert!(changes[1]
+        .to_string()
+        .starts_with("ports.server: 18101 -> 20001"));
+}
+
+#[test]
+fn a_field_not_listed_as_live_needs_a_restart() {
+    // A field the plan may gain later, present in both serialized plans with other values,
+    // is reported without anyone listing it; the live ones are not.
+    let a = serde_json::json!({ "instances": 1, "future": { "knob": 1 }, "proxy": { "x": 1 } });
+    let b = serde_json::json!({ "instances": 2, "future": { "knob": 2 }, "proxy": { "x": 2 } });
+    let changes = crate::topology::fixed_changes(&a, &b);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].to_string(), "future.knob: 1 -> 2");
+    // A field that appears is a change too.
+    let c = serde_json::json!({ "instances": 1, "future": { "knob": 1, "more": "x" } });
+    assert_eq!(
+        crate::topology::fixed_changes(&a, &c)[0].to_string(),
+        "future.more: (none) -> x"
+    );
+    // Each fixed section of a real plan is caught.
+    let base = plan("instances: 1\n").unwrap();
+    for text in [
+        "instances: 1\nadmin: { listen: 127.0.0.1:9999 }\n",
+        "instances: 1\nports: { entangled: 20001 }\n",
+        "instances: 1\nserver: { command: [python2, server.py, -homedir, \"{home}\"] }\n",
+    ] {
+        let other = plan(text).unwrap();
+        assert!(base.restart_needed(&other).is_err(), "{text}");
+    }
 }
 
 #[test]
@@ -535,5 +566,5 @@ fn balance_and_accept_proxy_are_read_and_checked() {
     let a = plan("instances: 1\n").unwrap();
     let b =
         plan("instances: 1\nproxy: { balance: leastconn, accept_proxy: [10.0.0.0/8] }\n").unwrap();
-    assert!(a.restart_needed(&b).is_empty());
+    assert!(a.restart_needed(&b).is_ok());
 }
