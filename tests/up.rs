@@ -338,6 +338,28 @@ fn editing_the_watched_file_applies_live_and_broken_edits_are_refused() {
     std::thread::sleep(Duration::from_millis(500));
     let st = up.status();
     assert_eq!(instances(&st).len(), 3, "{st:#}");
+    // A valid edit of a fixed setting: refused with the field and both values, the running
+    // set stays.
+    let listen = up.listen.to_string();
+    let moved = format!("127.0.0.1:{}", harness::free_port());
+    std::fs::write(
+        &up.file,
+        text.replace("instances: 2", "instances: 1")
+            .replace(&listen, &moved),
+    )
+    .unwrap();
+    let want = format!("listen: {listen} -> {moved}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !up.log().contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "fixed edit not refused with `{want}`:\n{}",
+            up.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = up.status();
+    assert_eq!(instances(&st).len(), 3, "{st:#}");
 }
 
 #[test]
