@@ -36,6 +36,18 @@ pub const RESERVED_CONFIG_KEYS: [&str; 7] = [
 
 pub const PLACEHOLDERS: [&str; 4] = ["home", "id", "port", "eport"];
 
+// Defaults of the topology file's keys (the proxy's limits default in `crate::proxy`).
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+pub const HEALTH_UNHEALTHY_AFTER: u32 = 3;
+pub const HEALTH_START_GRACE: Duration = Duration::from_secs(60);
+pub const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const CRASH_LOOP_RESTARTS: u32 = 5;
+pub const CRASH_LOOP_WITHIN: Duration = Duration::from_secs(60);
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Whether resolving looks at the disk (can data and store be created?).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disk {
@@ -340,7 +352,7 @@ pub fn resolve(
         key: tls_model.key.map(|p| rel(&p)),
         dhparams: tls_model.dhparams.map(|p| rel(&p)),
     };
-    let stop_grace = dur(&server_model.stop_grace, Duration::from_secs(10));
+    let stop_grace = dur(&server_model.stop_grace, STOP_GRACE);
     positive(&ctx, "server.stop_grace", stop_grace)?;
     let server = ServerPlan {
         command,
@@ -350,83 +362,9 @@ pub fn resolve(
     };
 
     // --- health, restart, proxy
-    let h = model.health.unwrap_or_default();
-    let health = HealthPlan {
-        interval: dur(&h.interval, Duration::from_secs(1)),
-        timeout: dur(&h.timeout, Duration::from_secs(2)),
-        unhealthy_after: h.unhealthy_after.unwrap_or(3),
-        start_grace: dur(&h.start_grace, Duration::from_secs(60)),
-    };
-    positive(&ctx, "health.interval", health.interval)?;
-    positive(&ctx, "health.timeout", health.timeout)?;
-    if health.unhealthy_after == 0 {
-        return Err(ctx.at_key(
-            "health.unhealthy_after",
-            "health.unhealthy_after is 0: expected a number of failed checks, at least 1",
-        ));
-    }
-    let r = model.restart.unwrap_or_default();
-    let cl = r.crash_loop.unwrap_or_default();
-    let restart = RestartPlan {
-        backoff_min: dur(&r.backoff_min, Duration::from_millis(200)),
-        backoff_max: dur(&r.backoff_max, Duration::from_secs(30)),
-        crash_loop_restarts: cl.restarts.unwrap_or(5),
-        crash_loop_within: dur(&cl.within, Duration::from_secs(60)),
-    };
-    positive(&ctx, "restart.backoff_min", restart.backoff_min)?;
-    if restart.backoff_max < restart.backoff_min {
-        let key = if r.backoff_max.is_some() {
-            "restart.backoff_max"
-        } else {
-            "restart.backoff_min"
-        };
-        return Err(ctx.at_key(
-            key,
-            format!(
-                "restart.backoff_max ({}) is below restart.backoff_min ({}): expected backoff_min <= backoff_max",
-                model::format_duration(restart.backoff_max),
-                model::format_duration(restart.backoff_min)
-            ),
-        ));
-    }
-    if restart.crash_loop_restarts == 0 {
-        return Err(ctx.at_key(
-            "restart.crash_loop.restarts",
-            "restart.crash_loop.restarts is 0: expected a number of restarts, at least 1",
-        ));
-    }
-    positive(&ctx, "restart.crash_loop.within", restart.crash_loop_within)?;
-    let p = model.proxy.unwrap_or_default();
-    let proxy = ProxyPlan {
-        max_connections: p.max_connections.unwrap_or(10_000),
-        connect_timeout: dur(&p.connect_timeout, Duration::from_secs(2)),
-        idle_timeout: dur(&p.idle_timeout, Duration::from_secs(600)),
-        drain_timeout: dur(&p.drain_timeout, Duration::from_secs(60)),
-        balance: match p.balance.as_deref() {
-            None | Some("roundrobin") => crate::proxy::Balance::RoundRobin,
-            Some("leastconn") => crate::proxy::Balance::LeastConn,
-            Some(other) => {
-                return Err(ctx.at_key(
-                    "proxy.balance",
-                    format!(
-                    "proxy.balance: unknown balance `{other}`: expected roundrobin or leastconn"
-                ),
-                ))
-            }
-        },
-        accept_proxy: match &p.accept_proxy {
-            None => None,
-            Some(list) => Some(trusted_networks(&ctx, list)?),
-        },
-    };
-    if proxy.max_connections == 0 {
-        return Err(ctx.at_key(
-            "proxy.max_connections",
-            "proxy.max_connections is 0: expected a number of client connections, at least 1",
-        ));
-    }
-    positive(&ctx, "proxy.connect_timeout", proxy.connect_timeout)?;
-    positive(&ctx, "proxy.idle_timeout", proxy.idle_timeout)?;
+    let health = health_plan(&ctx, model.health.unwrap_or_default())?;
+    let restart = restart_plan(&ctx, model.restart.unwrap_or_default())?;
+    let proxy = proxy_plan(&ctx, model.proxy.unwrap_or_default())?;
 
     // --- shards
     let shards = shards(&ctx, model.shards.as_deref().unwrap_or(&[]), &store, &rel)?;
@@ -563,6 +501,98 @@ pub fn resolve(
         host: site_model.host.clone(),
         upkeep,
     })
+}
+
+/// `health:`, its defaults filled in and checked.
+fn health_plan(ctx: &Ctx, h: model::HealthModel) -> Result<HealthPlan, TopologyError> {
+    let health = HealthPlan {
+        interval: dur(&h.interval, HEALTH_INTERVAL),
+        timeout: dur(&h.timeout, HEALTH_TIMEOUT),
+        unhealthy_after: h.unhealthy_after.unwrap_or(HEALTH_UNHEALTHY_AFTER),
+        start_grace: dur(&h.start_grace, HEALTH_START_GRACE),
+    };
+    positive(ctx, "health.interval", health.interval)?;
+    positive(ctx, "health.timeout", health.timeout)?;
+    if health.unhealthy_after == 0 {
+        return Err(ctx.at_key(
+            "health.unhealthy_after",
+            "health.unhealthy_after is 0: expected a number of failed checks, at least 1",
+        ));
+    }
+    Ok(health)
+}
+
+/// `restart:`, its defaults filled in and checked.
+fn restart_plan(ctx: &Ctx, r: model::RestartModel) -> Result<RestartPlan, TopologyError> {
+    let cl = r.crash_loop.unwrap_or_default();
+    let restart = RestartPlan {
+        backoff_min: dur(&r.backoff_min, RESTART_BACKOFF_MIN),
+        backoff_max: dur(&r.backoff_max, RESTART_BACKOFF_MAX),
+        crash_loop_restarts: cl.restarts.unwrap_or(CRASH_LOOP_RESTARTS),
+        crash_loop_within: dur(&cl.within, CRASH_LOOP_WITHIN),
+    };
+    positive(ctx, "restart.backoff_min", restart.backoff_min)?;
+    if restart.backoff_max < restart.backoff_min {
+        let key = if r.backoff_max.is_some() {
+            "restart.backoff_max"
+        } else {
+            "restart.backoff_min"
+        };
+        return Err(ctx.at_key(
+            key,
+            format!(
+                "restart.backoff_max ({}) is below restart.backoff_min ({}): expected backoff_min <= backoff_max",
+                model::format_duration(restart.backoff_max),
+                model::format_duration(restart.backoff_min)
+            ),
+        ));
+    }
+    if restart.crash_loop_restarts == 0 {
+        return Err(ctx.at_key(
+            "restart.crash_loop.restarts",
+            "restart.crash_loop.restarts is 0: expected a number of restarts, at least 1",
+        ));
+    }
+    positive(ctx, "restart.crash_loop.within", restart.crash_loop_within)?;
+    Ok(restart)
+}
+
+/// `proxy:`, its defaults (the proxy's own, [`crate::proxy::ProxyLimits::default`]) filled
+/// in and checked.
+fn proxy_plan(ctx: &Ctx, p: model::ProxyModel) -> Result<ProxyPlan, TopologyError> {
+    let d = crate::proxy::ProxyLimits::default();
+    let proxy = ProxyPlan {
+        max_connections: p.max_connections.unwrap_or(d.max_connections),
+        connect_timeout: dur(&p.connect_timeout, d.connect_timeout),
+        idle_timeout: dur(&p.idle_timeout, d.idle_timeout),
+        drain_timeout: dur(&p.drain_timeout, DRAIN_TIMEOUT),
+        balance: match p.balance.as_deref() {
+            None => d.balance,
+            Some("roundrobin") => crate::proxy::Balance::RoundRobin,
+            Some("leastconn") => crate::proxy::Balance::LeastConn,
+            Some(other) => {
+                return Err(ctx.at_key(
+                    "proxy.balance",
+                    format!(
+                    "proxy.balance: unknown balance `{other}`: expected roundrobin or leastconn"
+                ),
+                ))
+            }
+        },
+        accept_proxy: match &p.accept_proxy {
+            None => None,
+            Some(list) => Some(trusted_networks(ctx, list)?),
+        },
+    };
+    if proxy.max_connections == 0 {
+        return Err(ctx.at_key(
+            "proxy.max_connections",
+            "proxy.max_connections is 0: expected a number of client connections, at least 1",
+        ));
+    }
+    positive(ctx, "proxy.connect_timeout", proxy.connect_timeout)?;
+    positive(ctx, "proxy.idle_timeout", proxy.idle_timeout)?;
+    Ok(proxy)
 }
 
 fn parse(text: &str, name: &str) -> Result<FileModel, TopologyError> {
