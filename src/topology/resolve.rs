@@ -331,35 +331,7 @@ pub fn resolve(
     }
 
     // --- server
-    let server_model = model.server.unwrap_or_default();
-    let command = match server_model.command {
-        None | Some(CommandModel::Builtin) => ServerCommand::Builtin,
-        Some(CommandModel::Argv(argv)) => {
-            check_placeholders(&ctx, &argv)?;
-            ServerCommand::Argv(argv)
-        }
-    };
-    let config = server_config(&ctx, server_model.config.as_ref())?;
-    let tls_model = server_model.tls.unwrap_or_default();
-    if tls_model.cert.is_some() != tls_model.key.is_some() {
-        return Err(ctx.at_key(
-            "server.tls",
-            "server.tls needs both cert and key (or neither, to generate the identity into <data>/ssl/)",
-        ));
-    }
-    let tls = TlsPlan {
-        cert: tls_model.cert.map(|p| rel(&p)),
-        key: tls_model.key.map(|p| rel(&p)),
-        dhparams: tls_model.dhparams.map(|p| rel(&p)),
-    };
-    let stop_grace = dur(&server_model.stop_grace, STOP_GRACE);
-    positive(&ctx, "server.stop_grace", stop_grace)?;
-    let server = ServerPlan {
-        command,
-        config,
-        tls,
-        stop_grace,
-    };
+    let server = server_plan(&ctx, model.server.unwrap_or_default(), &rel)?;
 
     // --- health, restart, proxy
     let health = health_plan(&ctx, model.health.unwrap_or_default())?;
@@ -463,14 +435,7 @@ pub fn resolve(
     };
 
     // --- upkeep
-    let u = model.upkeep.as_ref();
-    let upkeep = UpkeepPlan {
-        prune_every: u.and_then(|u| u.prune_every).map(|d| d.0),
-        prune_when_disk_above: u.and_then(|u| u.prune_when_disk_above).map(|p| p.0),
-    };
-    if let Some(every) = upkeep.prune_every {
-        positive(&ctx, "upkeep.prune_every", every)?;
-    }
+    let upkeep = upkeep_plan(&ctx, model.upkeep.as_ref())?;
 
     let admin_key_file = model
         .accounts
@@ -501,6 +466,55 @@ pub fn resolve(
         host: site_model.host.clone(),
         upkeep,
     })
+}
+
+/// `server:`: the instance command, `config.txt` lines, TLS files and stop grace.
+fn server_plan(
+    ctx: &Ctx,
+    server_model: model::ServerModel,
+    rel: &dyn Fn(&Path) -> PathBuf,
+) -> Result<ServerPlan, TopologyError> {
+    let command = match server_model.command {
+        None | Some(CommandModel::Builtin) => ServerCommand::Builtin,
+        Some(CommandModel::Argv(argv)) => {
+            check_placeholders(ctx, &argv)?;
+            ServerCommand::Argv(argv)
+        }
+    };
+    let config = server_config(ctx, server_model.config.as_ref())?;
+    let tls_model = server_model.tls.unwrap_or_default();
+    if tls_model.cert.is_some() != tls_model.key.is_some() {
+        return Err(ctx.at_key(
+            "server.tls",
+            "server.tls needs both cert and key (or neither, to generate the identity into <data>/ssl/)",
+        ));
+    }
+    let tls = TlsPlan {
+        cert: tls_model.cert.map(|p| rel(&p)),
+        key: tls_model.key.map(|p| rel(&p)),
+        dhparams: tls_model.dhparams.map(|p| rel(&p)),
+    };
+    let stop_grace = dur(&server_model.stop_grace, STOP_GRACE);
+    positive(ctx, "server.stop_grace", stop_grace)?;
+    let server = ServerPlan {
+        command,
+        config,
+        tls,
+        stop_grace,
+    };
+    Ok(server)
+}
+
+/// `upkeep:`: when the supervisor prunes the site's store.
+fn upkeep_plan(ctx: &Ctx, u: Option<&model::UpkeepModel>) -> Result<UpkeepPlan, TopologyError> {
+    let upkeep = UpkeepPlan {
+        prune_every: u.and_then(|u| u.prune_every).map(|d| d.0),
+        prune_when_disk_above: u.and_then(|u| u.prune_when_disk_above).map(|p| p.0),
+    };
+    if let Some(every) = upkeep.prune_every {
+        positive(ctx, "upkeep.prune_every", every)?;
+    }
+    Ok(upkeep)
 }
 
 /// `health:`, its defaults filled in and checked.
