@@ -1,4 +1,4 @@
-//! Async client for the Confidant Mail store protocol (PROTOCOL.md §2–4).
+//! Async client for the Confidant Mail store protocol (docs/protocol.md §2–4).
 //!
 //! Used by the health checker, the accounts fan-out, the load generator and the tests, so it
 //! speaks the protocol exactly as the stock client does: CRLF lines, `EndBlock` or
@@ -136,7 +136,7 @@ pub fn split_block(block: &[u8]) -> Result<(Vec<String>, Option<&[u8]>)> {
     Ok((lines, None))
 }
 
-/// `Data: <n>` with n a positive decimal without a leading zero (PROTOCOL.md §4.1), any case:
+/// `Data: <n>` with n a positive decimal without a leading zero (docs/protocol.md §4.1), any case:
 /// the server's own framing rule, so client and server agree on what ends a block.
 pub fn data_line_len(line: &str) -> Option<usize> {
     crate::protocol::header::data_line_len(line.as_bytes())
@@ -329,7 +329,7 @@ impl Client {
         self.read_line().await
     }
 
-    /// Reads a multi-line reply as the stock client does (PROTOCOL.md §4.2).
+    /// Reads a multi-line reply as the stock client does (docs/protocol.md §4.2).
     pub async fn read_reply(&mut self) -> Result<Reply> {
         let first = self.read_line().await?;
         let upper = first.to_ascii_uppercase();
@@ -584,7 +584,7 @@ fn tls12_client_config() -> Arc<rustls::ClientConfig> {
 }
 
 /// A TLS client config that accepts any certificate: the protocol's clients never check the
-/// server against a CA (PROTOCOL.md §3.9); identity comes from `repl_cert` pinning instead.
+/// server against a CA (docs/protocol.md §3.9); identity comes from `repl_cert` pinning instead.
 fn tls_client_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
     CONFIG

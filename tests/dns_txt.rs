@@ -1,4 +1,4 @@
-//! `DNS TXT <name>` (PROTOCOL.md §3.8) through a real `storeherd store`, against a real DNS
+//! `DNS TXT <name>` (docs/protocol.md §3.8) through a real `storeherd store`, against a real DNS
 //! server on a loopback port (Debian's dnsmasq, package dnsmasq-base) and against a UDP
 //! socket that never answers.
 //!

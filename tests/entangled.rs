@@ -1,4 +1,4 @@
-//! STORE ENTANGLED / GET ENTANGLED (PROTOCOL.md §3.5, §6.2, §11) on real `storeherd store`
+//! STORE ENTANGLED / GET ENTANGLED (docs/protocol.md §3.5, §6.2, §11) on real `storeherd store`
 //! processes, and the stock client's four-step key posting through a real `storeherd up`
 //! whose instances share one entangled tree.
 
@@ -144,7 +144,7 @@ fn store_entangled_is_queued_validated_and_served() {
         get_block(&mut raw, &format!("GET ENTANGLED {unknown}")),
         b"NOT FOUND\r\n"
     );
-    // A block the original's store thread died on (PROTOCOL.md §6.3): no Date line.
+    // A block the original's store thread died on (docs/protocol.md §6.3): no Date line.
     let (nd_key, dated) = compose::dht_data_block(b"no date", now);
     let no_date: Vec<u8> = String::from_utf8(dated)
         .unwrap()

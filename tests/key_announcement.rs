@@ -1,4 +1,4 @@
-//! Key announcements (PROTOCOL.md §7.5) built with real GnuPG: fresh keys, the stock
+//! Key announcements (docs/protocol.md §7.5) built with real GnuPG: fresh keys, the stock
 //! client's announcement text, a real 24-bit proof of work and `gpg --clearsign`; then
 //! `validate_merge` in-process, and once through a real `storeherd store`.
 //!

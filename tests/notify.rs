@@ -1,4 +1,4 @@
-//! `notify.txt` (PROTOCOL.md §12.2): "new mail" e-mail from a real `storeherd store` to a
+//! `notify.txt` (docs/protocol.md §12.2): "new mail" e-mail from a real `storeherd store` to a
 //! real SMTP server on a loopback port (PyPI aiosmtpd), for STORE SERVER message
 //! announcements of subscribed keys.
 //!

@@ -144,7 +144,7 @@ async fn a_killed_backend_is_routed_around_without_client_failures() {
 
 /// Killed while 8 clients loop: no client is refused, left without a greeting or told BUSY
 /// (a proxy failure); a session already relayed to the killed instance may be cut, which
-/// DESIGN.md counts apart.
+/// docs/design.md counts apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_killed_under_load_causes_no_proxy_failure() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

@@ -82,7 +82,7 @@ fn key_announcement(date: DateTime<Utc>) -> Vec<u8> {
     .into_bytes()
 }
 
-/// An entangled value file (PROTOCOL.md §11) holding `value`.
+/// An entangled value file (docs/protocol.md §11) holding `value`.
 fn entangled_file(value: &[u8]) -> Vec<u8> {
     let mut f = format!(
         "Source: entangled\nLastPublished: 1700000000\nOriginallyPublished: 1700000000\n\

@@ -1,4 +1,4 @@
-//! The relay sender (PROTOCOL.md §3.3, §10.4) between real `storeherd store` processes:
+//! The relay sender (docs/protocol.md §3.3, §10.4) between real `storeherd store` processes:
 //! `STORE PROXY [AFTER]` uploads delivered to their `Post-To` targets, now or after the
 //! embargo, `entangled` included; a target that is down, then up; a partial success that rewrites `Post-To`;
 //! relay and replication through a real SOCKS5 server (Dante); bad queue files; and the
@@ -492,7 +492,7 @@ async fn proxy_requires_login() {
     assert!(queue_names(r.home()).is_empty());
     let mut c = r.client().await;
     assert!(c.login(common::USER, common::USER_KEY).await.unwrap());
-    // Forbidden headers and empty blocks are refused as on every STORE (PROTOCOL.md §4.1).
+    // Forbidden headers and empty blocks are refused as on every STORE (docs/protocol.md §4.1).
     let mut forbidden = b"Embargo: 2026-01-01T00:00:00Z\n".to_vec();
     forbidden.extend_from_slice(&up);
     assert_eq!(

@@ -1,4 +1,4 @@
-//! Replication (PROTOCOL.md §10) between real `storeherd store` processes, and two sites of
+//! Replication (docs/protocol.md §10) between real `storeherd store` processes, and two sites of
 //! `storeherd up` replicating to each other: on loopback, after a stop, and across a network
 //! cut between two network namespaces.
 

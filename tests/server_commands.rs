@@ -1,4 +1,4 @@
-//! A transcript test per command of PROTOCOL.md §3, with every error reply.
+//! A transcript test per command of docs/protocol.md §3, with every error reply.
 
 mod common;
 

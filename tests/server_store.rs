@@ -27,7 +27,7 @@ fn payload(i: usize, size: usize) -> Vec<u8> {
     p
 }
 
-/// A queue file (PROTOCOL.md §6.1) of an anonymous upload of `block` to `key`, as written by
+/// A queue file (docs/protocol.md §6.1) of an anonymous upload of `block` to `key`, as written by
 /// hand here: `store_type` is `server` for the input queue, `replicate` for the peer's copy.
 fn queue_file(store_type: &str, key: &str, block: &[u8]) -> Vec<u8> {
     let mut c =

@@ -1,5 +1,5 @@
 //! The accounts ledger `<data>/accounts.txt`: an append-only log in auth.txt format
-//! (PROTOCOL.md §5) where a later line overrides an earlier one for the same key.
+//! (docs/protocol.md §5) where a later line overrides an earlier one for the same key.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;

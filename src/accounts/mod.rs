@@ -1,4 +1,4 @@
-//! Accounts across instances (DESIGN.md "Accounts across instances"): the ledger
+//! Accounts across instances (docs/design.md "Accounts across instances"): the ledger
 //! `<data>/accounts.txt`, the fan-out of every change to each local instance (`LOGIN
 //! administrator` + ADDLOGIN/RMLOGIN on its own port, not through the proxy), retries of the
 //! instances that missed a change, and the propagation of claims (a free key bound by a

@@ -1,5 +1,5 @@
 //! Follows one home's `auth.txt` as it grows: the server appends a line per claim,
-//! ADDLOGIN, RMLOGIN, GENLOGIN and REPLOGIN (PROTOCOL.md §5). Polled, not notified: a size
+//! ADDLOGIN, RMLOGIN, GENLOGIN and REPLOGIN (docs/protocol.md §5). Polled, not notified: a size
 //! check every few hundred milliseconds is cheap and sees every append, whatever the file
 //! system.
 

@@ -1,5 +1,5 @@
 //! `/metrics`: the `/status` document in the Prometheus text exposition format (0.0.4).
-//! Metric names are a contract (DESIGN.md "Admin API and metrics"): add, never rename.
+//! Metric names are a contract (docs/design.md "Admin API and metrics"): add, never rename.
 
 use std::fmt::Write;
 

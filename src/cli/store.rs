@@ -1,5 +1,5 @@
 //! `storeherd store --homedir DIR`: the built-in store server, with the original server's
-//! `-daemon`, `-pidfile`, `-logfile` and `-logtraffic` (PROTOCOL.md §1; server.py).
+//! `-daemon`, `-pidfile`, `-logfile` and `-logtraffic` (docs/protocol.md §1; server.py).
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! The supervisor's control vocabulary: instance states, the `/status` document (a contract
-//! other tools read, DESIGN.md "Admin API and metrics"), the control requests the
+//! other tools read, docs/design.md "Admin API and metrics"), the control requests the
 //! supervisor carries out and their typed errors. The admin API is an HTTP skin over it;
 //! the accounts actor and the supervisor both speak it, so it sits below all three.
 

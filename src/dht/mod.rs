@@ -1,5 +1,5 @@
 //! An Entangled (Kademlia) DHT node, compatible on the wire with the original server's
-//! `entangled` package (PROTOCOL §11): bencoded messages in its `DefaultFormat`
+//! `entangled` package (docs/protocol.md §11): bencoded messages in its `DefaultFormat`
 //! ([`message`]), split into datagrams of at most 8 KiB, the RPCs `ping`, `store`,
 //! `findNode`, `findValue` and `delete`, k = 8, α = 3, a 5 s RPC timeout, a refresh check
 //! every 12 minutes (stale buckets after an hour), republishing after an hour and expiry

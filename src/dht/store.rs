@@ -1,4 +1,4 @@
-//! The values a node holds, in the entangled tree's value files (PROTOCOL §11): the lines
+//! The values a node holds, in the entangled tree's value files (docs/protocol.md §11): the lines
 //! `Source: entangled`, `LastPublished: <int>`, `OriginallyPublished: <int>`,
 //! `OriginalPublisherID: <hex>`, `DataType: string`, `Data: <n>`, then the value bytes. A
 //! reader takes everything after the `Data:` line, as the original does (§14 #14).

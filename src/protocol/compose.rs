@@ -3,7 +3,7 @@
 //!
 //! Each returns `(key, block)`: the storage key as 40 upper-case hex digits, and the block in
 //! its stored form (header lines each ending in LF, then the payload if any), which is also
-//! what an upload sends (PROTOCOL.md §4.1).
+//! what an upload sends (docs/protocol.md §4.1).
 
 use chrono::{DateTime, Utc};
 use sha1::{Digest, Sha1};
@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn data_block_matches_the_observed_stock_block() {
-        // PROTOCOL.md §4.2: the stock client's block for this payload and date.
+        // docs/protocol.md §4.2: the stock client's block for this payload and date.
         let date = Utc.with_ymd_and_hms(2026, 11, 24, 4, 24, 35).unwrap();
         let (key, block) = data_block(b"hello world data", date);
         assert_eq!(

@@ -1,4 +1,4 @@
-//! The protocol's date-time text `dddd-dd-ddTdd:dd:ddZ` (PROTOCOL.md notation, §7.1).
+//! The protocol's date-time text `dddd-dd-ddTdd:dd:ddZ` (docs/protocol.md notation, §7.1).
 
 use chrono::{DateTime, NaiveDate, Utc};
 

@@ -1,5 +1,5 @@
 //! Header-line matching shared by validation and the GET filters: the original's
-//! case-insensitive `^NAME: (value)$` patterns, on byte lines (PROTOCOL.md §7.1–§7.2).
+//! case-insensitive `^NAME: (value)$` patterns, on byte lines (docs/protocol.md §7.1–§7.2).
 
 use std::borrow::Cow;
 
@@ -68,7 +68,7 @@ pub fn without_cr(line: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-/// `Data: <n>`, n a positive decimal without a leading zero, any case (PROTOCOL.md §4.1).
+/// `Data: <n>`, n a positive decimal without a leading zero, any case (docs/protocol.md §4.1).
 /// Over 18 digits is not a length line here: such a length is never read raw.
 pub fn data_line_len(line: &[u8]) -> Option<usize> {
     if line.len() < 7 || !line[..6].eq_ignore_ascii_case(b"data: ") || line.len() > 6 + 18 {

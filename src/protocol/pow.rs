@@ -1,4 +1,4 @@
-//! Proof of work (PROTOCOL.md §8): the stock client's birthday-style generator and the
+//! Proof of work (docs/protocol.md §8): the stock client's birthday-style generator and the
 //! server's verifier.
 
 use std::collections::hash_map::Entry;
@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
-/// Proof-of-work requirements as (bits, nonces) (PROTOCOL.md §7.1).
+/// Proof-of-work requirements as (bits, nonces) (docs/protocol.md §7.1).
 pub const POW_KEY: (u32, i64) = (24, 2);
 pub const POW_CLAIM: (u32, i64) = POW_KEY;
 pub const POW_DATA_SERVER: (u32, i64) = (8, 2);

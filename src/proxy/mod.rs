@@ -1,6 +1,6 @@
 //! The public round-robin TCP proxy: accept loop, backend pool, relay.
 //!
-//! It takes the place of haproxy in front of the instances (DESIGN.md "Proxy"). Each client
+//! It takes the place of haproxy in front of the instances (docs/design.md "Proxy"). Each client
 //! connection goes to the next ready instance in round-robin order; the proxy reads the
 //! instance's greeting first and moves on to the next one on `BUSY`, a refused or timed-out
 //! connect or a garbled greeting, so a client sees `BUSY` only when no instance can take it.

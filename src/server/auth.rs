@@ -1,4 +1,4 @@
-//! The login table and `auth.txt` (PROTOCOL.md §5): an append-only log of
+//! The login table and `auth.txt` (docs/protocol.md §5): an append-only log of
 //! `<userhash> <authkey> <date>` lines; a later line overrides an earlier one.
 
 use std::collections::HashMap;
@@ -55,7 +55,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> (HashMap<String, String>, Vec<String>
 
 impl AuthTable {
     /// Loads `path` (created if missing) and keeps it open for appending. Lines of one word
-    /// are skipped with a warning (the original aborts, PROTOCOL.md §14 #16).
+    /// are skipped with a warning (the original aborts, docs/protocol.md §14 #16).
     pub fn load(path: &Path) -> Result<(AuthTable, Vec<String>), AuthError> {
         let err = |source| AuthError {
             path: path.to_path_buf(),
@@ -93,7 +93,7 @@ impl AuthTable {
         self.map.is_empty()
     }
 
-    /// LOGIN rules of PROTOCOL.md §3.6 (the caller has already refused a second LOGIN and
+    /// LOGIN rules of docs/protocol.md §3.6 (the caller has already refused a second LOGIN and
     /// the user `undefined`). Binding a free key appends to `auth.txt`.
     pub fn login(&mut self, user: &str, key: &str, now: &str) -> Result<LoginResult, AuthError> {
         let Some(v) = self.map.get(key).cloned() else {
@@ -137,7 +137,7 @@ impl AuthTable {
             })
     }
 
-    /// `n` new free keys (GENLOGIN, PROTOCOL.md §3.7): key_i = upper hex of
+    /// `n` new free keys (GENLOGIN, docs/protocol.md §3.7): key_i = upper hex of
     /// sha1(str(i) ‖ seed ‖ str(i)), seed = server key bytes ‖ every authkey ‖ now, plus 32
     /// random bytes so the keys stay unpredictable even to someone who knows the table.
     pub fn generate(

@@ -1,4 +1,4 @@
-//! Parsing of command-state lines (PROTOCOL.md §3): patterns tested in table order, first
+//! Parsing of command-state lines (docs/protocol.md §3): patterns tested in table order, first
 //! match wins, letter case ignored, hash arguments upper-cased.
 
 /// A parsed command line. Arguments other than hashes keep the client's case.
@@ -73,7 +73,7 @@ pub fn parse(line: &[u8]) -> Command {
 }
 
 /// Rows 1-15: regular-expression patterns in the original, whose `$` also matches before one
-/// final LF — so one stray LF before the CRLF is accepted (PROTOCOL.md §14.1).
+/// final LF — so one stray LF before the CRLF is accepted (docs/protocol.md §14.1).
 fn parse_pattern(line: &[u8]) -> Option<Command> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let s = std::str::from_utf8(line).ok()?;

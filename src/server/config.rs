@@ -1,4 +1,4 @@
-//! `config.txt` of a home (PROTOCOL.md §9.5), plus storeherd's own keys (the original warns
+//! `config.txt` of a home (docs/protocol.md §9.5), plus storeherd's own keys (the original warns
 //! about them and goes on): `listen_address`, `dns_resolver`, `dns_timeout`.
 
 use std::net::{IpAddr, SocketAddr};
@@ -119,7 +119,7 @@ impl Config {
                 continue;
             }
             let Some((name, value)) = line.split_once(':') else {
-                // The original aborts here (PROTOCOL.md §14 #16); be lenient.
+                // The original aborts here (docs/protocol.md §14 #16); be lenient.
                 warnings.push(format!(
                     "{}:{lineno}: line without `:` ignored",
                     path.display()

@@ -1,4 +1,4 @@
-//! `DNS TXT <name>` (PROTOCOL.md §3.8): a TXT lookup for the client, through the system
+//! `DNS TXT <name>` (docs/protocol.md §3.8): a TXT lookup for the client, through the system
 //! resolver (`/etc/resolv.conf`) or the server that `dns_resolver` names.
 //!
 //! The lookup is asynchronous on the network thread, so other sessions go on meanwhile,

@@ -1,4 +1,4 @@
-//! The entangled store (PROTOCOL.md §11): the tree `<home>/entangled/` of DHT value files,
+//! The entangled store (docs/protocol.md §11): the tree `<home>/entangled/` of DHT value files,
 //! each the six DHT header lines (`Source: entangled` … `Data: <n>`) and then the value, and
 //! the instance's DHT node ([`crate::dht`]) on UDP `eport`.
 //!
@@ -84,7 +84,7 @@ impl Entangled {
         node.find_value(dht_key(key)?).await
     }
 
-    /// The DHT's iterative store of a validated outgoing value (PROTOCOL.md §6.2): handed to
+    /// The DHT's iterative store of a validated outgoing value (docs/protocol.md §6.2): handed to
     /// the DHT node, which stores it on the k closest nodes in the background, this node
     /// included when it is among them (its store comes back as an incoming upload, as in
     /// the original). Without a node, this node's own copy is returned instead, to be
@@ -131,7 +131,7 @@ pub async fn start_node(
     Ok(node)
 }
 
-/// An `entangled-incoming` queue file (PROTOCOL.md §6.1), as the original's store writes
+/// An `entangled-incoming` queue file (docs/protocol.md §6.1), as the original's store writes
 /// one for a DHT store into this node (entangled_store.py): the key, then the value file.
 pub fn incoming_file(key: &str, value: &[u8], meta: &Meta) -> Vec<u8> {
     let mut out = format!(

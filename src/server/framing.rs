@@ -1,4 +1,4 @@
-//! The input side of a session as pure state machines (PROTOCOL.md §2, §4.1): CRLF lines with
+//! The input side of a session as pure state machines (docs/protocol.md §2, §4.1): CRLF lines with
 //! the 16384-byte limit, raw `Data: n` payloads, and the block-lines state of an upload. The
 //! session feeds them bytes from its socket; [`replay`] feeds them from memory, so that the
 //! same code can be fuzzed with input split at arbitrary points.

@@ -1,5 +1,5 @@
 //! The TLS identity of a store server: `ssl/server.key`, `ssl/server.crt`, `ssl/dhparams.pem`.
-//! The original requires all three at start even without TLS (PROTOCOL.md §9.1), so a
+//! The original requires all three at start even without TLS (docs/protocol.md §9.1), so a
 //! storeherd deployment generates one identity once and installs it in every home.
 
 use std::fs;

@@ -1,9 +1,9 @@
-//! The input-queue committer (PROTOCOL.md §6.1, with durability): sessions hand it uploads;
+//! The input-queue committer (docs/protocol.md §6.1, with durability): sessions hand it uploads;
 //! it appends every upload that has arrived since its last round to the input journal
 //! (`store::journal`) and makes them all durable with one `fdatasync` (a group commit: the
 //! blocks of several connections share one flush), passes them to the worker, and only then
 //! lets the sessions answer `DONE`. A block bound for the replication peer brings its
-//! `sendqueue/` copy (PROTOCOL.md §3.1) as a journal entry of its own, in the same round (a
+//! `sendqueue/` copy (docs/protocol.md §3.1) as a journal entry of its own, in the same round (a
 //! `STORE PROXY` upload is such an entry alone, §3.3);
 //! the copy is also written into `sendqueue/` before `DONE`, so that the sender finds it
 //! when the session ends, and the worker makes that file durable before releasing the entry.
@@ -35,7 +35,7 @@ pub struct Request {
     /// The block's key, for the leaf helper.
     pub key: String,
     /// The send-queue file to write with it: the `replicate` copy (when `replpeer` is set)
-    /// or the `proxy` file (PROTOCOL.md §10.1).
+    /// or the `proxy` file (docs/protocol.md §10.1).
     pub send: Option<Vec<u8>>,
     pub reply: oneshot::Sender<bool>,
 }
@@ -126,7 +126,7 @@ fn commit(
     leaves: &Preparer,
 ) {
     // An identical upload still waiting (in the journal, in this round, or as a file left
-    // in inputqueue/) is not queued again (PROTOCOL.md §6.1); it is answered like the first.
+    // in inputqueue/) is not queued again (docs/protocol.md §6.1); it is answered like the first.
     let mut seen: HashSet<Sha> = HashSet::new();
     let mut entries: Vec<(Kind, Sha, &[u8])> = Vec::with_capacity(batch.len() * 2);
     for req in &batch {

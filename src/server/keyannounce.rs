@@ -1,4 +1,4 @@
-//! Key announcements (PROTOCOL.md §7.5): the verifier the original ran through GnuPG, done
+//! Key announcements (docs/protocol.md §7.5): the verifier the original ran through GnuPG, done
 //! in-process with sequoia-openpgp (pure-Rust crypto), and the `validate_merge` checks after
 //! it.
 //!
@@ -26,7 +26,7 @@ use crate::protocol::dt::parse_dt;
 use crate::protocol::header::without_cr;
 use crate::protocol::pow;
 
-/// Proof of work a key announcement needs (bits, nonces) (PROTOCOL.md §7.1).
+/// Proof of work a key announcement needs (bits, nonces) (docs/protocol.md §7.1).
 pub const POW_KEY: (u32, i64) = (24, 2);
 
 const BEGIN_MESSAGE: &[u8] = b"-----BEGIN PGP SIGNED MESSAGE-----";

@@ -2,7 +2,7 @@
 //!
 //! Network I/O runs on one thread (a tokio current-thread runtime); uploads are made durable
 //! by the `ingest` committer thread and processed one block at a time by the `worker` thread,
-//! as in the original (PROTOCOL.md §1, §6). Two helpers take file-system work off the worker
+//! as in the original (docs/protocol.md §1, §6). Two helpers take file-system work off the worker
 //! without touching blocks: `leaves` makes leaf folders ahead of it, `publish` syncs and
 //! renames its finished batches.
 //!
@@ -80,7 +80,7 @@ pub use run::{run, RunOptions, ServerError};
 pub struct Shared {
     pub config: config::Config,
     pub tree: crate::store::tree::Tree,
-    /// The entangled tree, for GET ENTANGLED (PROTOCOL.md §11).
+    /// The entangled tree, for GET ENTANGLED (docs/protocol.md §11).
     pub entangled: entangled::Entangled,
     pub dns: dns::Dns,
     /// `-logtraffic`: every line in and out is logged.
@@ -90,13 +90,13 @@ pub struct Shared {
     pub server_key: Vec<u8>,
     pub tls: tokio_rustls::TlsAcceptor,
     pub ingest: ingest::Ingest,
-    /// `sendqueue/` (PROTOCOL.md §10.1).
+    /// `sendqueue/` (docs/protocol.md §10.1).
     pub sendqueue: crate::store::queue::Queue,
     /// Starts a sender run (a session that queued something for the peer has closed).
     pub sender_kick: tokio::sync::Notify,
     pub liveness: std::sync::Arc<sender::Liveness>,
     pub worker: mpsc::Sender<worker::Job>,
-    /// Open connections, refused ones included (PROTOCOL.md §2).
+    /// Open connections, refused ones included (docs/protocol.md §2).
     pub conns: Cell<usize>,
     pub stopping: Cell<bool>,
     pub stop: tokio::sync::Notify,

@@ -1,4 +1,4 @@
-//! The "new mail" notifier (PROTOCOL.md §12.2): e-mail to the address `notify.txt` names
+//! The "new mail" notifier (docs/protocol.md §12.2): e-mail to the address `notify.txt` names
 //! for a recipient key, when a `STORE SERVER` upload brought that key a message.
 //!
 //! The original mails from its store thread, so a slow SMTP server stalls every upload

@@ -1,4 +1,4 @@
-//! How the sender reaches a server (PROTOCOL.md §10.4 "Servers to try", "Routing"): the order
+//! How the sender reaches a server (docs/protocol.md §10.4 "Servers to try", "Routing"): the order
 //! in which a target's servers are tried and the SOCKS5 proxy, if any, for each of them —
 //! the same rules for relay targets and for the replication peer.
 

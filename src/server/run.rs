@@ -125,7 +125,7 @@ pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
     // send the same block again: the committer would take the torn file for a durable copy.
     let leftovers = verified_leftovers(&queue)?;
     let (job_tx, job_rx) = mpsc::channel();
-    // Leftover uploads first: queue files in directory order (PROTOCOL.md §6.4), then the
+    // Leftover uploads first: queue files in directory order (docs/protocol.md §6.4), then the
     // journal entries a crash left unsettled, oldest first.
     if !leftovers.is_empty() || !recovered.is_empty() {
         tracing::info!(
@@ -181,7 +181,7 @@ pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
             std::time::Duration::from_secs(config.dns_timeout),
         )
     };
-    // The DHT node on UDP `eport` (PROTOCOL.md §11), with this home's id and contacts.
+    // The DHT node on UDP `eport` (docs/protocol.md §11), with this home's id and contacts.
     let dht_bind = SocketAddr::new(config.listen_address, config.eport);
     let values = Arc::new(ServerValues::new(
         entangled.tree().clone(),
@@ -194,7 +194,7 @@ pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
         .map(|k| (k.host.clone(), k.port))
         .collect();
     // Without its UDP port the server still serves the line protocol, GET ENTANGLED from
-    // its tree (PROTOCOL.md §11 implementer note); the original would not start at all.
+    // its tree (docs/protocol.md §11 implementer note); the original would not start at all.
     let node = match rt.block_on(entangled::start_node(
         dht_bind,
         home.join(DHT_STATE),

@@ -1,4 +1,4 @@
-//! The sender (PROTOCOL.md §10): sends the files of `sendqueue/` — replication files to
+//! The sender (docs/protocol.md §10): sends the files of `sendqueue/` — replication files to
 //! `replpeer` (`REPLICATE` / `REPLOGIN`), proxy files (`STORE PROXY [AFTER]`, §3.3) to their
 //! `Post-To` targets (`STORE SERVER`, anonymously, or `STORE ENTANGLED` to this server itself,
 //! as the original) — removing each file only once every target answered `DONE`. A proxy file
@@ -15,7 +15,7 @@
 //! entry a target answers `FAILED` waits out its own back-off while the others are sent.
 //! Connections go through the SOCKS5 proxies of `route`.
 //!
-//! A file the original's sender would stop on for good (PROTOCOL.md §10.4: no `Date:`, a
+//! A file the original's sender would stop on for good (docs/protocol.md §10.4: no `Date:`, a
 //! `Post-To` that is not a server list) is logged once and kept: without a date its age counts
 //! from when it was queued; a bad target is never tried, the file stays until it expires.
 
@@ -41,7 +41,7 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Connect-and-greeting limit of one probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// When the sender's timer last ran, for SELFTEST's `FAIL SENDER <s>` (PROTOCOL.md §3.10).
+/// When the sender's timer last ran, for SELFTEST's `FAIL SENDER <s>` (docs/protocol.md §3.10).
 #[derive(Debug)]
 pub struct Liveness {
     last: AtomicI64,
@@ -103,7 +103,7 @@ fn classify(e: WireError) -> Failure {
     }
 }
 
-/// Back-off state of one target (PROTOCOL.md §10.5).
+/// Back-off state of one target (docs/protocol.md §10.5).
 #[derive(Debug, Default)]
 struct Backoff {
     fails: u32,
@@ -240,7 +240,7 @@ struct Batch {
     other: Vec<String>,
 }
 
-/// One run (PROTOCOL.md §10.4): scan, then each target in turn.
+/// One run (docs/protocol.md §10.4): scan, then each target in turn.
 async fn run_once(shared: &Shared, queue: &Queue, state: &mut State) {
     let cfg = &shared.config;
     state.wake = None;
@@ -334,7 +334,7 @@ fn plan(
         let h = sendfile::headers(&content);
         let mut targets = Vec::new();
         if h.replicate {
-            // `Post-To` of a replicate file is not relayed (PROTOCOL.md §14 #8).
+            // `Post-To` of a replicate file is not relayed (docs/protocol.md §14 #8).
             if cfg.replpeer.is_none() {
                 state.warn_once(
                     &name,
@@ -415,7 +415,7 @@ fn plan(
     Ok(batches)
 }
 
-/// PROTOCOL.md §10.4 "Expiry": older than `expire_days`, or embargoed to more than
+/// docs/protocol.md §10.4 "Expiry": older than `expire_days`, or embargoed to more than
 /// `expire_days` after its date, as the original; and also — where the original keeps an
 /// undeliverable embargoed file forever — undelivered `expire_days` after its embargo.
 fn expired(
@@ -555,7 +555,7 @@ async fn send_target(
     Err((sent, last))
 }
 
-/// One session with one server (PROTOCOL.md §10.4 "Session"): sends `files` from the front,
+/// One session with one server (docs/protocol.md §10.4 "Session"): sends `files` from the front,
 /// taking each off the list once it is answered.
 #[allow(clippy::too_many_arguments)]
 async fn session(

@@ -1,4 +1,4 @@
-//! Send-queue files (PROTOCOL.md §10.1): how they are written, what the sender reads from
+//! Send-queue files (docs/protocol.md §10.1): how they are written, what the sender reads from
 //! their headers (§10.4 step 1), the command each becomes for a target (§10.4 "Building each
 //! command"), and the `Post-To` rewrite after a partial success (§10.4 step 3).
 
@@ -6,12 +6,12 @@ use chrono::NaiveDateTime;
 
 use crate::server::config::HostPort;
 
-/// The send-queue text of a login change (PROTOCOL.md §10.1).
+/// The send-queue text of a login change (docs/protocol.md §10.1).
 pub fn login_file(user: &str, key: &str) -> Vec<u8> {
     format!("StoreType: replicate\nReplogin-User: {user}\nReplogin-Auth: {key}\n").into_bytes()
 }
 
-/// The send-queue text of a `STORE PROXY [AFTER]` upload (PROTOCOL.md §3.3): `body` is the
+/// The send-queue text of a `STORE PROXY [AFTER]` upload (docs/protocol.md §3.3): `body` is the
 /// block as stored (header lines + LF, then the payload).
 pub fn proxy_file(key: &str, embargo: Option<&str>, body: &[u8]) -> Vec<u8> {
     let mut c = format!(
@@ -83,7 +83,7 @@ pub fn parse_target(value: &str) -> Result<Target, String> {
     Ok(Target::Servers(servers))
 }
 
-/// What the sender reads from a file's headers (PROTOCOL.md §10.4 step 1).
+/// What the sender reads from a file's headers (docs/protocol.md §10.4 step 1).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Headers {
     /// `storetype: replicate` (any case).
@@ -158,7 +158,7 @@ pub fn headers(content: &[u8]) -> Headers {
     h
 }
 
-/// One send-queue file, as the command it becomes (PROTOCOL.md §10.4 "Building each command").
+/// One send-queue file, as the command it becomes (docs/protocol.md §10.4 "Building each command").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
     Login {
@@ -195,7 +195,7 @@ pub fn outgoing(content: &[u8], target: &Target) -> Result<Outgoing, FileError> 
             || has_prefix(line, "embargo: ")
             || has_prefix(line, "post-to: ")
         {
-            // Never sent. `Post-To` of a replicate file is not relayed (PROTOCOL.md §14 #8).
+            // Never sent. `Post-To` of a replicate file is not relayed (docs/protocol.md §14 #8).
         } else if has_prefix(line, "storekeyid: ") && key.is_none() {
             key = Some(value_of(line, "storekeyid: ").to_ascii_uppercase());
         } else if has_prefix(line, "loginuser: ") {
@@ -261,7 +261,7 @@ impl Outgoing {
 }
 
 /// The file with its `Post-To` lines replaced by `remaining`, written where the first one
-/// was (PROTOCOL.md §10.4 step 3); the payload is kept byte for byte.
+/// was (docs/protocol.md §10.4 step 3); the payload is kept byte for byte.
 pub fn rewrite_post_to(content: &[u8], remaining: &[String]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len());
     let mut placed = false;

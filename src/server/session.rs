@@ -1,4 +1,4 @@
-//! One client session (PROTOCOL.md §2–4): greeting, line reading with the 16384-byte limit,
+//! One client session (docs/protocol.md §2–4): greeting, line reading with the 16384-byte limit,
 //! raw payloads after `Data: n`, the idle timeout, the invalid-command count, and every
 //! command of §3.
 
@@ -23,7 +23,7 @@ pub use crate::server::framing::MAX_PAYLOAD;
 /// Largest `GENLOGIN n` served in one command (the original has no limit and would stall).
 pub const MAX_GENLOGIN: u64 = 100_000;
 
-/// Header prefixes a client may not send (PROTOCOL.md §4.1), lower case.
+/// Header prefixes a client may not send (docs/protocol.md §4.1), lower case.
 const FORBIDDEN: [&[u8]; 6] = [
     b"storetype: ",
     b"storekeyid: ",
@@ -228,7 +228,7 @@ impl Session {
         }
     }
 
-    /// Block-lines and block-bytes states (PROTOCOL.md §4.1).
+    /// Block-lines and block-bytes states (docs/protocol.md §4.1).
     async fn read_upload(&mut self) -> Option<Upload> {
         let mut up = BlockLines::default();
         loop {
@@ -265,7 +265,7 @@ impl Session {
                 };
                 let user = self.user.clone().unwrap_or_else(|| "none".into());
                 // With `replpeer` set, a `replicate` copy goes to `sendqueue/`, durable with
-                // the input-queue file before DONE (PROTOCOL.md §3.1).
+                // the input-queue file before DONE (docs/protocol.md §3.1).
                 let peer = self.shared.config.replpeer.is_some();
                 let ok = self
                     .queue_upload(up, "server", &key, Some(&user), peer)
@@ -277,7 +277,7 @@ impl Session {
                 let Some(up) = self.read_upload().await else {
                     return Flow::Close;
                 };
-                // Exactly `replication`, case-sensitive, as the original (PROTOCOL.md §14 #6).
+                // Exactly `replication`, case-sensitive, as the original (docs/protocol.md §14 #6).
                 let ok = if self.user.as_deref() == Some("replication") {
                     // Nothing is queued for this server's own peer (no loops).
                     self.queue_upload(up, "repl-in", &key, Some(&from), false)
@@ -291,7 +291,7 @@ impl Session {
                 let Some(up) = self.read_upload().await else {
                     return Flow::Close;
                 };
-                // Relayed by the sender, neither validated nor stored here (PROTOCOL.md §3.3).
+                // Relayed by the sender, neither validated nor stored here (docs/protocol.md §3.3).
                 let allowed = self.user.is_some() || !self.shared.config.proxy_requires_login;
                 let ok = allowed && self.queue_proxy(up, &key, after.as_deref()).await;
                 self.queued_for_peer |= ok;
@@ -301,7 +301,7 @@ impl Session {
                 let Some(up) = self.read_upload().await else {
                     return Flow::Close;
                 };
-                // Queued now, validated by the worker (PROTOCOL.md §3.5); no login needed.
+                // Queued now, validated by the worker (docs/protocol.md §3.5); no login needed.
                 let ok = self
                     .queue_upload(up, "entangled-outgoing", &key, None, false)
                     .await;
@@ -354,7 +354,7 @@ impl Session {
                         }
                     }
                 };
-                // A failed LOGIN leaves the session identity as it was (PROTOCOL.md §14 #1).
+                // A failed LOGIN leaves the session identity as it was (docs/protocol.md §14 #1).
                 self.reply(ok);
             }
             Command::AddLogin(user, key) => {
@@ -371,7 +371,7 @@ impl Session {
                     .user
                     .as_deref()
                     .is_some_and(|u| u.eq_ignore_ascii_case("replication"));
-                // Not queued for this server's peer (PROTOCOL.md §3.7: no loops).
+                // Not queued for this server's peer (docs/protocol.md §3.7: no loops).
                 let ok = repl && self.set_login(&user, &key, &now(), false);
                 self.reply(ok);
             }
@@ -465,7 +465,7 @@ impl Session {
         }
     }
 
-    /// Queues REPLOGIN files for the peer, durably, when `replpeer` is set (PROTOCOL.md
+    /// Queues REPLOGIN files for the peer, durably, when `replpeer` is set (docs/protocol.md
     /// §10.1). A name already queued gets a fresh modification time instead: the sender goes
     /// oldest first, so the peer applies login changes in the order they were made.
     fn queue_logins(&mut self, changes: &[(&str, &str)]) -> Result<(), String> {
@@ -510,7 +510,7 @@ impl Session {
         let Some(body) = upload_body(up) else {
             return false;
         };
-        // Entangled uploads have no LoginUser line (PROTOCOL.md §6.1).
+        // Entangled uploads have no LoginUser line (docs/protocol.md §6.1).
         let user_line = user.map_or(String::new(), |u| format!("LoginUser: {u}\n"));
         let with_prefix = |t: &str| {
             let mut c = format!("StoreType: {t}\nStoreKeyid: {key}\n{user_line}").into_bytes();
@@ -526,7 +526,7 @@ impl Session {
     }
 
     /// Makes a `STORE PROXY [AFTER]` upload durable as a `sendqueue/` proxy file
-    /// (PROTOCOL.md §3.3); true → `DONE`.
+    /// (docs/protocol.md §3.3); true → `DONE`.
     async fn queue_proxy(&mut self, up: Upload, key: &str, embargo: Option<&str>) -> bool {
         let Some(body) = upload_body(up) else {
             return false;
@@ -560,7 +560,7 @@ impl Session {
         self.slow_deadline(sent);
     }
 
-    /// The rest of GET ENTANGLED (PROTOCOL.md §3.5): no type hiding, and the data line is
+    /// The rest of GET ENTANGLED (docs/protocol.md §3.5): no type hiding, and the data line is
     /// the full `Data: <n>` pattern.
     fn get_entangled(&mut self, value: Option<Vec<u8>>, since: Option<&str>) {
         let value = match (value, since) {
@@ -618,7 +618,7 @@ impl Session {
 
 /// The block of an upload as queued (lines + LF, then the payload), or `None` if it may not
 /// be queued: not a block, a forbidden header, or no header lines (the original sends no
-/// reply at all to an empty block, PROTOCOL.md §14 #3).
+/// reply at all to an empty block, docs/protocol.md §14 #3).
 fn upload_body(up: Upload) -> Option<Vec<u8>> {
     let Upload::Block { lines, payload } = up else {
         return None;
@@ -669,7 +669,7 @@ impl DataLine {
     }
 }
 
-/// Writes a stored block as PROTOCOL.md §4.2 says; returns the bytes added to `out`.
+/// Writes a stored block as docs/protocol.md §4.2 says; returns the bytes added to `out`.
 pub fn send_block(out: &mut Vec<u8>, block: &[u8], data: DataLine) -> usize {
     let before = out.len();
     let mut pos = 0;

@@ -1,4 +1,4 @@
-//! What a GET returns: the `… SINCE d` filter (PROTOCOL.md §4.3) and the hiding of private
+//! What a GET returns: the `… SINCE d` filter (docs/protocol.md §4.3) and the hiding of private
 //! block types from anonymous sessions (§3.4 step 3).
 
 use crate::protocol::dt::is_dt_shape;

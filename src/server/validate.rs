@@ -1,4 +1,4 @@
-//! Block validation and merge (PROTOCOL.md §7): `validate_merge`.
+//! Block validation and merge (docs/protocol.md §7): `validate_merge`.
 //!
 //! Pure functions of (key, existing block, new block, mode, posting user, limits, now). Every
 //! input is untrusted: nothing here may panic, and the original's crashes (§6.3, §14 defect
@@ -24,7 +24,7 @@ pub const MAX_PAYLOAD_DHT: usize = 65_536;
 
 const BEGIN_SIGNED: &[u8] = b"-----BEGIN PGP SIGNED MESSAGE-----";
 
-/// Validation limits: the `max_age_*` keys of config.txt, in seconds (PROTOCOL.md §7.1).
+/// Validation limits: the `max_age_*` keys of config.txt, in seconds (docs/protocol.md §7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_age_key: i64,

@@ -1,4 +1,4 @@
-//! The store worker (PROTOCOL.md §6.2): takes uploads in FIFO order — journal entries from
+//! The store worker (docs/protocol.md §6.2): takes uploads in FIFO order — journal entries from
 //! the committer, and queue files left in `inputqueue/` — and, for each block, under the
 //! key's leaf `LOCKFILE`: reads the stored block, runs `validate_merge`, and replaces the
 //! stored block atomically. An upload is settled (its journal entry released, its queue file
@@ -15,7 +15,7 @@
 //!
 //! Entangled uploads (`entangled-outgoing` from STORE ENTANGLED, `entangled-incoming` from
 //! the DHT or left by the original) are merged with the DHT rules into the entangled tree
-//! (PROTOCOL.md §6.2, §11), one at a time under that tree's leaf lock, and written with the
+//! (docs/protocol.md §6.2, §11), one at a time under that tree's leaf lock, and written with the
 //! same atomic, durable replacement before they are settled.
 //!
 //! Message announcements stored by `STORE SERVER` are handed to the notifier (§12.2) once
@@ -119,7 +119,7 @@ impl EntryKind {
     }
 }
 
-/// What a queue file asks for (its prefix, PROTOCOL.md §6.2).
+/// What a queue file asks for (its prefix, docs/protocol.md §6.2).
 struct Entry {
     name: String,
     slot: Option<Slot>,
@@ -384,7 +384,7 @@ impl Worker {
             }));
             match outcome {
                 Ok(Ok(merged)) => {
-                    // Replicated blocks never notify (PROTOCOL.md §6.2).
+                    // Replicated blocks never notify (docs/protocol.md §6.2).
                     let notify = merged.notify.as_deref().filter(|r| {
                         e.kind == EntryKind::Server && !r.is_empty() && !opted_out(&merged.block)
                     });
@@ -434,7 +434,7 @@ impl Worker {
         Ok(())
     }
 
-    /// Merges one entangled upload into the entangled tree under its leaf lock (PROTOCOL.md
+    /// Merges one entangled upload into the entangled tree under its leaf lock (docs/protocol.md
     /// §6.2): the value is validated with the DHT rules against the stored value (the DHT
     /// header lines split off both), and stored after the new header lines. An outgoing
     /// value is first merged against the local copy and published to the DHT, whose store

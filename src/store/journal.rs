@@ -50,9 +50,9 @@ const ENTRY_HEADER: u64 = 40;
 /// What an entry asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// An input-queue file (PROTOCOL.md §6.1).
+    /// An input-queue file (docs/protocol.md §6.1).
     Input = 1,
-    /// A send-queue file for the replication peer (PROTOCOL.md §10.1).
+    /// A send-queue file for the replication peer (docs/protocol.md §10.1).
     Send = 2,
 }
 

@@ -1,4 +1,4 @@
-//! The leaf `LOCKFILE` lock (PROTOCOL.md §9.3).
+//! The leaf `LOCKFILE` lock (docs/protocol.md §9.3).
 //!
 //! Python's `fcntl.lockf(fd, LOCK_EX)` takes a classic POSIX record lock (write lock, whole
 //! file). We take a Linux *open-file-description* lock (`F_OFD_SETLKW`) with the same range:

@@ -36,7 +36,7 @@ pub fn queued_uploads(home: &std::path::Path) -> u64 {
     files + journal::pending(&home.join(journal::DIR_NAME))
 }
 
-/// Upper-cases `key` and deletes every character that is not a hex digit (PROTOCOL.md §9.2).
+/// Upper-cases `key` and deletes every character that is not a hex digit (docs/protocol.md §9.2).
 pub fn clean_key(key: &str) -> String {
     key.chars()
         .filter(char::is_ascii_hexdigit)
@@ -89,7 +89,7 @@ pub fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
         .map_err(StoreError::at(dir))
 }
 
-/// `mkdir` that treats "already exists" as success (two processes may race, PROTOCOL.md §14.1).
+/// `mkdir` that treats "already exists" as success (two processes may race, docs/protocol.md §14.1).
 pub fn ensure_dir(dir: &std::path::Path) -> Result<(), StoreError> {
     match std::fs::create_dir(dir) {
         Ok(()) => Ok(()),

@@ -1,4 +1,4 @@
-//! Flat queues (PROTOCOL.md §9.4): a directory of files, each named by the upper-case hex
+//! Flat queues (docs/protocol.md §9.4): a directory of files, each named by the upper-case hex
 //! sha1 of its whole content.
 
 use std::fs::{self, File, OpenOptions};
@@ -57,7 +57,7 @@ impl Queue {
     }
 
     /// Writes `content` under `name` unless that name exists (a queue file is never
-    /// rewritten, PROTOCOL.md §10.1), not synced.
+    /// rewritten, docs/protocol.md §10.1), not synced.
     pub fn put_new(&self, name: &str, content: &[u8]) -> Result<(), StoreError> {
         if self.exists(name) {
             return Ok(());

@@ -1,4 +1,4 @@
-//! Shards (DESIGN.md topology `shards`): first-level store folders that live on other devices,
+//! Shards (docs/design.md topology `shards`): first-level store folders that live on other devices,
 //! reached through symlinks `<store>/XX -> <path>/XX`.
 //!
 //! [`Layout::conflicts`] finds first-level entries whose data is somewhere else than the plan

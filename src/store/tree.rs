@@ -1,9 +1,9 @@
-//! The local store tree (PROTOCOL.md §9.2): `<root>/XX/YY/<KEY>`, one `LOCKFILE` per leaf.
+//! The local store tree (docs/protocol.md §9.2): `<root>/XX/YY/<KEY>`, one `LOCKFILE` per leaf.
 //!
 //! Reads take no lock. Writes replace a block atomically: the new bytes go to a temporary
 //! file in the same leaf directory (a name that is not 40 characters long and starts with the
 //! key's first four hex digits, so a storutil walk locks the same leaf), are made durable, and
-//! are renamed over the block (PROTOCOL.md §13 implementer note).
+//! are renamed over the block (docs/protocol.md §13 implementer note).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! Walking a store tree (PROTOCOL.md §9.2) leaf by leaf, for the prune and the report.
+//! Walking a store tree (docs/protocol.md §9.2) leaf by leaf, for the prune and the report.
 //!
 //! Level-1 entries are followed through symlinks (shard links); only names the tree itself
 //! makes are walked: two upper-case hex digits at both levels, and block files named by their

@@ -1,4 +1,4 @@
-//! `storeherd remove` hands the removed instance's queued proxy files (PROTOCOL.md §10.1) to
+//! `storeherd remove` hands the removed instance's queued proxy files (docs/protocol.md §10.1) to
 //! a running instance: they are self-contained, and the original delivers them from whichever
 //! server holds them. Replication files stay: they belong to the removed instance's own peer.
 //!

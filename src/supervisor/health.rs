@@ -1,6 +1,6 @@
 //! The health check of one instance: connect, `READY` greeting, `SELFTEST` → `PASS` then
 //! `EndBlock`. The SELFTEST marker goes through the server's block FIFO, so a pass proves the
-//! block-processing thread is alive, not just the listener (DESIGN.md "Instance lifecycle").
+//! block-processing thread is alive, not just the listener (docs/design.md "Instance lifecycle").
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! One instance's lifecycle, run as its own task: provisioning → starting → ready, health
 //! checks, crash → backoff → starting, crash loop → failed, and draining before a stop
-//! (DESIGN.md "Instance lifecycle"). The supervisor talks to it through [`Ctl`] and hears
+//! (docs/design.md "Instance lifecycle"). The supervisor talks to it through [`Ctl`] and hears
 //! from it through [`Event`].
 
 use std::collections::VecDeque;

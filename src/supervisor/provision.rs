@@ -1,4 +1,4 @@
-//! Provisioning (DESIGN.md "Instance lifecycle → Provisioning"): the data directory, the
+//! Provisioning (docs/design.md "Instance lifecycle → Provisioning"): the data directory, the
 //! shared store and identity before any instance starts, then each instance's home.
 //! Nothing here ever deletes data: homes, queues and ledger lines only grow or get rewritten
 //! in place (config.txt, which storeherd owns).
@@ -240,7 +240,7 @@ pub fn read_or_create_key(path: &Path) -> Result<String, ProvisionError> {
     }
 }
 
-/// The entangled tree every instance shares, `<data>/entangled` (PROTOCOL.md §11).
+/// The entangled tree every instance shares, `<data>/entangled` (docs/protocol.md §11).
 pub fn entangled_dir(plan: &Plan) -> PathBuf {
     plan.data.join("entangled")
 }

@@ -1,4 +1,4 @@
-//! The entangled tree shared by every instance of one `storeherd up` (PROTOCOL.md §11):
+//! The entangled tree shared by every instance of one `storeherd up` (docs/protocol.md §11):
 //! `<data>/entangled`, with each home's `entangled` a symbolic link to it, which the
 //! original server follows too.
 //!

@@ -1,5 +1,5 @@
 //! The topology file: YAML model, defaults, validation and the resolved plan
-//! (DESIGN.md "Topology file", "Contract details").
+//! (docs/design.md "Topology file", "Contract details").
 //!
 //! [`Plan::load`] reads a file (or takes the built-in default), applies the site's and the
 //! command line's overrides, validates everything, and resolves it into a [`Plan`]: absolute

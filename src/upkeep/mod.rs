@@ -7,7 +7,7 @@
 //! - What a prune covers: the plan's store (shard links followed) with the plan's
 //!   `server.config` `max_age_*` ages, and each entangled tree once — `<data>/entangled` and
 //!   any home's own `entangled/` folder (not a link to the shared one) — with the DHT's fixed
-//!   ages, as storutil does (PROTOCOL.md §12.1).
+//!   ages, as storutil does (docs/protocol.md §12.1).
 //! - The last run is kept in `<data>/upkeep.json`, so that the schedule counts from it across
 //!   restarts and a run by hand postpones the scheduled one.
 

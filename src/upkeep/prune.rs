@@ -1,5 +1,5 @@
 //! Removing expired blocks from a store tree: storutil's `-prune-localstore` and
-//! `-prune-entangled`, rule for rule (PROTOCOL.md §12.1), with atomic rewrites.
+//! `-prune-entangled`, rule for rule (docs/protocol.md §12.1), with atomic rewrites.
 //!
 //! The rules, on the header lines as storutil reads them (the lines up to `Data: n`, CR/LF
 //! stripped; in an entangled value file, §11, the lines of the value):

@@ -1,4 +1,4 @@
-//! The store usage report (storutil's report, PROTOCOL.md §12.1): blocks and bytes per type,
+//! The store usage report (storutil's report, docs/protocol.md §12.1): blocks and bytes per type,
 //! per first-level folder (and the shard it lives on), and how old the blocks are. It reads
 //! only and takes no lock: every storeherd write is an atomic rename, so a file is seen whole
 //! or not at all (a Python server's in-place write may be seen half-done, which only skews

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// The per-instance metrics DESIGN.md requires (each labelled `instance="<id>"`).
+/// The per-instance metrics docs/design.md requires (each labelled `instance="<id>"`).
 pub const REQUIRED_PER_INSTANCE: &[&str] = &[
     "storeherd_instance_up",
     "storeherd_instance_restarts_total",

@@ -1,5 +1,5 @@
 //! GnuPG in batch mode for a given home, and real key announcements made with it (the stock
-//! client's text, PROTOCOL.md §7.5): shared by the tests and the bench.
+//! client's text, docs/protocol.md §7.5): shared by the tests and the bench.
 #![allow(dead_code)]
 
 use std::io::Write;
