@@ -14,13 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Longest line the server accepts (Twisted's `MAX_LENGTH`); replies are held to the same.
-pub const MAX_LINE: usize = 16384;
-
-/// The greeting a ready server sends.
-pub const GREETING_READY: &str = "CONFIDANT MAIL SERVER PROTOCOL 1 READY";
-/// The greeting of a server over `max_connections` (also sent by the proxy when full).
-pub const GREETING_BUSY: &str = "CONFIDANT MAIL SERVER PROTOCOL 1 BUSY";
+pub use crate::protocol::{GREETING_BUSY, GREETING_READY, MAX_LINE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

@@ -1,9 +1,18 @@
-//! The store protocol's primitives, shared by the built-in server, the client side
-//! (`wire`, `bench`), upkeep and the tests: header lines and the `Data: n` rule, the
-//! protocol's dates, proof of work and `auth.txt` lines (docs/protocol.md §4, §5, §7, §8).
+//! The store protocol's primitives, shared by the built-in server, the proxy, the client
+//! side (`wire`, `bench`), upkeep and the tests: the greetings and line limit, header lines
+//! and the `Data: n` rule, the protocol's dates, proof of work, block composition and
+//! `auth.txt` lines (docs/protocol.md §2, §4, §5, §7, §8).
 
 pub mod auth;
 pub mod compose;
 pub mod dt;
 pub mod header;
 pub mod pow;
+
+/// Longest line the server accepts (Twisted's `MAX_LENGTH`); replies are held to the same.
+pub const MAX_LINE: usize = 16384;
+
+/// The greeting a ready server sends (docs/protocol.md §2).
+pub const GREETING_READY: &str = "CONFIDANT MAIL SERVER PROTOCOL 1 READY";
+/// The greeting of a server over `max_connections` (also sent by the proxy when full).
+pub const GREETING_BUSY: &str = "CONFIDANT MAIL SERVER PROTOCOL 1 BUSY";
