@@ -136,12 +136,15 @@ pub fn data_line_len(line: &str) -> Option<usize> {
     crate::protocol::header::data_line_len(line.as_bytes())
 }
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+/// A connection before or after STARTTLS, on either side: the client's here, the built-in
+/// server's in `server::conn`. `Closed` only stands in while STARTTLS swaps the stream.
+pub enum Stream<P, T> {
+    Plain(P),
+    Tls(Box<T>),
+    Closed,
 }
 
-impl AsyncRead for Stream {
+impl<P: AsyncRead + Unpin, T: AsyncRead + Unpin> AsyncRead for Stream<P, T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -150,34 +153,40 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 }
 
-impl AsyncWrite for Stream {
+impl<P: AsyncWrite + Unpin, T: AsyncWrite + Unpin> AsyncWrite for Stream<P, T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, b),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+            Stream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 }
 
+type ClientStream = Stream<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
 /// One protocol session. Every read is bounded by `timeout`.
 pub struct Client {
-    stream: Stream,
+    stream: ClientStream,
     buf: Vec<u8>,
     timeout: Duration,
     /// Bytes written since the last flush; flushed before every read.
@@ -468,7 +477,7 @@ impl Client {
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| cert_sha1(c.as_ref())),
-            Stream::Plain(_) => None,
+            Stream::Plain(_) | Stream::Closed => None,
         }
     }
 
