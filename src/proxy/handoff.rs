@@ -108,6 +108,8 @@ impl Handoff {
                 }
                 Ok(())
             }
+            // A refusal writes nothing; a socket written to anyway is not placed twice.
+            Ok(Ok(false)) if greeted(client) => Err(HandError::Cut),
             Ok(Ok(false)) => Err(HandError::Refused),
             Ok(Err(e)) => {
                 self.book().pending.remove(&sid);

@@ -52,35 +52,23 @@ async fn serve_channel(shared: Rc<Shared>, chan: Rc<Channel>, ids: Rc<Cell<u64>>
             }
         };
         let full = shared.stopping.get() || shared.conns.get() >= shared.config.max_connections;
-        let tcp = match fd {
-            Some(fd) if !full => adopt(fd),
+        // The greeting goes out before the answer: should this process die in between, the
+        // proxy sees on the socket itself whether the client was greeted (then it is this
+        // instance's cut session) or not (then it places the client elsewhere).
+        let line = greeting();
+        let greeted = match fd {
+            Some(fd) if !full => greet_raw(fd, &line),
             _ => None,
         };
-        let Some(tcp) = tcp else {
-            // Full, stopping, or no usable socket: the proxy still holds its own copy and
-            // places the client elsewhere; ours is closed by the drop.
+        let Some((tcp, sent)) = greeted else {
+            // Full, stopping, or no usable socket: nothing was written; the proxy still
+            // holds its own copy and places the client elsewhere; ours is closed by the drop.
             if chan.send(&Msg::Refused { sid }, None).await.is_err() {
                 break;
             }
             continue;
         };
-        // Counted before answering, so that the next hand-off sees this one.
         let counted = Counted::take(&shared);
-        // The greeting goes out before the answer: should this process die in between, the
-        // proxy sees on the socket itself whether the client was greeted (then it is this
-        // instance's cut session) or not (then it places the client elsewhere).
-        let line = greeting();
-        let sent = match tcp.try_write(&line) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-            Err(_) => {
-                drop((tcp, counted));
-                if chan.send(&Msg::Refused { sid }, None).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-        };
         tally.bytes_out.set(tally.bytes_out.get() + sent as u64);
         let greet = Greet::Sent {
             rest: line[sent..].to_vec(),
@@ -114,10 +102,28 @@ fn greeting() -> Vec<u8> {
     [GREETING_READY.as_bytes(), b"\r\n"].concat()
 }
 
-fn adopt(fd: std::os::fd::OwnedFd) -> Option<TcpStream> {
+/// Writes the greeting on the handed socket with a plain non-blocking write (tokio's
+/// `try_write` would report a socket it has not polled yet as not writable) and takes the
+/// socket into the runtime. Returns how much of the line went out: all of it, on a fresh
+/// socket. `None` when the socket is unusable and nothing was written.
+fn greet_raw(fd: std::os::fd::OwnedFd, line: &[u8]) -> Option<(TcpStream, usize)> {
+    use std::io::Write;
     let std = std::net::TcpStream::from(fd);
     std.set_nonblocking(true).ok()?;
-    TcpStream::from_std(std).ok()
+    let sent = match (&std).write(line) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return None,
+    };
+    // Past a write, the socket is this instance's whatever happens: it must not be refused.
+    match TcpStream::from_std(std) {
+        Ok(tcp) => Some((tcp, sent)),
+        Err(_) if sent == 0 => None,
+        Err(e) => {
+            tracing::warn!("handed socket greeted but not usable: {e}");
+            None
+        }
+    }
 }
 
 /// Sends the byte totals while sessions are open and the totals move, so that the proxy's
