@@ -9,12 +9,14 @@
 //! | direction | message | meaning |
 //! | --- | --- | --- |
 //! | proxy → instance | `H <sid> <peer>` + descriptor | take this client (its address `peer`) |
-//! | instance → proxy | `A <sid>` | adopted; sent before the greeting is written |
+//! | instance → proxy | `A <sid>` | adopted; sent once the READY greeting is written |
 //! | instance → proxy | `R <sid>` | refused (full or stopping); the socket is untouched |
 //! | instance → proxy | `E <sid> <in> <out>` | the session ended |
 //! | instance → proxy | `T <in> <out>` | byte totals, sent while sessions are active |
 //!
-//! `<in>` and `<out>` are the channel's running totals (client → instance, instance →
+//! An instance that dies between taking a socket and answering leaves the proxy without an
+//! answer; the socket itself then tells whether the client was greeted (see
+//! `proxy::handoff`). `<in>` and `<out>` are the channel's running totals (client → instance, instance →
 //! client) over every session adopted through it; the proxy adds the differences.
 
 use std::io::{self, IoSlice, IoSliceMut};

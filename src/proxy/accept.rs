@@ -221,6 +221,14 @@ async fn place(
                         debug!(instance = backend.id, error = %e, "hand-off failed; trying the next");
                         continue;
                     }
+                    // Greeted by an instance that then died: its cut session, as with relay.
+                    Err(HandError::Cut) => {
+                        debug!(
+                            instance = backend.id,
+                            "instance died after greeting a handed client"
+                        );
+                        return Some(Placed::Handed(backend.id));
+                    }
                     // The channel is gone but the instance may still serve: relay.
                     Err(HandError::Down) => {}
                 }

@@ -23,8 +23,14 @@ pub(crate) enum HandError {
     /// The instance is full or stopping; the socket is still ours, untouched.
     #[error("refused (full or stopping)")]
     Refused,
+    /// Down before the socket was sent, or the instance died without greeting the client:
+    /// the client saw nothing and can go elsewhere.
     #[error("channel down")]
     Down,
+    /// The instance greeted the client, then died before answering: the client is its cut
+    /// session, like any session of a killed instance.
+    #[error("the instance died after greeting the client")]
+    Cut,
     #[error("no answer within {0:?}")]
     Timeout(Duration),
 }
@@ -102,15 +108,24 @@ impl Handoff {
                 }
                 Ok(())
             }
+            // A refusal writes nothing; a socket written to anyway is not placed twice.
+            Ok(Ok(false)) if greeted(client) => Err(HandError::Cut),
             Ok(Ok(false)) => Err(HandError::Refused),
             Ok(Err(e)) => {
                 self.book().pending.remove(&sid);
+                if greeted(client) {
+                    return Err(HandError::Cut);
+                }
                 Err(e)
             }
             Err(_) => {
+                self.book().pending.remove(&sid);
+                if greeted(client) {
+                    // Slow to answer but serving it: its later `A` counts the session.
+                    return Ok(());
+                }
                 // An instance this slow may still adopt the socket later; closing the
                 // channel makes it drop whatever it has not answered yet.
-                self.book().pending.remove(&sid);
                 self.close();
                 Err(HandError::Timeout(timeout))
             }
@@ -186,5 +201,43 @@ impl Handoff {
         drop(slots);
         counters.active.fetch_sub(cut, Relaxed);
         debug!(instance = id, cut, "hand-off channel closed");
+    }
+}
+
+/// True when anything was written to the client's socket (by whichever process holds it):
+/// sent segments, or bytes still queued. A socket it cannot tell about counts as greeted,
+/// so that no client ever gets two greetings.
+fn greeted(client: &TcpStream) -> bool {
+    use nix::libc;
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are valid for writes of the sizes given, and the descriptor
+    // is the live socket `client` borrows.
+    let rc = unsafe {
+        libc::getsockopt(
+            client.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    rc != 0 || info.tcpi_data_segs_out > 0 || info.tcpi_notsent_bytes > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_socket_written_to_by_anyone_counts_as_greeted() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = l.accept().await.unwrap();
+        assert!(!greeted(&server));
+        // Another process's write on a shared socket shows the same way as our own.
+        server.write_all(b"READY\r\n").await.unwrap();
+        assert!(greeted(&server));
     }
 }

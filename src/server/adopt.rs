@@ -1,6 +1,6 @@
 //! The instance's end of the hand-off channel (`crate::handoff`): takes client sockets from
-//! the supervisor's proxy and serves them as its own sessions, answering before the
-//! greeting is written, and reports their end and their bytes.
+//! the supervisor's proxy and serves them as its own sessions (greeting first, then the
+//! answer), and reports their end and their bytes.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -10,8 +10,9 @@ use tokio::net::TcpStream;
 
 use crate::handoff::{Channel, Listener, Msg};
 use crate::server::conn::Tally;
-use crate::server::session::{self, Counted};
+use crate::server::session::{self, Counted, Greet};
 use crate::server::Shared;
+use crate::wire::GREETING_READY;
 
 /// How often byte totals go to the proxy while handed sessions are open.
 const TOTALS_EVERY: Duration = Duration::from_millis(500);
@@ -51,32 +52,37 @@ async fn serve_channel(shared: Rc<Shared>, chan: Rc<Channel>, ids: Rc<Cell<u64>>
             }
         };
         let full = shared.stopping.get() || shared.conns.get() >= shared.config.max_connections;
-        let tcp = match fd {
-            Some(fd) if !full => adopt(fd),
+        // The greeting goes out before the answer: should this process die in between, the
+        // proxy sees on the socket itself whether the client was greeted (then it is this
+        // instance's cut session) or not (then it places the client elsewhere).
+        let line = greeting();
+        let greeted = match fd {
+            Some(fd) if !full => greet_raw(fd, &line),
             _ => None,
         };
-        let Some(tcp) = tcp else {
-            // Full, stopping, or no usable socket: the proxy still holds its own copy and
-            // places the client elsewhere; ours is closed by the drop.
+        let Some((tcp, sent)) = greeted else {
+            // Full, stopping, or no usable socket: nothing was written; the proxy still
+            // holds its own copy and places the client elsewhere; ours is closed by the drop.
             if chan.send(&Msg::Refused { sid }, None).await.is_err() {
                 break;
             }
             continue;
         };
-        // Counted before answering, so that the next hand-off sees this one.
         let counted = Counted::take(&shared);
-        // Answered before the greeting is written: if this process dies first, the proxy
-        // knows that the client has seen nothing and can place it elsewhere.
-        if chan.send(&Msg::Adopted { sid }, None).await.is_err() {
-            break;
-        }
+        tally.bytes_out.set(tally.bytes_out.get() + sent as u64);
+        let greet = Greet::Sent {
+            rest: line[sent..].to_vec(),
+        };
+        // Served even if the answer cannot be sent: the client is greeted, and the proxy,
+        // seeing that, leaves it to this instance.
+        let answered = chan.send(&Msg::Adopted { sid }, None).await.is_ok();
         let id = ids.get() + 1;
         ids.set(id);
         open.set(open.get() + 1);
         let (shared, chan, tally, open) =
             (shared.clone(), chan.clone(), tally.clone(), open.clone());
         tokio::task::spawn_local(async move {
-            session::serve_handed(shared, tcp, id, peer, tally.clone(), counted).await;
+            session::serve_handed(shared, tcp, id, peer, tally.clone(), counted, greet).await;
             open.set(open.get() - 1);
             let end = Msg::Ended {
                 sid,
@@ -85,14 +91,39 @@ async fn serve_channel(shared: Rc<Shared>, chan: Rc<Channel>, ids: Rc<Cell<u64>>
             };
             let _ = chan.send(&end, None).await;
         });
+        if !answered {
+            break;
+        }
     }
     reporter.abort();
 }
 
-fn adopt(fd: std::os::fd::OwnedFd) -> Option<TcpStream> {
+fn greeting() -> Vec<u8> {
+    [GREETING_READY.as_bytes(), b"\r\n"].concat()
+}
+
+/// Writes the greeting on the handed socket with a plain non-blocking write (tokio's
+/// `try_write` would report a socket it has not polled yet as not writable) and takes the
+/// socket into the runtime. Returns how much of the line went out: all of it, on a fresh
+/// socket. `None` when the socket is unusable and nothing was written.
+fn greet_raw(fd: std::os::fd::OwnedFd, line: &[u8]) -> Option<(TcpStream, usize)> {
+    use std::io::Write;
     let std = std::net::TcpStream::from(fd);
     std.set_nonblocking(true).ok()?;
-    TcpStream::from_std(std).ok()
+    let sent = match (&std).write(line) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return None,
+    };
+    // Past a write, the socket is this instance's whatever happens: it must not be refused.
+    match TcpStream::from_std(std) {
+        Ok(tcp) => Some((tcp, sent)),
+        Err(_) if sent == 0 => None,
+        Err(e) => {
+            tracing::warn!("handed socket greeted but not usable: {e}");
+            None
+        }
+    }
 }
 
 /// Sends the byte totals while sessions are open and the totals move, so that the proxy's

@@ -77,7 +77,15 @@ pub async fn serve(shared: Rc<Shared>, tcp: TcpStream, id: u64) {
         tracing::debug!(conn = id, client = %peer, "session");
     }
     let counted = Counted::take(&shared);
-    run(shared, Tcp::new(tcp, None), id, counted).await;
+    run(shared, Tcp::new(tcp, None), id, counted, Greet::Due).await;
+}
+
+/// What a session still has to send of its greeting.
+pub enum Greet {
+    /// READY or BUSY, by the open-connection count.
+    Due,
+    /// READY was written already (by `adopt`), but for these bytes.
+    Sent { rest: Vec<u8> },
 }
 
 /// Runs a session whose socket the proxy handed over (`adopt`); the client's address is
@@ -89,12 +97,13 @@ pub async fn serve_handed(
     peer: std::net::SocketAddr,
     tally: Rc<Tally>,
     counted: Counted,
+    greet: Greet,
 ) {
     tracing::info!(conn = id, client = %peer, "session handed over by the proxy");
-    run(shared, Tcp::new(tcp, Some(tally)), id, counted).await;
+    run(shared, Tcp::new(tcp, Some(tally)), id, counted, greet).await;
 }
 
-async fn run(shared: Rc<Shared>, tcp: Tcp, id: u64, counted: Counted) {
+async fn run(shared: Rc<Shared>, tcp: Tcp, id: u64, counted: Counted, greet: Greet) {
     let timeout = Duration::from_secs(shared.config.timeout);
     let mut s = Session {
         shared,
@@ -108,11 +117,21 @@ async fn run(shared: Rc<Shared>, tcp: Tcp, id: u64, counted: Counted) {
         id,
         queued_for_peer: false,
     };
-    if s.shared.conns.get() > s.shared.config.max_connections {
-        s.line(GREETING_BUSY.as_bytes());
-    } else {
-        s.line(GREETING_READY.as_bytes());
-        s.run().await;
+    match greet {
+        Greet::Sent { rest } => {
+            if s.shared.log_traffic {
+                tracing::info!("C{}> {GREETING_READY}", s.id);
+            }
+            s.out.extend_from_slice(&rest);
+            s.run().await;
+        }
+        Greet::Due if s.shared.conns.get() > s.shared.config.max_connections => {
+            s.line(GREETING_BUSY.as_bytes());
+        }
+        Greet::Due => {
+            s.line(GREETING_READY.as_bytes());
+            s.run().await;
+        }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         if s.flush().await {
