@@ -6,12 +6,9 @@ mod harness;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{Up, BIN};
-use storeherd::wire::Client;
+use harness::{ClientLoop, Up, BIN};
 
 const T: Duration = Duration::from_secs(20);
 const READY: &str = "CONFIDANT MAIL SERVER PROTOCOL 1 READY";
@@ -407,49 +404,7 @@ fn an_instance_killed_under_a_connect_ping_quit_loop_fails_no_client() {
     let st = up.wait_ready(3);
     wait_handoff(&up, &[true, true, true]);
     let victim = instances(&st)[1]["pid"].as_u64().unwrap() as i32;
-    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let cut = Arc::new(AtomicU64::new(0));
-    let ok = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (failures, cut, ok, stop, addr) = (
-                failures.clone(),
-                cut.clone(),
-                ok.clone(),
-                stop.clone(),
-                up.listen,
-            );
-            rt.spawn(async move {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    // No READY greeting is a client failure; a session cut after it (its
-                    // instance was killed mid-session) is counted apart.
-                    let mut c = match Client::connect(addr, T).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            failures.lock().unwrap().push(e.to_string());
-                            continue;
-                        }
-                    };
-                    let r = async {
-                        c.ping().await?;
-                        c.quit().await
-                    }
-                    .await;
-                    match r {
-                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => cut.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let clients = ClientLoop::start(up.listen, 8);
     std::thread::sleep(Duration::from_millis(500));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim),
@@ -471,24 +426,15 @@ fn an_instance_killed_under_a_connect_ping_quit_loop_fails_no_client() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    rt.block_on(async {
-        for c in clients {
-            c.await.unwrap();
-        }
-    });
-    assert!(ok.load(Ordering::Relaxed) > 50);
-    let failures = failures.lock().unwrap().clone();
+    let r = clients.stop();
+    assert!(r.ok > 50);
     assert!(
-        failures.is_empty(),
-        "client failures: {failures:?}\n{}",
+        r.failures.is_empty(),
+        "client failures: {:?}\n{}",
+        r.failures,
         up.log()
     );
-    assert!(
-        cut.load(Ordering::Relaxed) <= 8,
-        "cut: {}",
-        cut.load(Ordering::Relaxed)
-    );
+    assert!(r.cut <= 8, "cut: {}", r.cut);
     // Every handed session the killed instance had was taken off its count.
     let deadline = Instant::now() + T;
     loop {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{alive, wait_dead, Up};
+use harness::{alive, wait_dead, ClientLoop, Up};
 use storeherd::protocol::compose;
 use storeherd::wire::Client;
 
@@ -114,45 +114,7 @@ fn killed_instance_is_replaced_without_client_failures() {
     let up = Up::start(3, "");
     let st = up.wait_ready(3);
     let victim = instances(&st)[1]["pid"].as_u64().unwrap() as i32;
-    let failures = Arc::new(AtomicU64::new(0));
-    let cut = Arc::new(AtomicU64::new(0));
-    let ok = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let rt = rt();
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (failures, cut, ok, stop, addr) = (
-                failures.clone(),
-                cut.clone(),
-                ok.clone(),
-                stop.clone(),
-                up.listen,
-            );
-            rt.spawn(async move {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    // A failure to get a READY greeting is a client failure; a session cut
-                    // after it (its instance was killed mid-session) is counted apart.
-                    let mut c = match Client::connect(addr, T).await {
-                        Ok(c) => c,
-                        Err(_) => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                    };
-                    let r = async {
-                        c.ping().await?;
-                        c.quit().await
-                    }
-                    .await;
-                    match r {
-                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => cut.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let clients = ClientLoop::start(up.listen, 8);
     std::thread::sleep(Duration::from_millis(500));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim),
@@ -175,24 +137,15 @@ fn killed_instance_is_replaced_without_client_failures() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    rt.block_on(async {
-        for c in clients {
-            c.await.unwrap();
-        }
-    });
-    assert!(ok.load(Ordering::Relaxed) > 50);
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "client failures through the proxy"
+    let r = clients.stop();
+    assert!(r.ok > 50);
+    assert!(
+        r.failures.is_empty(),
+        "client failures through the proxy: {:?}",
+        r.failures
     );
     // At most the sessions in flight on the killed instance were cut.
-    assert!(
-        cut.load(Ordering::Relaxed) <= 8,
-        "cut: {}",
-        cut.load(Ordering::Relaxed)
-    );
+    assert!(r.cut <= 8, "cut: {}", r.cut);
 }
 
 #[test]

@@ -374,3 +374,91 @@ pub fn http(
         .unwrap_or_default();
     Ok((code, body))
 }
+
+/// `n` clients doing connect / PING / QUIT in a loop through `addr` until [`ClientLoop::stop`]
+/// (60 s at most): a connection without a READY greeting is a client failure (kept with its
+/// error); a session cut after the greeting (its instance killed mid-session) is counted
+/// apart.
+pub struct ClientLoop {
+    rt: tokio::runtime::Runtime,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a [`ClientLoop`] saw.
+pub struct LoopResult {
+    pub ok: u64,
+    pub cut: u64,
+    pub failures: Vec<String>,
+}
+
+impl ClientLoop {
+    pub fn start(addr: SocketAddr, n: usize) -> ClientLoop {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let t = Duration::from_secs(20);
+        let clients = (0..n)
+            .map(|_| {
+                let (failures, cut, ok, stop) =
+                    (failures.clone(), cut.clone(), ok.clone(), stop.clone());
+                rt.spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Relaxed) && Instant::now() < deadline {
+                        let mut c = match storeherd::wire::Client::connect(addr, t).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                failures.lock().unwrap().push(e.to_string());
+                                continue;
+                            }
+                        };
+                        let r = async {
+                            c.ping().await?;
+                            c.quit().await
+                        }
+                        .await;
+                        match r {
+                            Ok(()) => ok.fetch_add(1, Relaxed),
+                            Err(_) => cut.fetch_add(1, Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        ClientLoop {
+            rt,
+            stop,
+            failures,
+            cut,
+            ok,
+            clients,
+        }
+    }
+
+    /// Stops the clients and waits for them.
+    pub fn stop(self) -> LoopResult {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stop.store(true, Relaxed);
+        self.rt.block_on(async {
+            for c in self.clients {
+                c.await.unwrap();
+            }
+        });
+        let failures = self.failures.lock().unwrap().clone();
+        LoopResult {
+            ok: self.ok.load(Relaxed),
+            cut: self.cut.load(Relaxed),
+            failures,
+        }
+    }
+}
