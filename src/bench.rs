@@ -80,6 +80,38 @@ pub struct Config {
     pub tls: bool,
     pub login: Option<(String, String)>,
     pub verify: bool,
+    /// Fixed-rate mode: operations per second across all connections. Each connection starts
+    /// its operations on a schedule and latency counts from the scheduled start, so a stall
+    /// is charged to every operation it delays (no coordinated omission). `None`: each
+    /// connection goes as fast as it can.
+    pub rate: Option<f64>,
+}
+
+/// One connection's schedule in fixed-rate mode.
+struct Pacer {
+    next: tokio::time::Instant,
+    every: Duration,
+}
+
+impl Pacer {
+    /// Connection `idx` of `n` at `rate` operations per second in total, spread over the
+    /// first interval so the connections do not fire together.
+    fn new(rate: f64, idx: usize, n: usize) -> Pacer {
+        let every = Duration::from_secs_f64(n as f64 / rate.max(1e-3));
+        let offset = every.mul_f64(idx as f64 / n.max(1) as f64);
+        Pacer {
+            next: tokio::time::Instant::now() + offset,
+            every,
+        }
+    }
+
+    /// Waits for the next scheduled start and returns it.
+    async fn wait(&mut self) -> Instant {
+        tokio::time::sleep_until(self.next).await;
+        let at = self.next;
+        self.next += self.every;
+        at.into_std()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -259,9 +291,14 @@ async fn connection(
         rng_state
     };
     let mut session: Option<Client> = None;
+    let mut pacer = cfg.rate.map(|r| Pacer::new(r, idx, cfg.connections.max(1)));
     while tokio::time::Instant::now() < deadline {
+        let scheduled = match pacer.as_mut() {
+            Some(p) => Some(p.wait().await),
+            None => None,
+        };
         if cfg.op == Op::Connect {
-            let t = Instant::now();
+            let t = scheduled.unwrap_or_else(Instant::now);
             let r = tokio::time::timeout_at(deadline, async {
                 let (c, g) = Client::connect_any(addr, OP_TIMEOUT).await?;
                 if g == Greeting::Busy {
@@ -294,7 +331,7 @@ async fn connection(
             Op::Mixed => next_rand() % 5 == 0,
             _ => false,
         };
-        let t = Instant::now();
+        let t = scheduled.unwrap_or_else(Instant::now);
         let result = if cfg.op == Op::Ping {
             tokio::time::timeout_at(deadline, client.ping()).await
         } else if do_store {

@@ -134,6 +134,21 @@ fn every_op_runs_against_a_real_server_with_no_errors() {
 }
 
 #[test]
+fn a_fixed_rate_never_runs_ahead_of_its_schedule() {
+    let s = server();
+    // 4 connections at 200/s in total for 1 s: each starts at most one operation per 20 ms
+    // of its schedule, so however fast the server, no more than rate × duration + one per
+    // connection complete.
+    let v = run_json(&s, "ping", &["--rate", "200"]);
+    let ops = v["ops"].as_u64().unwrap();
+    let secs = v["duration_s"].as_f64().unwrap();
+    assert!(ops as f64 <= 200.0 * secs + 4.0, "{ops} ops in {secs} s at 200/s: {v}");
+    let (out, _) = bench(&["--rate", "0", "-d", "1"], RUN_LIMIT);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rate must be a positive"));
+}
+
+#[test]
 fn human_output_names_the_op_and_the_figures() {
     let s = server();
     let (out, _) = bench(

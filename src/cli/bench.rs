@@ -21,6 +21,12 @@ pub fn run(args: BenchArgs) -> Outcome {
     };
     anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
     anyhow::ensure!(!args.target.is_empty(), "--target needs an address");
+    if let Some(r) = args.rate {
+        anyhow::ensure!(
+            r.is_finite() && r > 0.0,
+            "--rate must be a positive number of operations per second"
+        );
+    }
     let cfg = Config {
         targets: args.target.clone(),
         op: args.op.parse()?,
@@ -30,6 +36,7 @@ pub fn run(args: BenchArgs) -> Outcome {
         tls: args.tls,
         login,
         verify: args.verify,
+        rate: args.rate,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

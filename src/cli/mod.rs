@@ -285,6 +285,10 @@ pub struct BenchArgs {
     /// Wait until every stored block is readable and report blocks/s processed.
     #[arg(long)]
     pub verify: bool,
+    /// Fixed rate: operations per second across all connections, latency counted from each
+    /// operation's scheduled start (compares tails at equal offered load).
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
