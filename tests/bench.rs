@@ -142,7 +142,10 @@ fn a_fixed_rate_never_runs_ahead_of_its_schedule() {
     let v = run_json(&s, "ping", &["--rate", "200"]);
     let ops = v["ops"].as_u64().unwrap();
     let secs = v["duration_s"].as_f64().unwrap();
-    assert!(ops as f64 <= 200.0 * secs + 4.0, "{ops} ops in {secs} s at 200/s: {v}");
+    assert!(
+        ops as f64 <= 200.0 * secs + 4.0,
+        "{ops} ops in {secs} s at 200/s: {v}"
+    );
     let (out, _) = bench(&["--rate", "0", "-d", "1"], RUN_LIMIT);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rate must be a positive"));
