@@ -127,6 +127,16 @@ fn announcement(recipient: [u8; 20], n: u8, opt_out: bool) -> (String, Vec<u8>) 
     (key, text.into_bytes())
 }
 
+/// Uploads `(key, block)` with STORE SERVER as the stock client does; it must answer DONE.
+fn store(c: &mut common::Raw, (key, block): &(String, Vec<u8>)) {
+    c.send_line(&format!("STORE SERVER {key}"));
+    for l in String::from_utf8_lossy(block).lines() {
+        c.send_line(l);
+    }
+    c.send_line("EndBlock");
+    assert_eq!(c.line().as_deref(), Some("DONE"));
+}
+
 fn write_notify(home: &Path, text: &str, mtime: SystemTime) {
     let path = home.join("notify.txt");
     std::fs::write(&path, text).unwrap();
@@ -160,15 +170,7 @@ fn new_mail_notices_for_subscribed_keys() {
     let s = TestServer::start_in(&home, common::Options::default());
     let mut c = s.raw();
 
-    let store = |c: &mut common::Raw, (key, block): (String, Vec<u8>)| {
-        c.send_line(&format!("STORE SERVER {key}"));
-        for l in String::from_utf8(block).unwrap().lines() {
-            c.send_line(l);
-        }
-        c.send_line("EndBlock");
-        assert_eq!(c.line().as_deref(), Some("DONE"));
-    };
-    store(&mut c, announcement(alice, 1, false));
+    store(&mut c, &announcement(alice, 1, false));
     let mails = smtp.wait_mails(1);
     assert_eq!(mails.len(), 1, "{}", s.log());
     assert!(
@@ -196,9 +198,9 @@ fn new_mail_notices_for_subscribed_keys() {
 
     // Opted out, and not subscribed: no mail. Notices go out in order, so alice's next
     // one is the second mail only if nothing came between.
-    store(&mut c, announcement(carol, 2, true));
-    store(&mut c, announcement(bob, 3, false));
-    store(&mut c, announcement(alice, 4, false));
+    store(&mut c, &announcement(carol, 2, true));
+    store(&mut c, &announcement(bob, 3, false));
+    store(&mut c, &announcement(alice, 4, false));
     let mails = smtp.wait_mails(2);
     assert_eq!(mails.len(), 2, "{mails:?}");
     assert!(
@@ -210,13 +212,13 @@ fn new_mail_notices_for_subscribed_keys() {
     // notify.txt edited while the server runs: read again (bob in, alice and carol out).
     let second = format!("{settings}{},email,bob@example.org\n", hex::encode(bob));
     write_notify(&home, &second, SystemTime::now());
-    store(&mut c, announcement(alice, 5, false));
-    store(&mut c, announcement(bob, 6, false));
+    store(&mut c, &announcement(alice, 5, false));
+    store(&mut c, &announcement(bob, 6, false));
     let mails = smtp.wait_mails(3);
     assert_eq!(mails.len(), 3, "{mails:?}");
     assert!(mails[2].starts_with("bob@example.org\n\n"), "{}", mails[2]);
-    store(&mut c, announcement(carol, 7, false));
-    store(&mut c, announcement(bob, 8, false));
+    store(&mut c, &announcement(carol, 7, false));
+    store(&mut c, &announcement(bob, 8, false));
     let mails = smtp.wait_mails(4);
     assert_eq!(mails.len(), 4, "{mails:?}");
     assert!(mails[3].starts_with("bob@example.org\n\n"), "{}", mails[3]);
@@ -248,13 +250,7 @@ fn an_smtp_server_answering_garbage_is_logged_and_processing_goes_on() {
     let s = TestServer::start_in(&home, common::Options::default());
     let mut c = s.raw();
     for n in 0..3u8 {
-        let (key, block) = announcement(recipient, n, false);
-        c.send_line(&format!("STORE SERVER {key}"));
-        for l in String::from_utf8(block).unwrap().lines() {
-            c.send_line(l);
-        }
-        c.send_line("EndBlock");
-        assert_eq!(c.line().as_deref(), Some("DONE"));
+        store(&mut c, &announcement(recipient, n, false));
     }
     assert!(s.wait_queue_empty(Duration::from_secs(20)));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -293,13 +289,7 @@ fn a_dead_smtp_server_does_not_hold_up_a_stop() {
     let mut s = TestServer::start_in(&home, common::Options::default());
     let mut c = s.raw();
     for n in 0..3u8 {
-        let (key, block) = announcement(recipient, n, false);
-        c.send_line(&format!("STORE SERVER {key}"));
-        for l in String::from_utf8(block).unwrap().lines() {
-            c.send_line(l);
-        }
-        c.send_line("EndBlock");
-        assert_eq!(c.line().as_deref(), Some("DONE"));
+        store(&mut c, &announcement(recipient, n, false));
     }
     assert!(s.wait_queue_empty(Duration::from_secs(20)));
     nix::sys::signal::kill(

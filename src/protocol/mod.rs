@@ -12,7 +12,17 @@ pub mod pow;
 /// Longest line the server accepts (Twisted's `MAX_LENGTH`); replies are held to the same.
 pub const MAX_LINE: usize = 16384;
 
-/// The greeting a ready server sends (docs/protocol.md §2).
-pub const GREETING_READY: &str = "CONFIDANT MAIL SERVER PROTOCOL 1 READY";
+/// A greeting line's text (docs/protocol.md §2), as a literal so that lines can be built at
+/// compile time.
+macro_rules! greeting {
+    ($word:literal) => {
+        concat!("CONFIDANT MAIL SERVER PROTOCOL 1 ", $word)
+    };
+}
+
+/// The greeting a ready server sends.
+pub const GREETING_READY: &str = greeting!("READY");
 /// The greeting of a server over `max_connections` (also sent by the proxy when full).
-pub const GREETING_BUSY: &str = "CONFIDANT MAIL SERVER PROTOCOL 1 BUSY";
+pub const GREETING_BUSY: &str = greeting!("BUSY");
+/// [`GREETING_BUSY`] with its line end, as the proxy writes it to a client it turns away.
+pub const BUSY_LINE: &[u8] = concat!(greeting!("BUSY"), "\r\n").as_bytes();

@@ -18,10 +18,6 @@ use super::pool::{ClientSlot, Counters, InstanceSlot, Pool};
 use super::relay::relay;
 use super::ProxyError;
 
-/// What a client gets when no instance can take it: the BUSY greeting as a line.
-fn busy_line() -> String {
-    format!("{}\r\n", crate::protocol::GREETING_BUSY)
-}
 /// Pause after an accept error caused by a resource limit (EMFILE…), so as not to spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Pause between placement passes while no instance can take a client.
@@ -263,7 +259,9 @@ async fn place(
 /// closes (briefly), because closing with unread input would reset the connection and could
 /// discard the line before the client reads it.
 async fn turn_away(mut client: TcpStream, pool: Pool) {
-    if client.write_all(busy_line().as_bytes()).await.is_err() || client.shutdown().await.is_err() {
+    if client.write_all(crate::protocol::BUSY_LINE).await.is_err()
+        || client.shutdown().await.is_err()
+    {
         return;
     }
     let Some(_lingering) = pool.linger(MAX_LINGERING) else {

@@ -57,29 +57,38 @@ pub fn is_nfs_placeholder(name: &std::ffi::OsStr) -> bool {
 /// and once this returns the new one survives a power cut. Every whole-file replacement
 /// outside the store tree uses it (the tree's blocks have their own batched path).
 pub fn replace_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    // `mode` applies only on creation; a leftover temporary file gets it too.
-    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
+    let tmp = temp_name(path);
+    write_synced(&tmp, bytes, mode)?;
     std::fs::rename(&tmp, path)?;
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
         _ => Ok(()),
     }
+}
+
+/// This process's temporary name for `path`, in the same folder: `.<name>.<pid>.tmp`.
+pub fn temp_name(path: &std::path::Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Writes `bytes` as the whole of `path` (created with `mode`) and syncs it.
+pub fn write_synced(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    // `mode` applies only on creation; a leftover temporary file gets it too.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// `fsync` of a directory, so that entries created, renamed or removed in it are durable.

@@ -221,8 +221,9 @@ pub fn read_or_create_key(path: &Path) -> Result<String, ProvisionError> {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(io_err(dir))?;
             }
-            let tmp = tmp_name(path);
-            write_file(&tmp, format!("{key}\n").as_bytes(), 0o600)?;
+            let tmp = crate::store::temp_name(path);
+            crate::store::write_synced(&tmp, format!("{key}\n").as_bytes(), 0o600)
+                .map_err(io_err(&tmp))?;
             // hard_link refuses to replace: if another process made the key first, use theirs.
             let linked = fs::hard_link(&tmp, path);
             let _ = fs::remove_file(&tmp);
@@ -389,29 +390,6 @@ fn seed_auth(path: &Path, desired: &[Account]) -> Result<(), ProvisionError> {
         .map_err(io_err(path))
 }
 
-fn tmp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ProvisionError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_err(path))?;
-    // `mode` applies only on creation; a leftover temp file keeps the wanted mode too.
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .and_then(|_| f.write_all(bytes))
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(path))
-}
-
 /// Temp file + rename in the same directory: readers see the old or the new file, never half.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ProvisionError> {
     if let Some(dir) = path.parent() {
@@ -420,11 +398,13 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ProvisionErr
     crate::store::replace_file(path, bytes, mode).map_err(io_err(path))
 }
 
+/// Makes the entry `path` durable in its folder.
 fn sync_dir(path: &Path) -> Result<(), ProvisionError> {
     match path.parent() {
-        Some(dir) => fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir)),
+        Some(dir) => crate::store::sync_dir(dir).map_err(|e| ProvisionError::Io {
+            path: e.path,
+            source: e.source,
+        }),
         None => Ok(()),
     }
 }

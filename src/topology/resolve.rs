@@ -527,12 +527,12 @@ fn health_plan(ctx: &Ctx, h: model::HealthModel) -> Result<HealthPlan, TopologyE
     };
     positive(ctx, "health.interval", health.interval)?;
     positive(ctx, "health.timeout", health.timeout)?;
-    if health.unhealthy_after == 0 {
-        return Err(ctx.at_key(
-            "health.unhealthy_after",
-            "health.unhealthy_after is 0: expected a number of failed checks, at least 1",
-        ));
-    }
+    at_least_one(
+        ctx,
+        "health.unhealthy_after",
+        u64::from(health.unhealthy_after),
+        "a number of failed checks",
+    )?;
     Ok(health)
 }
 
@@ -561,12 +561,12 @@ fn restart_plan(ctx: &Ctx, r: model::RestartModel) -> Result<RestartPlan, Topolo
             ),
         ));
     }
-    if restart.crash_loop_restarts == 0 {
-        return Err(ctx.at_key(
-            "restart.crash_loop.restarts",
-            "restart.crash_loop.restarts is 0: expected a number of restarts, at least 1",
-        ));
-    }
+    at_least_one(
+        ctx,
+        "restart.crash_loop.restarts",
+        u64::from(restart.crash_loop_restarts),
+        "a number of restarts",
+    )?;
     positive(ctx, "restart.crash_loop.within", restart.crash_loop_within)?;
     Ok(restart)
 }
@@ -598,12 +598,12 @@ fn proxy_plan(ctx: &Ctx, p: model::ProxyModel) -> Result<ProxyPlan, TopologyErro
             Some(list) => Some(trusted_networks(ctx, list)?),
         },
     };
-    if proxy.max_connections == 0 {
-        return Err(ctx.at_key(
-            "proxy.max_connections",
-            "proxy.max_connections is 0: expected a number of client connections, at least 1",
-        ));
-    }
+    at_least_one(
+        ctx,
+        "proxy.max_connections",
+        proxy.max_connections as u64,
+        "a number of client connections",
+    )?;
     positive(ctx, "proxy.connect_timeout", proxy.connect_timeout)?;
     positive(ctx, "proxy.idle_timeout", proxy.idle_timeout)?;
     Ok(proxy)
@@ -759,6 +759,13 @@ fn same_host_clash(
 
 fn dur(v: &Option<model::Dur>, default: Duration) -> Duration {
     v.map(|d| d.0).unwrap_or(default)
+}
+
+fn at_least_one(ctx: &Ctx, key: &str, n: u64, what: &str) -> Result<(), TopologyError> {
+    if n == 0 {
+        return Err(ctx.at_key(key, format!("{key} is 0: expected {what}, at least 1")));
+    }
+    Ok(())
 }
 
 fn positive(ctx: &Ctx, key: &str, d: Duration) -> Result<(), TopologyError> {

@@ -127,6 +127,17 @@ pub struct PruneCounts {
     pub unreadable: u64,
 }
 
+impl TypeCounts {
+    fn add(&mut self, c: &TypeCounts) {
+        self.examined += c.examined;
+        self.removed += c.removed;
+        self.rewritten += c.rewritten;
+        self.entries += c.entries;
+        self.entries_removed += c.entries_removed;
+        self.bytes_freed += c.bytes_freed;
+    }
+}
+
 impl PruneCounts {
     fn entry(&mut self, kind: Kind) -> &mut TypeCounts {
         self.types.entry(kind.as_str().to_string()).or_default()
@@ -136,12 +147,7 @@ impl PruneCounts {
     pub fn totals(&self) -> TypeCounts {
         let mut t = TypeCounts::default();
         for c in self.types.values() {
-            t.examined += c.examined;
-            t.removed += c.removed;
-            t.rewritten += c.rewritten;
-            t.entries += c.entries;
-            t.entries_removed += c.entries_removed;
-            t.bytes_freed += c.bytes_freed;
+            t.add(c);
         }
         t.examined += self.other + self.unreadable;
         t
@@ -149,13 +155,7 @@ impl PruneCounts {
 
     pub fn add(&mut self, other: &PruneCounts) {
         for (k, c) in &other.types {
-            let e = self.types.entry(k.clone()).or_default();
-            e.examined += c.examined;
-            e.removed += c.removed;
-            e.rewritten += c.rewritten;
-            e.entries += c.entries;
-            e.entries_removed += c.entries_removed;
-            e.bytes_freed += c.bytes_freed;
+            self.types.entry(k.clone()).or_default().add(c);
         }
         self.other += other.other;
         self.unreadable += other.unreadable;
