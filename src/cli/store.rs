@@ -48,7 +48,9 @@ pub fn run(args: StoreArgs) -> Outcome {
         log_traffic: args.logtraffic,
         handoff: args.handoff,
     };
-    match crate::server::run(&homedir, opts) {
+    let served = crate::server::Listeners::bind(&homedir)
+        .and_then(|listeners| crate::server::run(&homedir, opts, listeners, signalled()));
+    match served {
         Ok(()) => Ok(std::process::ExitCode::SUCCESS),
         Err(e) if e.is_config() => {
             tracing::error!("{e}");
@@ -57,6 +59,19 @@ pub fn run(args: StoreArgs) -> Outcome {
         }
         Err(e) => Err(anyhow::Error::new(e).context("store server")),
     }
+}
+
+/// Resolves on SIGTERM or SIGINT. Polled inside the server's runtime, which is where the
+/// handlers must be installed.
+async fn signalled() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    Ok(())
 }
 
 /// The daemon's pid file, written by the daemon itself and removed when it stops.

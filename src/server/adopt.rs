@@ -51,7 +51,7 @@ async fn serve_channel(shared: Rc<Shared>, chan: Rc<Channel>, ids: Rc<Cell<u64>>
                 break;
             }
         };
-        let full = shared.stopping.get() || shared.conns.get() >= shared.config.max_connections;
+        let full = shared.is_stopping() || shared.conns.get() >= shared.config.max_connections;
         // The greeting goes out before the answer: should this process die in between, the
         // proxy sees on the socket itself whether the client was greeted (then it is this
         // instance's cut session) or not (then it places the client elsewhere).

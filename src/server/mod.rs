@@ -74,7 +74,7 @@ pub mod worker;
 use std::cell::{Cell, RefCell};
 use std::sync::mpsc;
 
-pub use run::{run, RunOptions, ServerError};
+pub use run::{run, Listeners, RunOptions, ServerError};
 
 /// State shared by the sessions (all on the network thread).
 pub struct Shared {
@@ -98,14 +98,27 @@ pub struct Shared {
     pub worker: mpsc::Sender<worker::Job>,
     /// Open connections, refused ones included (docs/protocol.md §2).
     pub conns: Cell<usize>,
-    pub stopping: Cell<bool>,
-    pub stop: tokio::sync::Notify,
+    /// The last connection closed (`conns` fell to 0): what a stopping server waits for.
+    pub idle: tokio::sync::Notify,
+    /// Set once the server is stopping: it accepts no more, and sessions close between
+    /// commands.
+    pub stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
-    /// Stops accepting; the server then stops its worker and exits.
+    /// Stops accepting; sessions finish the command they are in and close, and the server
+    /// then stops its worker and exits.
     pub fn begin_shutdown(&self) {
-        self.stopping.set(true);
-        self.stop.notify_one();
+        self.stop.send_replace(true);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves once the server is stopping.
+    pub async fn stopping(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 }

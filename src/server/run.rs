@@ -67,12 +67,57 @@ pub struct RunOptions {
     pub handoff: bool,
 }
 
-/// Runs the server until SHUTDOWN, SIGTERM or SIGINT.
-pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
+/// How long a stopping server waits for its sessions to finish the command they are in.
+const SESSION_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The server's listening sockets, bound before it starts.
+pub struct Listeners(Vec<std::net::TcpListener>);
+
+impl Listeners {
+    /// Binds what `<home>/config.txt` names: `listen_address` and `sport`; with
+    /// `enable_ipv6`, 0.0.0.0 becomes one dual-stack [::] socket and 127.0.0.1 gains [::1].
+    pub fn bind(home: &Path) -> Result<Listeners, ServerError> {
+        let config = load_config(home)?.config;
+        let mut addrs = vec![SocketAddr::new(config.listen_address, config.sport)];
+        if config.enable_ipv6 {
+            if let IpAddr::V4(v4) = config.listen_address {
+                if v4.is_unspecified() {
+                    addrs = vec![SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), config.sport)];
+                } else if v4.is_loopback() {
+                    addrs.push(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), config.sport));
+                }
+            }
+        }
+        let mut sockets = Vec::new();
+        for addr in addrs {
+            sockets.push(listen(addr).map_err(|source| ServerError::Bind { addr, source })?);
+        }
+        Ok(Listeners(sockets))
+    }
+
+    /// Sockets bound elsewhere (a test's ephemeral ports).
+    pub fn from_std(sockets: Vec<std::net::TcpListener>) -> Listeners {
+        Listeners(sockets)
+    }
+}
+
+fn load_config(home: &Path) -> Result<crate::server::config::Loaded, ServerError> {
     if !home.is_dir() {
         return Err(ServerError::NoHome(home.to_path_buf()));
     }
-    let loaded = Config::load(&home.join("config.txt"))?;
+    Ok(Config::load(&home.join("config.txt"))?)
+}
+
+/// Runs the server on `listeners` until SHUTDOWN or until `shutdown` resolves (with an
+/// error, the server stops and returns it); sessions then finish the command they are in
+/// and are joined (for at most [`SESSION_GRACE`]).
+pub fn run(
+    home: &Path,
+    opts: RunOptions,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), ServerError> {
+    let loaded = load_config(home)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -149,30 +194,20 @@ pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
     let (ingest, ingest_thread) =
         Ingest::start(journal, sendqueue.clone(), job_tx.clone(), preparer)?;
 
-    // `enable_ipv6`: 0.0.0.0 becomes one dual-stack [::] socket; 127.0.0.1 gains [::1].
-    let mut addrs = vec![SocketAddr::new(config.listen_address, config.sport)];
-    if config.enable_ipv6 {
-        if let IpAddr::V4(v4) = config.listen_address {
-            if v4.is_unspecified() {
-                addrs = vec![SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), config.sport)];
-            } else if v4.is_loopback() {
-                addrs.push(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), config.sport));
-            }
-        }
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut listeners = Vec::new();
-    for addr in &addrs {
-        let l = rt
-            .block_on(async { listen(*addr) })
-            .map_err(|source| ServerError::Bind {
-                addr: *addr,
-                source,
-            })?;
-        listeners.push(l);
-    }
+    let listeners = {
+        let _in_rt = rt.enter();
+        listeners
+            .0
+            .into_iter()
+            .map(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?
+    };
     let dns = {
         // The resolver's connections belong to this runtime.
         let _in_rt = rt.enter();
@@ -225,20 +260,20 @@ pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
         liveness,
         worker: job_tx.clone(),
         conns: Cell::new(0),
-        stopping: Cell::new(false),
-        stop: tokio::sync::Notify::new(),
+        idle: tokio::sync::Notify::new(),
+        stop: tokio::sync::watch::Sender::new(false),
     });
     let local = tokio::task::LocalSet::new();
     let handoff = opts.handoff.then(|| crate::handoff::socket_path(home));
     let result = local.block_on(
         &rt,
-        serve(shared.clone(), listeners, addrs, handoff.as_deref()),
+        serve(shared.clone(), listeners, handoff.as_deref(), shutdown),
     );
     if let Some(path) = &handoff {
         let _ = std::fs::remove_file(path);
     }
-    // Sessions still open are dropped with the runtime; anything they had acknowledged is
-    // durable in the input journal already.
+    // Sessions still open past the grace are dropped with the runtime; anything they had
+    // acknowledged is durable in the input journal already.
     drop(local);
     if let Some(node) = &node {
         rt.block_on(node.shutdown());
@@ -270,13 +305,14 @@ pub fn run(home: &Path, opts: RunOptions) -> Result<(), ServerError> {
 async fn serve(
     shared: Rc<Shared>,
     listeners: Vec<tokio::net::TcpListener>,
-    addrs: Vec<SocketAddr>,
     handoff: Option<&Path>,
+    shutdown: impl std::future::Future<Output = std::io::Result<()>>,
 ) -> Result<(), ServerError> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
     for l in listeners {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!("listening on {a}");
+        }
         let tx = conn_tx.clone();
         tokio::task::spawn_local(async move {
             loop {
@@ -295,9 +331,7 @@ async fn serve(
             }
         });
     }
-    for a in &addrs {
-        tracing::info!("listening on {a}");
-    }
+    drop(conn_tx);
     tokio::task::spawn_local(sender::run(shared.clone()));
     // Session ids, shared with the sessions handed over by the proxy.
     let ids = Rc::new(Cell::new(0u64));
@@ -315,6 +349,8 @@ async fn serve(
             Err(e) => tracing::error!("no hand-off channel at {}: {e}", path.display()),
         }
     }
+    tokio::pin!(shutdown);
+    let mut result = Ok(());
     loop {
         tokio::select! {
             Some(stream) = conn_rx.recv() => {
@@ -322,29 +358,42 @@ async fn serve(
                 ids.set(id);
                 tokio::task::spawn_local(session::serve(shared.clone(), stream, id));
             }
-            _ = shared.stop.notified() => break,
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
+            _ = shared.stopping() => break,
+            r = &mut shutdown => {
+                result = r.map_err(ServerError::Io);
+                break;
+            }
         }
     }
-    // The proxy's hand-offs are refused from here on (it places those clients elsewhere).
-    shared.stopping.set(true);
-    // Let the session that sent SHUTDOWN write its GOODBYE.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    Ok(())
+    // From here the proxy's hand-offs are refused (it places those clients elsewhere) and
+    // sessions close once their current command is answered.
+    shared.begin_shutdown();
+    drop(conn_rx);
+    let joined = tokio::time::timeout(SESSION_GRACE, async {
+        while shared.conns.get() > 0 {
+            shared.idle.notified().await;
+        }
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!(
+            "{} session(s) still in a command after {SESSION_GRACE:?}; closing them",
+            shared.conns.get()
+        );
+    }
+    result
 }
 
-/// A listening socket with a deep accept queue, so that a burst of connections waits in the
-/// kernel instead of timing out on SYN-ACK retransmits (std's default backlog is 128).
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let sock = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    sock.set_reuseaddr(true)?;
-    sock.bind(addr)?;
-    sock.listen(4096)
+/// A listening socket with the deepest accept queue the system allows (`somaxconn`, 4096 by
+/// default), so that a burst of connections waits in the kernel instead of timing out on
+/// SYN-ACK retransmits (std's backlog is 128).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    // std sets SO_REUSEADDR on Unix; a second listen() on a listening socket only deepens
+    // its queue.
+    let l = std::net::TcpListener::bind(addr)?;
+    nix::sys::socket::listen(&l, nix::sys::socket::Backlog::MAXALLOWABLE)
+        .map_err(std::io::Error::from)?;
+    Ok(l)
 }
 
 /// The queue files left from the last run whose content matches their name; others are

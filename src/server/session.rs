@@ -45,7 +45,12 @@ impl Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.conns.set(self.0.conns.get() - 1);
+        let left = self.0.conns.get() - 1;
+        self.0.conns.set(left);
+        if left == 0 {
+            // A stored permit, so a stopping server that starts waiting later still wakes.
+            self.0.idle.notify_one();
+        }
     }
 }
 
@@ -147,7 +152,20 @@ async fn run(shared: Rc<Shared>, tcp: Tcp, id: u64, counted: Counted, greet: Gre
 
 impl Session {
     async fn run(&mut self) {
-        while let Some(line) = self.next_line().await {
+        let shared = self.shared.clone();
+        loop {
+            // Between commands a stopping server closes the session; a command under way
+            // (an upload waiting for its DONE) runs to its reply. The last reply is written
+            // first, so that stopping never cuts it.
+            if !self.flush().await {
+                return;
+            }
+            let line = tokio::select! {
+                biased;
+                _ = shared.stopping() => None,
+                line = self.next_line() => line,
+            };
+            let Some(line) = line else { break };
             let cmd = command::parse(&line);
             if cmd == Command::Invalid {
                 self.invalid += 1;

@@ -1,6 +1,10 @@
 //! The supervisor's reconcile loop: owns the instance set, keeps the proxy's ready set in
 //! step with instance health, carries out control requests, reloads the topology, and drains
-//! everything on SIGTERM/SIGINT.
+//! everything when told to stop.
+//!
+//! [`run`] takes its listeners and its outside commands from the caller: `cli/up.rs` binds
+//! the plan's addresses and turns signals into [`Outside`] commands; tests drive it in-process
+//! the same way.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -44,8 +47,6 @@ pub enum SupervisorError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("installing signal handlers: {0}")]
-    Signals(std::io::Error),
     #[error(transparent)]
     Accounts(#[from] crate::accounts::AccountsError),
 }
@@ -108,8 +109,40 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Super
         .map_err(|source| SupervisorError::Listen { addr, what, source })
 }
 
-/// Runs `storeherd up` until SIGTERM/SIGINT, then drains and stops everything.
-pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError> {
+/// The supervisor's two listening sockets, bound by its caller.
+pub struct Listeners {
+    /// Where clients connect (the proxy).
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the plan's public and admin addresses.
+    pub async fn bind(plan: &Plan) -> Result<Self, SupervisorError> {
+        Ok(Listeners {
+            public: bind(plan.listen, "public proxy port").await?,
+            admin: bind(plan.admin.listen, "admin API").await?,
+        })
+    }
+}
+
+/// What the supervisor's owner asks of it from outside the control API: `cli/up.rs` sends
+/// `Reload` on SIGHUP and `Stop` on SIGTERM/SIGINT. A closed channel means `Stop`, so an
+/// owner that goes away never leaves instances running unattended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outside {
+    Reload,
+    Stop,
+}
+
+/// Runs the supervisor until [`Outside::Stop`] (or `outside` closes), then drains and stops
+/// every instance. Built-in instances run `plan.server.program`.
+pub async fn run(
+    plan: Plan,
+    overrides: Overrides,
+    listeners: Listeners,
+    mut outside: mpsc::Receiver<Outside>,
+) -> Result<(), SupervisorError> {
     let token = match &plan.admin.token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -131,11 +164,10 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
         admin_key: prepared.admin_key.clone(),
         replication_key: prepared.replication_key.clone(),
     })?;
-    let proxy_listener = bind(plan.listen, "public proxy port").await?;
-    let admin_listener = bind(plan.admin.listen, "admin API").await?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(SupervisorError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(SupervisorError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(SupervisorError::Signals)?;
+    let Listeners {
+        public: proxy_listener,
+        admin: admin_listener,
+    } = listeners;
 
     let pool = Pool::new(limits(&plan));
     pool.set_accept_proxy(plan.proxy.accept_proxy.clone());
@@ -234,14 +266,14 @@ pub async fn run(plan: Plan, overrides: Overrides) -> Result<(), SupervisorError
                     warn!("topology change not applied: {e}");
                 }
             }
-            _ = sighup.recv() => {
-                info!("SIGHUP: reloading the topology");
-                if let Err(e) = sup.reload() {
-                    warn!("topology change not applied: {e}");
+            cmd = outside.recv() => match cmd {
+                Some(Outside::Reload) => {
+                    if let Err(e) = sup.reload() {
+                        warn!("topology change not applied: {e}");
+                    }
                 }
-            }
-            _ = sigterm.recv() => { info!("SIGTERM: draining and stopping"); break; }
-            _ = sigint.recv() => { info!("SIGINT: draining and stopping"); break; }
+                Some(Outside::Stop) | None => break,
+            },
             _ = status_tick.tick() => sup.publish(&mut sampler, &status_tx),
         }
     }
@@ -608,8 +640,10 @@ impl Supervisor {
                 "running on the built-in default: there is no topology file to reload".into(),
             ));
         };
-        let new = Plan::load(Some(&source), old.site.as_deref(), &self.overrides)
+        let mut new = Plan::load(Some(&source), old.site.as_deref(), &self.overrides)
             .map_err(|e| ControlError::Invalid(format!("refused, running state kept: {e}")))?;
+        // The program is the one this supervisor started with, not re-derived.
+        new.server.program = old.server.program.clone();
         old.restart_needed(&new)
             .map_err(|e| ControlError::Invalid(format!("refused: {e}")))?;
         let want = new.instances;

@@ -17,7 +17,7 @@ pub struct InstancePlan {
     /// naming the key file ([`InstancePlan::config_text`] puts the key in), so that printing
     /// a plan never shows a secret.
     pub config: Vec<(String, String)>,
-    /// The command, placeholders substituted. Built-in: `[current_exe, store, --homedir, home]`.
+    /// The command, placeholders substituted. Built-in: `[server.program, store, --homedir, home, --handoff]`.
     pub argv: Vec<String>,
 }
 
@@ -92,12 +92,9 @@ impl Plan {
         let home_text = home.display().to_string();
         let argv = match &self.server.command {
             ServerCommand::Builtin => {
-                let exe = std::env::current_exe()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| "storeherd".to_string());
                 // The proxy hands clients to built-in instances (`crate::handoff`).
                 vec![
-                    exe,
+                    self.server.program.display().to_string(),
                     "store".into(),
                     "--homedir".into(),
                     home_text,

@@ -87,6 +87,11 @@ pub struct Ports {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerPlan {
     pub command: ServerCommand,
+    /// The executable built-in instances run (`<program> store ...`): this storeherd binary.
+    /// Not part of the file, so never a reload difference; a test that runs the supervisor
+    /// in-process points it at the built `storeherd`.
+    #[serde(skip)]
+    pub program: PathBuf,
     /// Extra `config.txt` lines from `server.config`, in file order, lists already joined.
     pub config: Vec<(String, String)>,
     pub tls: TlsPlan,

@@ -498,11 +498,17 @@ fn server_plan(
     positive(ctx, "server.stop_grace", stop_grace)?;
     let server = ServerPlan {
         command,
+        program: builtin_program(),
         config,
         tls,
         stop_grace,
     };
     Ok(server)
+}
+
+/// The running storeherd binary, which built-in instances run as `storeherd store`.
+fn builtin_program() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("storeherd"))
 }
 
 /// `upkeep:`: when the supervisor prunes the site's store.
