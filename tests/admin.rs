@@ -9,6 +9,7 @@ mod prom;
 
 use std::net::SocketAddr;
 use std::process::Output;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,6 +18,7 @@ use storeherd::admin::{check_listen, serve, serve_with, AdminError, Limits};
 use storeherd::control::{
     Answer, ControlError, Handle, InstanceState, InstanceStatus, Request, Status,
 };
+use storeherd::topology::TopologyError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -69,18 +71,21 @@ fn sample_status() -> Status {
 /// when the test says so (to see the API stop waiting).
 fn answer(req: &Request) -> Option<Answer> {
     Some(match *req {
-        Request::Scale(n) if n > 64 => Err(ControlError::Invalid("at most 64 instances".into())),
+        Request::Scale(n) if n > 64 => Err(ControlError::TooManyInstances { max: 64 }),
         Request::Scale(n) => Ok(format!("scaling to {n} instances")),
         Request::Add(k) => Ok(format!("adding {k} instance(s)")),
         Request::Remove { id, now } if id <= 2 => Ok(format!("removing {id} (now: {now})")),
         Request::Restart(id) if id <= 2 => Ok(format!("restarting {id}")),
         Request::Remove { id, .. } | Request::Restart(id) => Err(ControlError::NoSuchInstance(id)),
-        Request::Reload => Err(ControlError::Invalid(
-            "topology.yaml:3:1: unknown key `instancs`".into(),
-        )),
+        Request::Reload => Err(ControlError::BadTopology(Arc::new(TopologyError::At {
+            file: "topology.yaml".into(),
+            line: 3,
+            column: 1,
+            message: "unknown key `instancs`".into(),
+        }))),
         Request::RollingRestart => return None,
         // Answered on their own channel by the accounts actor (tests/accounts.rs).
-        Request::Accounts { .. } => Err(ControlError::Invalid("no accounts here".into())),
+        Request::Accounts { .. } => Err(ControlError::ShuttingDown),
     })
 }
 

@@ -127,7 +127,7 @@ async fn store_server_stop_closes_idle_sessions_and_answers_uploads_under_way() 
     let (addr, stop, thread) = serve(&home);
     let mut reader = admin_session(addr, ADMIN_KEY).await;
     // Acknowledged means journaled; the restarted worker publishes it.
-    until("the block published", T, async || {
+    until("the block published", Duration::from_secs(30), async || {
         reader.get(&key, None).await.unwrap().as_ref() == Some(&block)
     })
     .await;
@@ -194,7 +194,7 @@ async fn supervisor_runs_in_process_reloads_and_stops_on_outside_commands() {
     let mut c = admin_session(listen, admin_key.trim()).await;
     let (key, block) = compose::data_block(b"through an in-process supervisor", chrono::Utc::now());
     assert!(c.store(&key, &block).await.unwrap());
-    until("the block published", T, async || {
+    until("the block published", Duration::from_secs(30), async || {
         c.get(&key, None).await.unwrap().as_ref() == Some(&block)
     })
     .await;

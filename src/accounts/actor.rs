@@ -20,6 +20,7 @@ use super::deliver::{self, Batch, Delivered, Keys, Op};
 use super::ledger::{is_privileged, is_special, is_user, valid_token, Ledger, DISABLED, UNDEFINED};
 use super::tail::{Polled, Tail};
 use super::{AccountsError, Command, Delivery, Msg, Reply, Report, Setup, MAX_GEN};
+use crate::control::accounts::Refusal;
 use crate::control::{ControlError, InstanceState};
 use crate::protocol::auth::new_key;
 
@@ -200,7 +201,7 @@ impl Actor {
             }),
             Command::Gen { count } => {
                 if !(1..=MAX_GEN).contains(&count) {
-                    Err(format!("gen makes 1 to {MAX_GEN} keys"))
+                    Err(Refusal::GenCount { max: MAX_GEN })
                 } else {
                     let keys: Vec<String> = (0..count).map(|_| new_key()).collect();
                     let ops = keys.iter().map(|k| (UNDEFINED.to_string(), k.clone()));
@@ -215,14 +216,12 @@ impl Actor {
         let (ops, message, keys) = match planned {
             Ok(p) => p,
             Err(e) => {
-                let _ = reply.send(Err(ControlError::Invalid(e)));
+                let _ = reply.send(Err(ControlError::Account(e)));
                 return;
             }
         };
         if let Err(e) = self.ledger.append(&ops) {
-            let _ = reply.send(Err(ControlError::Internal(format!(
-                "{e}; nothing was changed"
-            ))));
+            let _ = reply.send(Err(ControlError::Ledger(std::sync::Arc::new(e))));
             return;
         }
         let waits = self.fan_out(&ops, &|_| Some(true), true);
@@ -234,14 +233,12 @@ impl Actor {
         tokio::spawn(collect(waits, report, reply));
     }
 
-    fn check_key(&self, key: &str) -> Result<(), String> {
+    fn check_key(&self, key: &str) -> Result<(), Refusal> {
         if !valid_token(key) {
-            return Err(format!(
-                "{key:?} is not a key: keys are 8 to 40 letters and digits"
-            ));
+            return Err(Refusal::NotAKey(key.to_string()));
         }
         if self.is_role_key(key) {
-            return Err("that is the administrator's or the replication key".into());
+            return Err(Refusal::RoleKey);
         }
         Ok(())
     }
@@ -250,17 +247,13 @@ impl Actor {
         &self,
         user: String,
         key: String,
-    ) -> Result<(Vec<Op>, String, Vec<String>), String> {
+    ) -> Result<(Vec<Op>, String, Vec<String>), Refusal> {
         self.check_key(&key)?;
         if !valid_token(&user) {
-            return Err(format!(
-                "{user:?} is not a userhash: 8 to 40 letters and digits (normally the 40-digit key fingerprint)"
-            ));
+            return Err(Refusal::NotAUserhash(user));
         }
         if !is_user(&user) {
-            return Err(format!(
-                "{user} is a reserved name; use add-key for a free key, rm to disable one"
-            ));
+            return Err(Refusal::ReservedName(user));
         }
         let message = match self.ledger.user(&key) {
             Some(u) if u == user => format!("account {user} already had this key; sent again"),
@@ -270,12 +263,10 @@ impl Actor {
         Ok((vec![(user, key)], message, Vec::new()))
     }
 
-    fn plan_add_key(&self, key: String) -> Result<(Vec<Op>, String, Vec<String>), String> {
+    fn plan_add_key(&self, key: String) -> Result<(Vec<Op>, String, Vec<String>), Refusal> {
         self.check_key(&key)?;
         if let Some(u) = self.ledger.user(&key).filter(|u| is_user(u)) {
-            return Err(format!(
-                "the key is bound to {u}; `accounts rm` it first, or `accounts add` another user"
-            ));
+            return Err(Refusal::KeyBound(u.to_string()));
         }
         Ok((
             vec![(UNDEFINED.to_string(), key)],

@@ -88,9 +88,10 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
 fn control_error(e: &ControlError) -> Response<Full<Bytes>> {
     let status = match e {
         ControlError::NoSuchInstance(_) => StatusCode::NOT_FOUND,
-        ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
         ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ControlError::Ledger(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        e if e.is_refusal() => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error_response(status, &e.to_string())
 }

@@ -6,6 +6,23 @@ use tokio::sync::oneshot;
 
 use super::ControlError;
 
+/// An accounts command refused for what it asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0:?} is not a key: keys are 8 to 40 letters and digits")]
+    NotAKey(String),
+    #[error("that is the administrator's or the replication key")]
+    RoleKey,
+    #[error("{0:?} is not a userhash: 8 to 40 letters and digits (normally the 40-digit key fingerprint)")]
+    NotAUserhash(String),
+    #[error("{0} is a reserved name; use add-key for a free key, rm to disable one")]
+    ReservedName(String),
+    #[error("the key is bound to {0}; `accounts rm` it first, or `accounts add` another user")]
+    KeyBound(String),
+    #[error("gen makes 1 to {max} keys")]
+    GenCount { max: u32 },
+}
+
 /// One account line: user (or `undefined`/`disabled`), key, and the date it was written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {

@@ -5,6 +5,8 @@
 
 pub mod accounts;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -127,17 +129,41 @@ pub enum Request {
 /// The supervisor's answer: a human-readable message, or an error with its HTTP status.
 pub type Answer = Result<String, ControlError>;
 
+/// Why the supervisor refused or failed a request; [`ControlError::is_refusal`] tells a
+/// request the caller must change from one the supervisor could not carry out.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ControlError {
     #[error("no instance {0}")]
     NoSuchInstance(u32),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("instances must be between 1 and {max} (the port ranges allow no more)")]
+    InstancesOutOfRange { max: u32 },
+    #[error("at most {max} instances fit the port ranges")]
+    TooManyInstances { max: u32 },
+    #[error("a rolling restart is already running")]
+    RollingRestartRunning,
+    #[error("running on the built-in default: there is no topology file to reload")]
+    NoTopologyFile,
+    #[error("refused, running state kept: {0}")]
+    BadTopology(Arc<crate::topology::TopologyError>),
+    #[error("refused: {0}")]
+    RestartNeeded(crate::topology::RestartNeeded),
+    #[error(transparent)]
+    Account(#[from] accounts::Refusal),
     #[error("supervisor is shutting down")]
     ShuttingDown,
-    /// The supervisor could not do it (a write failed); the text says what.
-    #[error("{0}")]
-    Internal(String),
+    /// Writing the accounts ledger failed; nothing was changed.
+    #[error("{0}; nothing was changed")]
+    Ledger(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl ControlError {
+    /// True when the request itself is wrong (as opposed to missing or not possible now).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(
+            self,
+            ControlError::NoSuchInstance(_) | ControlError::ShuttingDown | ControlError::Ledger(_)
+        )
+    }
 }
 
 /// What the admin server holds: the latest status and a way to send requests.

@@ -538,10 +538,9 @@ impl Supervisor {
         match req {
             Request::Scale(n) => {
                 if n == 0 || n > plan.max_instances() {
-                    return Err(ControlError::Invalid(format!(
-                        "instances must be between 1 and {} (the port ranges allow no more)",
-                        plan.max_instances()
-                    )));
+                    return Err(ControlError::InstancesOutOfRange {
+                        max: plan.max_instances(),
+                    });
                 }
                 let before = self.live_ids().len();
                 self.scale_to(n);
@@ -550,10 +549,9 @@ impl Supervisor {
             Request::Add(count) => {
                 let n = self.live_ids().len() as u32 + count.max(1);
                 if n > plan.max_instances() {
-                    return Err(ControlError::Invalid(format!(
-                        "at most {} instances fit the port ranges",
-                        plan.max_instances()
-                    )));
+                    return Err(ControlError::TooManyInstances {
+                        max: plan.max_instances(),
+                    });
                 }
                 let before: Vec<u32> = self.live_ids();
                 self.scale_to(n);
@@ -592,9 +590,7 @@ impl Supervisor {
             }
             Request::RollingRestart => {
                 if self.rolling.as_ref().is_some_and(|r| !r.is_finished()) {
-                    return Err(ControlError::Invalid(
-                        "a rolling restart is already running".into(),
-                    ));
+                    return Err(ControlError::RollingRestartRunning);
                 }
                 let ids = self.live_ids();
                 let internal = self.internal_tx.clone();
@@ -636,16 +632,14 @@ impl Supervisor {
     fn reload(&mut self) -> Answer {
         let old = self.plan();
         let Some(source) = old.source.clone() else {
-            return Err(ControlError::Invalid(
-                "running on the built-in default: there is no topology file to reload".into(),
-            ));
+            return Err(ControlError::NoTopologyFile);
         };
         let mut new = Plan::load(Some(&source), old.site.as_deref(), &self.overrides)
-            .map_err(|e| ControlError::Invalid(format!("refused, running state kept: {e}")))?;
+            .map_err(|e| ControlError::BadTopology(Arc::new(e)))?;
         // The program is the one this supervisor started with, not re-derived.
         new.server.program = old.server.program.clone();
         old.restart_needed(&new)
-            .map_err(|e| ControlError::Invalid(format!("refused: {e}")))?;
+            .map_err(ControlError::RestartNeeded)?;
         let want = new.instances;
         self.pool.set_limits(limits(&new));
         self.pool.set_accept_proxy(new.proxy.accept_proxy.clone());
