@@ -4,9 +4,6 @@
 //! request channel is a small task here: it answers like the supervisor would and hands
 //! every request it saw to the test.
 
-#[path = "admin/prom.rs"]
-mod prom;
-
 use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::Arc;
@@ -14,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use storeherd::admin::client::{AdminClient, ClientError};
+use storeherd::admin::prom;
 use storeherd::admin::{check_listen, serve, serve_with, AdminError, Limits};
 use storeherd::control::{
     Answer, ControlError, Handle, InstanceState, InstanceStatus, Request, Status,

@@ -326,11 +326,8 @@ fn render_upkeep(out: &mut String, u: &UpkeepStatus) {
 }
 
 #[cfg(test)]
-#[path = "../../tests/admin/prom.rs"]
-mod prom;
-
-#[cfg(test)]
 mod tests {
+    use super::super::prom;
     use super::*;
 
     fn instance(id: u32, state: InstanceState) -> InstanceStatus {

@@ -4,6 +4,7 @@ pub mod client;
 mod layers;
 pub mod logs;
 pub mod metrics;
+pub mod prom;
 mod response;
 mod routes;
 pub mod server;

@@ -1,8 +1,8 @@
-//! A small, strict parser of the Prometheus text exposition format (0.0.4), shared by the
-//! unit tests of `admin::metrics` and by tests/admin.rs. It accepts only what a Prometheus
-//! server would scrape without error, plus the rules storeherd promises: every sample's
-//! family has a `# TYPE` line before it, and a family's samples are contiguous.
-#![allow(dead_code)]
+//! A small, strict reader of the Prometheus text exposition format (0.0.4), to check what
+//! `/metrics` serves (the unit tests of [`super::metrics`] and the integration tests). It
+//! accepts only what a Prometheus server would scrape without error, plus the rules storeherd
+//! promises: every sample's family has a `# TYPE` line before it, and a family's samples are
+//! contiguous.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -74,6 +74,11 @@ fn valid_label_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+/// Why an exposition was refused: the line and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
 
 fn parse_value(text: &str) -> Result<f64, String> {
     match text {
@@ -165,7 +170,11 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
 }
 
 /// Parses a whole exposition; the error names the line.
-pub fn parse(text: &str) -> Result<Exposition, String> {
+pub fn parse(text: &str) -> Result<Exposition, ParseError> {
+    parse_text(text).map_err(ParseError)
+}
+
+fn parse_text(text: &str) -> Result<Exposition, String> {
     if !text.is_empty() && !text.ends_with('\n') {
         return Err("the exposition must end with a newline".into());
     }
