@@ -3,10 +3,15 @@
 //! overlaps with the worker's CPU work instead of stalling it).
 //!
 //! For each batch, in order: one `syncfs` per file system covers the batch's temporary
-//! files and the renames of the batch before it; then the temporary files are renamed over
-//! their blocks and the leaf locks released; then the earlier batch's uploads are settled
+//! files and the renames of the batch before it; then every leaf lock of the batch is checked
+//! to be still held (a network file system can lose one); then the temporary files are
+//! renamed over their blocks and the leaf locks released; then the earlier batch's uploads are settled
 //! (journal entries released, leftover queue files deleted), since that sync made their
 //! renames durable. When no batch comes for a while, a sync of its own settles the last one.
+//!
+//! A batch with a lock that is not held any more is not published at all: its temporary
+//! files are removed and its uploads held for the next start, and the loss is recorded
+//! ([`LockLoss`]), after which no batch with results is published again by this process.
 //!
 //! The worker hands over a batch only when the publisher is free (a rendezvous channel), so
 //! at most two batches are ever unpublished: the one here and the one being merged. Keys
@@ -21,7 +26,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::store::journal::{Journal, Slot};
-use crate::store::lock::LeafLock;
+use crate::store::lock::{LeafLock, LockError, LockLoss};
 use crate::store::queue::Queue;
 use crate::store::tree::PendingWrite;
 use crate::store::Devices;
@@ -76,11 +81,17 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn start(journal: Arc<Journal>, queue: Queue) -> std::io::Result<Publisher> {
+    /// `loss` is shared with the worker: set here when a batch's lock is found lost.
+    pub fn start(
+        journal: Arc<Journal>,
+        queue: Queue,
+        loss: Arc<LockLoss>,
+    ) -> std::io::Result<Publisher> {
         let (tx, rx) = mpsc::sync_channel(0);
         let mut state = State {
             journal,
             queue,
+            loss,
             devices: Devices::default(),
             unsettled: Vec::new(),
             unsettled_dirs: BTreeSet::new(),
@@ -134,6 +145,7 @@ impl Drop for Publisher {
 struct State {
     journal: Arc<Journal>,
     queue: Queue,
+    loss: Arc<LockLoss>,
     devices: Devices,
     /// Uploads whose results are renamed into place, not yet known to be durable.
     unsettled: Vec<Settle>,
@@ -191,6 +203,17 @@ impl State {
             // The earlier batches are durable now.
             self.unsettled_dirs.clear();
             self.release();
+            // Just before the renames: a block renamed into a leaf whose lock is gone could
+            // overwrite another writer's update, or be overwritten by it.
+            if let Some(e) = self.unheld(&locks) {
+                self.loss.report(&e, writes.len());
+                for w in writes {
+                    w.discard();
+                }
+                drop(locks);
+                self.hold(done);
+                return;
+            }
             let mut failed = false;
             for w in writes {
                 if failed {
@@ -216,6 +239,15 @@ impl State {
         }
         self.unsettled.extend(done);
         self.unsettled_dirs.extend(settle_dirs);
+    }
+
+    /// Why the batch's locks cannot be trusted, if they cannot: a lock lost earlier in this
+    /// process (nothing is published after one), else the first lock found not held.
+    fn unheld(&self, locks: &[LeafLock]) -> Option<LockError> {
+        if let Some(path) = self.loss.lost() {
+            return Some(LockError::Lost { path: path.into() });
+        }
+        locks.iter().find_map(|l| l.verify().err())
     }
 
     /// Makes the earlier batches' renames durable, then settles their uploads.
@@ -270,5 +302,121 @@ impl State {
             })
             .collect();
         self.journal.hold(&slots);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::journal::Kind;
+    use crate::store::tree::Tree;
+
+    const K: &str = "544E911BCEC185F8E09CC5AC8956E1342FE75EA1";
+    const K2: &str = "9A0B911BCEC185F8E09CC5AC8956E1342FE75EA1";
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        tree: Tree,
+        journal: Arc<Journal>,
+        loss: Arc<LockLoss>,
+        publisher: Publisher,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::new(dir.path().join("store"));
+        std::fs::create_dir(dir.path().join("inputqueue")).unwrap();
+        std::fs::create_dir(tree.root()).unwrap();
+        let (journal, _) = Journal::open(&dir.path().join("journal")).unwrap();
+        let loss = Arc::<LockLoss>::default();
+        let queue = Queue::new(dir.path().join("inputqueue"));
+        let publisher = Publisher::start(journal.clone(), queue, loss.clone()).unwrap();
+        Setup {
+            dir,
+            tree,
+            journal,
+            loss,
+            publisher,
+        }
+    }
+
+    /// One block for `key` in its temporary file, under its leaf lock, settling one journal
+    /// entry; the lock dropped first (as a file system losing it) when `lose`.
+    fn batch(s: &Setup, key: &str, lose: bool) -> (Batch, String) {
+        s.tree.ensure_leaf(key).unwrap();
+        let lock = LeafLock::acquire(&s.tree.lock_path(key)).unwrap();
+        if lose {
+            lock.drop_lock_for_test();
+        }
+        let upload = format!("upload for {key}");
+        let (name, slot) = s
+            .journal
+            .append(&[(Kind::Input, upload.as_bytes())])
+            .unwrap()
+            .remove(0);
+        let w = s
+            .tree
+            .write_temp_in_leaf(key, &s.tree.temp_path(key), b"new")
+            .unwrap();
+        let b = Batch {
+            writes: vec![w],
+            write_dirs: [s.tree.root().join(&key[0..2])].into(),
+            locks: vec![lock],
+            done: vec![Settle::Journal(slot, Some(name.clone()))],
+            settle_dirs: BTreeSet::new(),
+        };
+        (b, name)
+    }
+
+    fn leaf_names(s: &Setup, key: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(s.tree.leaf_dir(key))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_batch_under_held_locks_is_published_and_settled() {
+        let s = setup();
+        let (b, name) = batch(&s, K, false);
+        s.publisher.publish(b);
+        s.publisher.flush();
+        assert_eq!(s.tree.read(K).unwrap().as_deref(), Some(&b"new"[..]));
+        assert!(!s.journal.is_pending(&name));
+        assert!(s.loss.lost().is_none());
+    }
+
+    #[test]
+    fn a_batch_whose_lock_was_lost_is_not_published_and_nothing_after_it() {
+        let s = setup();
+        let (b, first) = batch(&s, K, true);
+        s.publisher.publish(b);
+        s.publisher.flush();
+        // Nothing renamed into the leaf, the temporary file gone, the upload still queued.
+        assert_eq!(s.tree.read(K).unwrap(), None);
+        assert_eq!(leaf_names(&s, K), vec!["LOCKFILE".to_string()]);
+        assert!(s.journal.is_pending(&first));
+        assert_eq!(s.loss.lost(), Some(s.tree.lock_path(K).as_path()));
+        // A later batch whose own lock is fine is not published either.
+        let (b, second) = batch(&s, K2, false);
+        s.publisher.publish(b);
+        s.publisher.flush();
+        assert_eq!(s.tree.read(K2).unwrap(), None);
+        assert_eq!(leaf_names(&s, K2), vec!["LOCKFILE".to_string()]);
+        assert!(s.journal.is_pending(&second));
+        // The next start finds both uploads again.
+        let Setup {
+            dir,
+            journal,
+            publisher,
+            ..
+        } = s;
+        drop(publisher);
+        drop(journal);
+        let (_, recovered) = Journal::open(&dir.path().join("journal")).unwrap();
+        let names: Vec<&str> = recovered.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec![first.as_str(), second.as_str()]);
     }
 }

@@ -21,6 +21,12 @@
 //! Message announcements stored by `STORE SERVER` are handed to the notifier (§12.2) once
 //! their batch is stored; the notifier never holds up the worker.
 //!
+//! A leaf lock that cannot be taken (the lock call fails: `EIO`, `ENOLCK` on NFS) or is found
+//! lost before a publish stops the storing for good in this process ([`LockLoss`]): every
+//! upload from then on is held in the journal or left in `inputqueue/`, and SELFTEST answers
+//! `FAIL LOCK <lock file>`, so the supervisor takes the instance out of rotation and in the
+//! end restarts it; the new process takes its locks afresh and processes what was held.
+//!
 //! Throughput: the committer passes each block's bytes with it, so the worker reads queue
 //! files only when they are left from an earlier run; leaves ensured once are remembered
 //! (the server never deletes a leaf directory); a small batch waits briefly for the
@@ -42,7 +48,7 @@ use crate::server::notify::{opted_out, Notifier};
 use crate::server::publish::{Batch, Publisher, Settle};
 use crate::server::validate::{validate_merge, Limits};
 use crate::store::journal::{Journal, Slot};
-use crate::store::lock::LeafLock;
+use crate::store::lock::{LeafLock, LockError, LockLoss};
 use crate::store::queue::{name_of, Queue};
 use crate::store::tree::{PendingWrite, Tree};
 use crate::store::StoreError;
@@ -92,6 +98,30 @@ pub struct Worker {
     leaves: Arc<Known>,
     entangled: Entangled,
     notifier: Notifier,
+    /// Set once a leaf lock fails or is lost (here or in the publisher).
+    loss: Arc<LockLoss>,
+    /// Tests: drop every leaf lock right after taking it, as a file system losing them.
+    #[cfg(test)]
+    lose_locks: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Why a batch (or an entangled upload) was not stored.
+#[derive(Debug, thiserror::Error)]
+enum StoreFailure {
+    #[error(transparent)]
+    Io(#[from] StoreError),
+    /// The locking itself failed ([`LockError::is_lock_failure`]).
+    #[error(transparent)]
+    Lock(LockError),
+}
+
+impl From<LockError> for StoreFailure {
+    fn from(e: LockError) -> StoreFailure {
+        match e {
+            LockError::Open(e) => StoreFailure::Io(e),
+            e => StoreFailure::Lock(e),
+        }
+    }
 }
 
 /// Where the worker's results go besides the local store.
@@ -153,6 +183,17 @@ impl Worker {
             sendqueue: outputs.sendqueue,
             entangled: outputs.entangled,
             notifier: outputs.notifier,
+            loss: Arc::default(),
+            #[cfg(test)]
+            lose_locks: Arc::default(),
+        }
+    }
+
+    /// The SELFTEST line: `FAIL LOCK <lock file>` once a lock was lost, else the sender's.
+    fn selftest_line(&self) -> String {
+        match self.loss.lost() {
+            Some(path) => format!("FAIL LOCK {}", path.display()),
+            None => self.liveness.selftest_line(),
         }
     }
 
@@ -179,7 +220,8 @@ impl Worker {
     }
 
     pub fn start(self, rx: mpsc::Receiver<Job>) -> std::io::Result<JoinHandle<()>> {
-        let publisher = Publisher::start(self.journal.clone(), self.queue.clone())?;
+        let publisher =
+            Publisher::start(self.journal.clone(), self.queue.clone(), self.loss.clone())?;
         std::thread::Builder::new()
             .name("store-worker".into())
             .spawn(move || self.run(rx, publisher))
@@ -200,7 +242,7 @@ impl Worker {
                 Job::Stop => return,
                 Job::SelfTest(reply) => {
                     publisher.flush();
-                    let _ = reply.send(self.liveness.selftest_line());
+                    let _ = reply.send(self.selftest_line());
                 }
                 job @ (Job::Block(..) | Job::Send(..)) => {
                     let mut jobs = vec![job];
@@ -253,17 +295,32 @@ impl Worker {
                 Job::SelfTest(_) | Job::Stop => {}
             }
         }
-        let (dht, entries): (Vec<Entry>, Vec<Entry>) =
+        let (dht, mut entries): (Vec<Entry>, Vec<Entry>) =
             entries.into_iter().partition(|e| e.kind.is_entangled());
         for e in dht {
+            if self.loss.lost().is_some() {
+                self.journal.hold(&e.slot.into_iter().collect::<Vec<_>>());
+                continue;
+            }
             // Durable once stored: settled with the batch.
             match self.store_entangled(&e) {
                 Ok(()) => done.push(Settle::upload(e.name, e.slot)),
                 Err(err) => {
-                    tracing::error!(key = %e.key, "storing an entangled value: {err}");
+                    if let StoreFailure::Lock(l) = &err {
+                        self.loss.report(l, 1);
+                    } else {
+                        tracing::error!(key = %e.key, "storing an entangled value: {err}");
+                    }
                     self.journal.hold(&e.slot.into_iter().collect::<Vec<_>>());
                 }
             }
+        }
+        if self.loss.lost().is_some() && !entries.is_empty() {
+            // Nothing more goes into the store: held for the next process.
+            let held: Vec<Slot> = entries.iter().filter_map(|e| e.slot).collect();
+            self.journal.hold(&held);
+            tracing::debug!("{} blocks held: a leaf lock was lost", entries.len());
+            entries.clear();
         }
         let mut out = Batch::default();
         let mut temps = String::new();
@@ -277,7 +334,12 @@ impl Worker {
             }
             Err(e) => {
                 // Left for the next start: queue files stay, journal segments keep them.
-                tracing::error!("storing a batch of {} blocks: {e}", entries.len());
+                match &e {
+                    StoreFailure::Lock(l) => self.loss.report(l, entries.len()),
+                    StoreFailure::Io(_) => {
+                        tracing::error!("storing a batch of {} blocks: {e}", entries.len())
+                    }
+                }
                 let held: Vec<Slot> = entries.iter().filter_map(|e| e.slot).collect();
                 self.journal.hold(&held);
             }
@@ -348,7 +410,7 @@ impl Worker {
         out: &mut Batch,
         temps: &mut String,
         notices: &mut Vec<String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StoreFailure> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -361,6 +423,12 @@ impl Worker {
                 .map(|e| e.key.as_str());
             let key = key.unwrap_or_default();
             locks.push(self.lock_leaf(key)?);
+        }
+        #[cfg(test)]
+        if self.lose_locks.load(std::sync::atomic::Ordering::Relaxed) {
+            for l in &locks {
+                l.drop_lock_for_test();
+            }
         }
         let now = chrono::Utc::now();
         // Results of this batch, by key: later blocks merge against them.
@@ -421,7 +489,7 @@ impl Worker {
                     for w in writes {
                         w.discard();
                     }
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         }
@@ -439,10 +507,10 @@ impl Worker {
     /// header lines split off both), and stored after the new header lines. An outgoing
     /// value is first merged against the local copy and published to the DHT, whose store
     /// into this node is then merged the same way (directly when there is no DHT node).
-    fn store_entangled(&mut self, e: &Entry) -> Result<(), StoreError> {
+    fn store_entangled(&mut self, e: &Entry) -> Result<(), StoreFailure> {
         let tree = self.entangled.tree().clone();
         tree.ensure_leaf(&e.key)?;
-        let _lock = LeafLock::acquire(&tree.lock_path(&e.key))?;
+        let lock = LeafLock::acquire(&tree.lock_path(&e.key))?;
         let existing_file = tree.read(&e.key)?;
         let existing = existing_file.as_deref().map(|f| split_headers(f).1);
         let published;
@@ -465,6 +533,7 @@ impl Worker {
         };
         let mut file = headers.to_vec();
         file.extend_from_slice(&merged);
+        lock.verify()?;
         tree.write_atomic(&e.key, &file)?;
         tracing::debug!(key = %e.key, "stored in the entangled tree");
         Ok(())
@@ -515,13 +584,13 @@ impl Worker {
     }
 
     /// Locks a key's leaf, creating the leaf first unless this process already has.
-    fn lock_leaf(&mut self, key: &str) -> Result<LeafLock, StoreError> {
+    fn lock_leaf(&mut self, key: &str) -> Result<LeafLock, LockError> {
         let lock_path = self.tree.lock_path(key);
         if self.leaves.contains(key) {
             match LeafLock::acquire(&lock_path) {
                 Ok(l) => return Ok(l),
                 // Gone after all (removed by hand?): forget it and create it again.
-                Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {
+                Err(LockError::Open(e)) if e.source.kind() == std::io::ErrorKind::NotFound => {
                     self.leaves.remove(key);
                 }
                 Err(e) => return Err(e),
@@ -600,6 +669,130 @@ fn parse_entry(name: &str, content: Vec<u8>) -> Result<Option<Entry>, &'static s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::compose;
+    use crate::server::sender::Liveness;
+    use crate::store::journal::Kind;
+    use std::sync::atomic::Ordering;
+
+    /// A worker on a fresh home's journal and store, started; its lock-dropping switch.
+    struct Running {
+        jobs: mpsc::Sender<Job>,
+        thread: JoinHandle<()>,
+        lose_locks: Arc<std::sync::atomic::AtomicBool>,
+        journal: Arc<Journal>,
+        tree: Tree,
+    }
+
+    fn start(home: &std::path::Path) -> (Running, Vec<crate::store::journal::Recovered>) {
+        for d in ["inputqueue", "sendqueue", "localstore", "entangled"] {
+            crate::store::ensure_dir(&home.join(d)).unwrap();
+        }
+        let (journal, recovered) = Journal::open(&home.join("journal")).unwrap();
+        let tree = Tree::new(home.join("localstore"));
+        let (notifier, _) = Notifier::start(home).unwrap();
+        let worker = Worker::new(
+            tree.clone(),
+            Queue::new(home.join("inputqueue")),
+            journal.clone(),
+            Limits::default(),
+            home.join(INFLIGHT),
+            Liveness::new(10),
+            Outputs {
+                sendqueue: Queue::new(home.join("sendqueue")),
+                entangled: Entangled::new(home.join("entangled")),
+                notifier,
+            },
+        );
+        worker.recover().unwrap();
+        let lose_locks = worker.lose_locks.clone();
+        let (jobs, rx) = mpsc::channel();
+        let thread = worker.start(rx).unwrap();
+        let running = Running {
+            jobs,
+            thread,
+            lose_locks,
+            journal,
+            tree,
+        };
+        (running, recovered)
+    }
+
+    impl Running {
+        /// Journals an upload of a fresh data block, as the committer does, and queues it.
+        fn upload(&self, payload: &[u8]) -> (String, String) {
+            let (key, block) = compose::data_block(payload, chrono::Utc::now());
+            let mut content =
+                format!("StoreType: SERVER\nStoreKeyid: {key}\nLoginUser: NONE\n").into_bytes();
+            content.extend_from_slice(&block);
+            let (name, slot) = self
+                .journal
+                .append(&[(Kind::Input, &content)])
+                .unwrap()
+                .remove(0);
+            self.jobs
+                .send(Job::Block(name.clone(), Some(content), Some(slot)))
+                .unwrap();
+            (key, name)
+        }
+
+        fn selftest(&self) -> String {
+            let (tx, rx) = oneshot::channel();
+            self.jobs.send(Job::SelfTest(tx)).unwrap();
+            rx.blocking_recv().unwrap()
+        }
+
+        fn stop(self) {
+            self.jobs.send(Job::Stop).unwrap();
+            self.thread.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_lost_lock_stores_nothing_more_fails_selftest_and_loses_no_upload() {
+        let home = tempfile::tempdir().unwrap();
+        let (w, _) = start(home.path());
+        let (stored, _) = w.upload(b"stored while the lock holds");
+        assert_eq!(w.selftest(), "PASS");
+        assert!(w.tree.read(&stored).unwrap().is_some());
+
+        // The file system loses the locks between taking them and the publish.
+        w.lose_locks.store(true, Ordering::Relaxed);
+        let (first, first_name) = w.upload(b"first after the loss");
+        let line = w.selftest();
+        let lockfile = w.tree.lock_path(&first);
+        assert_eq!(line, format!("FAIL LOCK {}", lockfile.display()));
+        assert!(w.tree.read(&first).unwrap().is_none());
+        assert!(w.journal.is_pending(&first_name));
+
+        // Locks are fine again: still nothing is stored by this process.
+        w.lose_locks.store(false, Ordering::Relaxed);
+        let (second, second_name) = w.upload(b"second after the loss");
+        assert!(w.selftest().starts_with("FAIL LOCK "));
+        assert!(w.tree.read(&second).unwrap().is_none());
+        assert!(w.journal.is_pending(&second_name));
+        let leaf: Vec<String> = fs::read_dir(w.tree.leaf_dir(&first))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(leaf, vec!["LOCKFILE".to_string()], "no temporary file left");
+        let journal = w.journal.clone();
+        w.stop();
+        drop(journal);
+
+        // The next process (same home) gets both uploads back and stores them.
+        let (w, recovered) = start(home.path());
+        let names: Vec<&str> = recovered.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec![first_name.as_str(), second_name.as_str()]);
+        for r in recovered {
+            w.jobs
+                .send(Job::Block(r.name, Some(r.content), Some(r.slot)))
+                .unwrap();
+        }
+        assert_eq!(w.selftest(), "PASS");
+        assert!(w.tree.read(&first).unwrap().is_some());
+        assert!(w.tree.read(&second).unwrap().is_some());
+        w.stop();
+    }
 
     #[test]
     fn prefix_parsing() {
