@@ -8,11 +8,12 @@ use crate::control::{InstanceState, InstanceStatus, Status, UpkeepStatus};
 /// The `Content-Type` Prometheus expects for this format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-const STATES: [InstanceState; 8] = [
+const STATES: [InstanceState; 9] = [
     InstanceState::Provisioning,
     InstanceState::Starting,
     InstanceState::Ready,
     InstanceState::Unhealthy,
+    InstanceState::Stalled,
     InstanceState::Draining,
     InstanceState::Backoff,
     InstanceState::Failed,
@@ -436,6 +437,24 @@ mod tests {
         assert_eq!(v("storeherd_proxy_header_accepted_total", &[]), 5.0);
         assert_eq!(v("storeherd_proxy_header_rejected_total", &[]), 6.0);
         assert_eq!(v("storeherd_proxy_client_connections", &[]), 4.0);
+    }
+
+    #[test]
+    fn a_stalled_instance_is_down_and_says_so() {
+        let mut s = status();
+        s.instances[0].state = InstanceState::Stalled;
+        let parsed = prom::parse(&render(&s)).unwrap();
+        let v = |name: &str, labels: &[(&str, &str)]| parsed.find(name, labels).unwrap();
+        assert_eq!(v("storeherd_instance_up", &[("instance", "1")]), 0.0);
+        let state = |id, state| {
+            v(
+                "storeherd_instance_state",
+                &[("instance", id), ("state", state)],
+            )
+        };
+        assert_eq!(state("1", "stalled"), 1.0);
+        assert_eq!(state("1", "ready"), 0.0);
+        assert_eq!(state("2", "stalled"), 0.0);
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub enum InstanceState {
     Starting,
     Ready,
     Unhealthy,
+    /// Failing health checks while stuck in the kernel (state `D`, waiting for I/O): out of
+    /// rotation, and not killed or restarted, which could not take effect.
+    Stalled,
     Draining,
     Backoff,
     Failed,
@@ -31,6 +34,7 @@ impl InstanceState {
             InstanceState::Starting => "starting",
             InstanceState::Ready => "ready",
             InstanceState::Unhealthy => "unhealthy",
+            InstanceState::Stalled => "stalled",
             InstanceState::Draining => "draining",
             InstanceState::Backoff => "backoff",
             InstanceState::Failed => "failed",

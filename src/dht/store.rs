@@ -124,8 +124,11 @@ impl TreeValues {
     fn write(&self, key: &Id, value: &[u8], meta: &Meta) -> Result<(), StoreError> {
         let k = key_hex(key);
         self.tree.ensure_leaf(&k)?;
-        let _lock = LeafLock::acquire(&self.tree.lock_path(&k))?;
-        self.tree.write_atomic(&k, &value_file(value, meta))
+        let lock = LeafLock::acquire(&self.tree.lock_path(&k))?;
+        let file = value_file(value, meta);
+        // Not into a leaf whose lock a network file system lost meanwhile.
+        lock.verify()?;
+        self.tree.write_atomic(&k, &file)
     }
 }
 

@@ -1,6 +1,6 @@
 //! One instance's lifecycle, run as its own task: provisioning → starting → ready, health
-//! checks, crash → backoff → starting, crash loop → failed, and draining before a stop
-//! (docs/design.md "Instance lifecycle"). The supervisor talks to it through [`Ctl`] and hears
+//! checks, crash → backoff → starting, crash loop → failed, stalled while stuck in I/O, and
+//! draining before a stop (docs/design.md "Instance lifecycle"). The supervisor talks to it through [`Ctl`] and hears
 //! from it through [`Event`].
 
 use std::collections::VecDeque;
@@ -106,6 +106,67 @@ pub fn instance_addr(ip: &InstancePlan) -> SocketAddr {
         .and_then(|(_, v)| v.parse::<IpAddr>().ok())
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     SocketAddr::new(host, ip.port)
+}
+
+/// What is known when a health check has failed (and did not count as busy or local).
+#[derive(Debug, Clone, Copy)]
+struct Failed {
+    state: InstanceState,
+    ever_ready: bool,
+    /// Failed checks in a row, this one included.
+    fails: u32,
+    unhealthy_after: u32,
+    since_start: Duration,
+    start_grace: Duration,
+    since_answer: Duration,
+    stop_grace: Duration,
+    /// The process, or a thread of it, is in uninterruptible sleep (`D`).
+    in_io: bool,
+}
+
+/// Why an instance is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    /// Never ready within `health.start_grace`.
+    StartGrace,
+    /// No answer for longer than `server.stop_grace` after it was ready.
+    NoAnswer,
+}
+
+/// What a failed health check leads to: the state to show, and whether to kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    state: InstanceState,
+    kill: Option<Kill>,
+}
+
+/// The rules for a failed check. A process in `D` is `stalled`: out of rotation, never
+/// killed — a kill would not take effect until the wait ends, and a new server on the same
+/// hung file system would stall too, so restarting would only loop. Once it is out of `D`
+/// the usual rules apply again (the caller restarts their clocks while it is stalled).
+fn judge(f: &Failed) -> Verdict {
+    if f.in_io {
+        return Verdict {
+            state: InstanceState::Stalled,
+            kill: None,
+        };
+    }
+    let state = match f.state {
+        InstanceState::Stalled if f.ever_ready => InstanceState::Unhealthy,
+        InstanceState::Stalled => InstanceState::Starting,
+        InstanceState::Ready if f.ever_ready && f.fails >= f.unhealthy_after => {
+            InstanceState::Unhealthy
+        }
+        s => s,
+    };
+    let kill = if !f.ever_ready && f.since_start > f.start_grace {
+        Some(Kill::StartGrace)
+    } else if f.ever_ready && f.since_answer > f.stop_grace {
+        Some(Kill::NoAnswer)
+    } else {
+        None
+    };
+    Verdict { state, kill }
 }
 
 /// Tells whether an instance's input queue shrank since the last look.
@@ -227,7 +288,7 @@ impl Runner {
 
     /// Health checks until the child exits, hangs, or a control request arrives.
     async fn supervise(&mut self, st: &mut State, child: &mut Child) -> Outcome {
-        let started = Instant::now();
+        let mut started = Instant::now();
         let mut ever_ready = false;
         let mut last_answer = Instant::now();
         let mut ready_since: Option<Instant> = None;
@@ -273,6 +334,9 @@ impl Runner {
                     }
                     // Before it enters rotation, so that its first clients are handed over.
                     self.attach_handoff(&home);
+                    if st.info.state == InstanceState::Stalled {
+                        info!(instance = self.id, "no longer stalled in I/O");
+                    }
                     if st.info.state != InstanceState::Ready {
                         info!(instance = self.id, "ready");
                         self.set(st, InstanceState::Ready);
@@ -301,27 +365,59 @@ impl Runner {
                     fails += 1;
                     ready_since = None;
                     debug!(instance = self.id, fails, "health check failed: {e}");
-                    if ever_ready
-                        && fails >= h.unhealthy_after
-                        && st.info.state == InstanceState::Ready
-                    {
-                        warn!(
-                            instance = self.id,
-                            "unhealthy after {fails} failed checks: {e}"
-                        );
-                        self.set(st, InstanceState::Unhealthy);
+                    let verdict = judge(&Failed {
+                        state: st.info.state,
+                        ever_ready,
+                        fails,
+                        unhealthy_after: h.unhealthy_after,
+                        since_start: started.elapsed(),
+                        start_grace: h.start_grace,
+                        since_answer: last_answer.elapsed(),
+                        stop_grace: plan.server.stop_grace,
+                        in_io: process::in_uninterruptible_sleep(child.pid()),
+                    });
+                    if verdict.state != st.info.state {
+                        match verdict.state {
+                            InstanceState::Stalled => warn!(
+                                instance = self.id,
+                                pid = child.pid(),
+                                "stalled: the server fails its health check ({e}) while it \
+                                 waits in the kernel (state D, as on a hung NFS server); out of \
+                                 rotation, and not killed or restarted until it leaves that \
+                                 state — check the store's file system"
+                            ),
+                            InstanceState::Unhealthy if st.info.state == InstanceState::Ready => {
+                                warn!(
+                                    instance = self.id,
+                                    "unhealthy after {fails} failed checks: {e}"
+                                )
+                            }
+                            _ => info!(
+                                instance = self.id,
+                                "no longer stalled in I/O, still failing health checks: {e}"
+                            ),
+                        }
+                        self.set(st, verdict.state);
                     }
-                    if !ever_ready && started.elapsed() > h.start_grace {
-                        return Outcome::Hung(format!(
-                            "not ready within start_grace {:?}: {e}",
-                            h.start_grace
-                        ));
+                    if verdict.state == InstanceState::Stalled {
+                        // Time spent stuck does not count as time without an answer.
+                        last_answer = Instant::now();
+                        started = Instant::now();
                     }
-                    if ever_ready && last_answer.elapsed() > plan.server.stop_grace {
-                        return Outcome::Hung(format!(
-                            "no answer for {:?}: {e}",
-                            last_answer.elapsed()
-                        ));
+                    match verdict.kill {
+                        Some(Kill::StartGrace) => {
+                            return Outcome::Hung(format!(
+                                "not ready within start_grace {:?}: {e}",
+                                h.start_grace
+                            ))
+                        }
+                        Some(Kill::NoAnswer) => {
+                            return Outcome::Hung(format!(
+                                "no answer for {:?}: {e}",
+                                last_answer.elapsed()
+                            ))
+                        }
+                        None => {}
                     }
                 }
             }
@@ -507,6 +603,95 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ready instance failing its first check, well within every grace.
+    fn failed() -> Failed {
+        Failed {
+            state: InstanceState::Ready,
+            ever_ready: true,
+            fails: 1,
+            unhealthy_after: 3,
+            since_start: Duration::from_secs(100),
+            start_grace: Duration::from_secs(30),
+            since_answer: Duration::from_secs(1),
+            stop_grace: Duration::from_secs(10),
+            in_io: false,
+        }
+    }
+
+    fn keep(state: InstanceState) -> Verdict {
+        Verdict { state, kill: None }
+    }
+
+    #[test]
+    fn a_failed_check_in_state_d_stalls_and_never_kills() {
+        // However long without an answer, and before or after it was ever ready.
+        for (state, ever_ready) in [
+            (InstanceState::Ready, true),
+            (InstanceState::Unhealthy, true),
+            (InstanceState::Stalled, true),
+            (InstanceState::Starting, false),
+        ] {
+            let f = Failed {
+                state,
+                ever_ready,
+                fails: 50,
+                since_start: Duration::from_secs(3600),
+                since_answer: Duration::from_secs(3600),
+                in_io: true,
+                ..failed()
+            };
+            assert_eq!(judge(&f), keep(InstanceState::Stalled), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn out_of_state_d_the_usual_rules_apply() {
+        assert_eq!(judge(&failed()), keep(InstanceState::Ready));
+        let third = Failed {
+            fails: 3,
+            ..failed()
+        };
+        assert_eq!(judge(&third), keep(InstanceState::Unhealthy));
+        let silent = Failed {
+            since_answer: Duration::from_secs(11),
+            ..third
+        };
+        assert_eq!(
+            judge(&silent),
+            Verdict {
+                state: InstanceState::Unhealthy,
+                kill: Some(Kill::NoAnswer)
+            }
+        );
+        let never_ready = Failed {
+            state: InstanceState::Starting,
+            ever_ready: false,
+            since_start: Duration::from_secs(31),
+            ..failed()
+        };
+        assert_eq!(
+            judge(&never_ready),
+            Verdict {
+                state: InstanceState::Starting,
+                kill: Some(Kill::StartGrace)
+            }
+        );
+        // Left D but still failing: out of rotation as unhealthy (or back to starting),
+        // killed only once the grace runs out.
+        let left = Failed {
+            state: InstanceState::Stalled,
+            ..failed()
+        };
+        assert_eq!(judge(&left), keep(InstanceState::Unhealthy));
+        let left_early = Failed {
+            state: InstanceState::Stalled,
+            ever_ready: false,
+            since_start: Duration::from_secs(1),
+            ..failed()
+        };
+        assert_eq!(judge(&left_early), keep(InstanceState::Starting));
+    }
 
     #[test]
     fn queue_watch_sees_a_shrinking_queue() {

@@ -519,8 +519,10 @@ fn is_live_instance(pid: u32) -> bool {
 }
 
 /// The fields of `/proc/<pid>/stat` used here.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ProcStat {
+    /// The state letter: `R`, `S`, `D`, `Z` …
+    state: char,
     pgrp: u32,
     /// Zombie or dead: no longer runs, holds nothing.
     dead: bool,
@@ -531,7 +533,11 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
 }
 
 fn stat_at(path: &str) -> Option<ProcStat> {
-    let text = fs::read_to_string(path).ok()?;
+    parse_stat(&fs::read_to_string(path).ok()?)
+}
+
+/// One `/proc/<pid>/stat` (or `task/<tid>/stat`) line.
+fn parse_stat(text: &str) -> Option<ProcStat> {
     // The command name is in parentheses and may itself hold spaces and parentheses.
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
@@ -539,9 +545,32 @@ fn stat_at(path: &str) -> Option<ProcStat> {
     let _ppid = fields.next()?;
     let pgrp = fields.next()?.parse().ok()?;
     Some(ProcStat {
+        state: state.chars().next()?,
         pgrp,
         dead: matches!(state, "Z" | "X" | "x"),
     })
+}
+
+/// The state letters of every thread of `pid` (none when it is gone).
+fn thread_states(pid: u32) -> Vec<char> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let stat = format!("/proc/{pid}/task/{}/stat", t.file_name().to_string_lossy());
+            stat_at(&stat).map(|s| s.state)
+        })
+        .collect()
+}
+
+/// Whether `pid`, or any thread of it, is in uninterruptible sleep (`D`): waiting in the
+/// kernel, typically for I/O — on a hung NFS server, for as long as the server is away. A
+/// thread counts because a server's store thread can hang while its listener still runs.
+/// Signals, SIGKILL among them, may not take effect until that wait ends.
+pub fn in_uninterruptible_sleep(pid: u32) -> bool {
+    thread_states(pid).contains(&'D')
 }
 
 fn alive(pid: u32) -> bool {
@@ -681,6 +710,36 @@ mod tests {
         let e = Exit::from(ExitStatus::from_raw(15));
         assert_eq!(e.to_string(), "killed by signal 15 (SIGTERM)");
         assert_eq!(Exit::from(ExitStatus::from_raw(2 << 8)).code, Some(2));
+    }
+
+    #[test]
+    fn stat_lines_parse() {
+        // A command name with spaces and parentheses, even a ") D (" of its own.
+        let line = "4242 (my (odd) D 1 2 name) D 1 4240 4240 0 -1 4194560 183 0 0 0 3 1 0 0 20 0 \
+                    3 0 1234 12345678 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
+        assert_eq!(
+            parse_stat(line),
+            Some(ProcStat {
+                state: 'D',
+                pgrp: 4240,
+                dead: false
+            })
+        );
+        let s = parse_stat("7 (sleep) S 1 7 7 0 -1 0").unwrap();
+        assert_eq!((s.state, s.pgrp, s.dead), ('S', 7, false));
+        assert!(parse_stat("9 (gone) Z 1 9 9").unwrap().dead);
+        assert_eq!(parse_stat("9 (broken"), None);
+        assert_eq!(parse_stat("9 (short) R 1"), None);
+    }
+
+    #[test]
+    fn thread_states_of_a_live_process() {
+        // This test process: at least the thread running it, each with a state letter.
+        let states = thread_states(std::process::id());
+        assert!(!states.is_empty());
+        assert!(states.iter().all(|c| c.is_ascii_alphabetic()), "{states:?}");
+        assert!(thread_states(u32::MAX).is_empty());
+        assert!(!in_uninterruptible_sleep(u32::MAX));
     }
 
     #[test]
