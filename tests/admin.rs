@@ -4,6 +4,8 @@
 //! request channel is a small task here: it answers like the supervisor would and hands
 //! every request it saw to the test.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::process::Output;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use storeherd::admin::{check_listen, serve, serve_with, AdminError, Limits};
 use storeherd::control::{
     Answer, ControlError, Handle, InstanceState, InstanceStatus, Request, Status,
 };
+use support::admin::{INSTANCE_KEYS, STATUS_KEYS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -275,7 +278,7 @@ async fn status_json_matches_the_contract() {
         .unwrap()
         .starts_with("application/json"));
     let doc = a.json();
-    for key in ["site", "listen", "instances"] {
+    for key in STATUS_KEYS {
         assert!(doc.get(key).is_some(), "no {key} in {doc}");
     }
     assert_eq!(doc["site"], "a");
@@ -293,20 +296,7 @@ async fn status_json_matches_the_contract() {
         "stopped",
     ];
     for inst in instances {
-        for key in [
-            "id",
-            "state",
-            "pid",
-            "port",
-            "eport",
-            "home",
-            "restarts",
-            "connections_active",
-            "connections_total",
-            "cpu_percent",
-            "rss_bytes",
-            "uptime_s",
-        ] {
+        for key in INSTANCE_KEYS {
             assert!(inst.get(key).is_some(), "no {key} in {inst}");
         }
         assert!(states.contains(&inst["state"].as_str().unwrap()));

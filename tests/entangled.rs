@@ -230,11 +230,7 @@ fn stock_client_key_posting_through_up_is_served_by_another_instance() {
     up.wait_ready(2);
     let authkey = "CAROLKEY01234567";
     let out = up.ctl(&["accounts", "add", &fpr, authkey]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
 
     // Instance 1, one connection, as keyannounce.py posts (after its LOGIN).
     let one = std::net::SocketAddr::from(([127, 0, 0, 1], up.sport));

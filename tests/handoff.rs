@@ -339,11 +339,7 @@ fn an_instance_killed_under_a_connect_ping_quit_loop_fails_no_client() {
     let victim = st.instances[1].pid.unwrap();
     let clients = ClientLoop::start(up.listen, 8);
     std::thread::sleep(Duration::from_millis(500));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    support::procs::signal(victim, nix::sys::signal::Signal::SIGKILL);
     up.wait_status(Duration::from_secs(30), "instance 2 comes back", |st| {
         let i = &st.instances[1];
         i.state == Ready && i.pid != Some(victim) && i.handoff

@@ -138,11 +138,7 @@ fn status_page_in_chromium_asks_for_the_token_and_follows_a_scale() {
         .arg(&token_file)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
     wait_ready_with(&up, 3);
     let dom = browse(&chromium, &with_token, &["--dump-dom"]);
     let states: Vec<(u32, String)> = (1..=3).map(|i| (i, "ready".to_string())).collect();

@@ -521,11 +521,7 @@ fn removed_instance_hands_its_proxy_files_over() {
     assert!(queued(&home2, &name).is_some());
 
     let out = up.ctl(&["remove", "2"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
     let moved = rt.block_on(wait_until(WAIT, || {
         queued(&home1, &name).is_some() && queued(&home2, &name).is_none()
     }));

@@ -369,10 +369,7 @@ fn two_sites_replicate_both_ways() {
 }
 
 async fn two_sites_body() {
-    let ports = [Ports::free(2), Ports::free(2)];
-    let mut s = TwoSites::start(["127.0.0.1", "127.0.0.1"], ports, [vec![], vec![]]);
-    ready(&mut s.a);
-    ready(&mut s.b);
+    let s = TwoSites::on_loopback();
 
     let to_b = blocks("a-to-b", 4);
     store_all(s.a.listen, &to_b).await;
@@ -412,21 +409,13 @@ async fn two_sites_body() {
     // spreads what arrived by REPLOGIN to its other instances.
     let (user, key) = ("USERYYYY33334444", "KEYYYYY555566667777");
     let out = s.a.ctl(&["accounts", "add", user, key]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
     for up in [&s.a, &s.b] {
         wait_login_everywhere(up, user, key, true).await;
     }
     // `accounts rm` disables it everywhere.
     let out = s.a.ctl(&["accounts", "rm", key]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
     for up in [&s.a, &s.b] {
         wait_login_everywhere(up, user, key, false).await;
     }
@@ -457,10 +446,7 @@ fn backlog_reaches_a_site_that_was_stopped() {
 }
 
 async fn backlog_after_stop_body() {
-    let ports = [Ports::free(2), Ports::free(2)];
-    let mut s = TwoSites::start(["127.0.0.1", "127.0.0.1"], ports, [vec![], vec![]]);
-    ready(&mut s.a);
-    ready(&mut s.b);
+    let mut s = TwoSites::on_loopback();
     let admin_b = s.b.admin_key();
 
     assert!(

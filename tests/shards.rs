@@ -393,11 +393,7 @@ fn up_refuses_data_outside_its_shard() {
     assert!(store.join("00").is_symlink());
     // With --move, the block goes to its shard and the wrong link is redone.
     let out = shards_apply(&file, &["--move"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
     assert_all_linked(&store, &dirs);
     assert_eq!(
         std::fs::read_to_string(dirs[0].join(rel(&key))).unwrap(),

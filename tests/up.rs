@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use storeherd::control::InstanceState::{Backoff, Failed, Ready};
 use storeherd::protocol::compose;
 use storeherd::wire::Client;
+use support::admin::{INSTANCE_KEYS, STATUS_KEYS};
 use support::load::ClientLoop;
 use support::procs::{alive, wait_dead, Reaped};
 use support::up::{all_ready, Up};
@@ -95,11 +96,7 @@ fn killed_instance_is_replaced_without_client_failures() {
     let victim = st.instances[1].pid.unwrap();
     let clients = ClientLoop::start(up.listen, 8);
     std::thread::sleep(Duration::from_millis(500));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    support::procs::signal(victim, nix::sys::signal::Signal::SIGKILL);
     // Back and ready, with one restart.
     let st = up.wait_status(Duration::from_secs(30), "instance 2 comes back", |st| {
         let i = &st.instances[1];
@@ -287,24 +284,11 @@ fn status_and_metrics_follow_the_contract() {
     let (code, body) = up.http("GET", "/status", None);
     assert_eq!(code, 200, "{body}");
     let st: serde_json::Value = serde_json::from_str(&body).unwrap();
-    for key in ["site", "listen", "instances"] {
+    for key in STATUS_KEYS {
         assert!(st.get(key).is_some(), "missing {key}: {st:#}");
     }
     for i in st["instances"].as_array().unwrap() {
-        for key in [
-            "id",
-            "state",
-            "pid",
-            "port",
-            "eport",
-            "home",
-            "restarts",
-            "connections_active",
-            "connections_total",
-            "cpu_percent",
-            "rss_bytes",
-            "uptime_s",
-        ] {
+        for key in INSTANCE_KEYS {
             assert!(i.get(key).is_some(), "missing {key}: {i:#}");
         }
         assert!(i["rss_bytes"].as_u64().unwrap() > 0);

@@ -99,11 +99,7 @@ fn the_schedule_prunes_the_shared_store_once_per_interval() {
         .args(["prune", "--wait", "--json", "-f", &f])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
     let manual: RunRecord = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(manual.trigger, Trigger::Manual);
     assert_eq!(data_counts(&manual), (200, 0));

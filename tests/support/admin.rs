@@ -7,6 +7,26 @@ use std::time::Duration;
 
 use storeherd::control::Status;
 
+/// The keys docs/design.md promises in every `/status` document…
+pub const STATUS_KEYS: &[&str] = &["site", "listen", "instances"];
+
+/// …and in each of its instances (checked on the JSON itself: an `Option` field would
+/// decode from a missing key).
+pub const INSTANCE_KEYS: &[&str] = &[
+    "id",
+    "state",
+    "pid",
+    "port",
+    "eport",
+    "home",
+    "restarts",
+    "connections_active",
+    "connections_total",
+    "cpu_percent",
+    "rss_bytes",
+    "uptime_s",
+];
+
 /// An admin API: its address and, when it wants one, the bearer token.
 #[derive(Debug, Clone)]
 pub struct Admin {

@@ -49,6 +49,16 @@ pub fn have(present: bool, test: &str, tool: &str, install: &str) -> bool {
     present
 }
 
+/// Asserts that a command exited 0, with its stderr as the message.
+#[track_caller]
+pub fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `String::from_utf8_lossy`, owned: for a process's output in assertion messages.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -73,6 +73,17 @@ impl TwoSites {
     }
 }
 
+impl TwoSites {
+    /// Both sites on loopback, on free ports, each with both instances ready.
+    pub fn on_loopback() -> TwoSites {
+        let ports = [Ports::free(2), Ports::free(2)];
+        let mut s = TwoSites::start(["127.0.0.1", "127.0.0.1"], ports, [vec![], vec![]]);
+        ready(&mut s.a);
+        ready(&mut s.b);
+        s
+    }
+}
+
 /// Waits until a site's admin API answers and both its instances are ready.
 pub fn ready(up: &mut Up) {
     up.wait_admin();

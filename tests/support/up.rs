@@ -389,11 +389,7 @@ impl Up {
     /// Runs a control subcommand that must succeed.
     pub fn ctl_ok(&self, args: &[&str]) -> std::process::Output {
         let out = self.ctl(args);
-        assert!(
-            out.status.success(),
-            "storeherd {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::succeeded(&out);
         out
     }
 
