@@ -749,12 +749,9 @@ async fn the_client_library_speaks_the_api() {
     );
 }
 
-/// A loopback port nothing listens on (bound, then released).
+/// A loopback port nothing listens on (from the test kit's registry).
 async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    addr
+    support::ports::addr()
 }
 
 /// Runs the real binary; bounded, and killed if the test stops waiting.

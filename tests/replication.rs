@@ -28,11 +28,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The serialized tests hold [`SERIAL`] outside the runtime that runs their body.
-fn runtime() -> tokio::runtime::Runtime {
-    support::runtime()
-}
-
 // ---------------------------------------------------------------------------------------------
 // (a) The wire, against a recording peer and a real receiver
 // ---------------------------------------------------------------------------------------------
@@ -365,7 +360,8 @@ async fn wait_readable(
 #[test]
 fn two_sites_replicate_both_ways() {
     let _g = serial();
-    runtime().block_on(two_sites_body());
+    // Held outside the runtime that runs the body.
+    support::runtime().block_on(two_sites_body());
 }
 
 async fn two_sites_body() {
@@ -442,7 +438,8 @@ async fn wait_login_everywhere(up: &Up, user: &str, key: &str, works: bool) {
 #[test]
 fn backlog_reaches_a_site_that_was_stopped() {
     let _g = serial();
-    runtime().block_on(backlog_after_stop_body());
+    // Held outside the runtime that runs the body.
+    support::runtime().block_on(backlog_after_stop_body());
 }
 
 async fn backlog_after_stop_body() {
