@@ -6,6 +6,7 @@
 //! owner, age); the `gpg --verify` figure is the signature alone, with the key already in
 //! the keyring, so the comparison favours gpg.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,16 +16,48 @@ use storeherd::protocol::dt::format_dt;
 use storeherd::protocol::pow;
 use storeherd::server::validate::{validate_merge, Limits};
 
-#[path = "../tests/gpg/mod.rs"]
-mod gpg;
-
 /// Time spent measuring each method.
 const BUDGET: Duration = Duration::from_secs(5);
 /// Upper bound on runs per method.
 const MAX_RUNS: usize = 100_000;
 
+/// Runs `gpg` in batch mode with `GNUPGHOME=home`, no passphrase, feeding `stdin`; its
+/// stdout. Panics with gpg's stderr when it fails.
 fn gpg(home: &Path, args: &[&str], stdin: &[u8]) -> Vec<u8> {
-    gpg::run(home, args, stdin).stdout
+    let mut child = Command::new("gpg")
+        .env("GNUPGHOME", home)
+        .args([
+            "--batch",
+            "--yes",
+            "--no-tty",
+            "--pinentry-mode",
+            "loopback",
+        ])
+        .args(["--passphrase", ""])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gpg");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "gpg {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Stops the agent gpg started for `home`, so that no process outlives the bench.
+fn kill_agent(home: &Path) {
+    let _ = Command::new("gpgconf")
+        .env("GNUPGHOME", home)
+        .args(["--kill", "all"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// A clear-signed announcement of a fresh `algo` key; returns (fingerprint, key, block).
@@ -136,6 +169,6 @@ fn main() {
             in_process / original
         );
     }
-    gpg::kill_agent(signer.path());
-    gpg::kill_agent(verifier.path());
+    kill_agent(signer.path());
+    kill_agent(verifier.path());
 }

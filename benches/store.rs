@@ -21,17 +21,121 @@
 //! after the run instead of deleting it, so that back-to-back runs do not slow each other;
 //! delete DIR when done.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{accounts, Options, TestServer, USER, USER_KEY};
 use hdrhistogram::Histogram;
 use storeherd::protocol::compose;
+use storeherd::server::identity::Identity;
 use storeherd::wire::Client;
+
+const USER: &str = "00112233445566778899AABBCCDDEEFF00112233";
+const USER_KEY: &str = "USERKEY0123456789";
+
+/// One `storeherd store` process in `home` on a free loopback port, with [`USER`] in its
+/// `auth.txt`; killed when dropped.
+struct Server {
+    child: Child,
+    home: PathBuf,
+    addr: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// In a new temporary home.
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Server::start_in(&dir.path().join("home"));
+        s._dir = Some(dir);
+        s
+    }
+
+    fn start_in(home: &Path) -> Server {
+        std::fs::create_dir_all(home).unwrap();
+        Identity::generate("storeherd-bench")
+            .unwrap()
+            .install(&home.join("ssl"))
+            .unwrap();
+        std::fs::write(
+            home.join("auth.txt"),
+            format!("{USER} {USER_KEY} 2026-01-01T00:00:00Z\n"),
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // eport 0: the DHT node takes a free UDP port.
+        std::fs::write(
+            home.join("config.txt"),
+            format!("sport: {port}\neport: 0\nlisten_address: 127.0.0.1\nmax_connections: 100\n"),
+        )
+        .unwrap();
+        let log = std::fs::File::create(home.join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_storeherd"))
+            .arg("store")
+            .arg("--homedir")
+            .arg(home)
+            .env("STOREHERD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = Server {
+            child,
+            home: home.to_path_buf(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: None,
+        };
+        // Up once it greets (bounded).
+        let start = Instant::now();
+        while std::net::TcpStream::connect(s.addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the store server did not start: {}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        s
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("server.log")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until every acknowledged upload has been processed.
+    fn wait_queue_empty(&self, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            let n = std::fs::read_dir(self.home.join("inputqueue"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            if n == 0 && storeherd::store::queued_uploads(&self.home) == 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 type Blocks = Arc<Vec<(String, Vec<u8>)>>;
 
@@ -83,7 +187,7 @@ fn report(op: &str, conns: usize, n: usize, elapsed: Duration, h: &Histogram<u64
 }
 
 /// Returns the processed blocks per second.
-async fn run_store(s: &TestServer, blocks: &Blocks, conns: usize) -> f64 {
+async fn run_store(s: &Server, blocks: &Blocks, conns: usize) -> f64 {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..conns {
@@ -126,7 +230,7 @@ async fn run_store(s: &TestServer, blocks: &Blocks, conns: usize) -> f64 {
     rate
 }
 
-async fn run_get(s: &TestServer, blocks: &Blocks, conns: usize) {
+async fn run_get(s: &Server, blocks: &Blocks, conns: usize) {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..conns {
@@ -187,10 +291,7 @@ fn notify_mode(rt: &tokio::runtime::Runtime, n: usize) {
             )
             .unwrap();
         }
-        let opts = Options::default()
-            .auth(&accounts())
-            .config(&[("max_connections", "100")]);
-        let s = TestServer::start_in(&home, opts);
+        let s = Server::start_in(&home);
         let blocks: Blocks = Arc::new(announcements(n, recipient));
         println!(
             "message announcements, {}",
@@ -224,9 +325,6 @@ fn main() {
         notify_mode(&rt, per_conn * 16);
         return;
     }
-    let opts = Options::default()
-        .auth(&accounts())
-        .config(&[("max_connections", "100")]);
     let s = match std::env::var_os("STORE_BENCH_DIR") {
         Some(dir) => {
             let home = std::path::Path::new(&dir).join(format!(
@@ -235,9 +333,9 @@ fn main() {
                 Utc::now().timestamp()
             ));
             println!("  (server home kept: {})", home.display());
-            TestServer::start_in(&home, opts)
+            Server::start_in(&home)
         }
-        None => TestServer::start_with(opts),
+        None => Server::start(),
     };
     println!(
         "storeherd store bench: 4 KiB data blocks, server {}",

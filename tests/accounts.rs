@@ -1,13 +1,15 @@
 //! `storeherd accounts` end to end: a real supervisor with real built-in store servers; every
 //! check logs in on each instance's own port (not through the proxy).
 
-mod harness;
+mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::Up;
+use storeherd::control::InstanceState::Ready;
 use storeherd::wire::Client;
+use support::eventually;
+use support::up::Up;
 
 const T: Duration = Duration::from_secs(10);
 const USER_X: &str = "00112233445566778899AABBCCDDEEFF00112233";
@@ -22,18 +24,11 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// `(id, address)` of every instance, from `/status`.
-fn instance_addrs(up: &Up) -> Vec<(u64, SocketAddr)> {
-    up.status()["instances"]
-        .as_array()
-        .unwrap()
+fn instance_addrs(up: &Up) -> Vec<(u32, SocketAddr)> {
+    up.status()
+        .instances
         .iter()
-        .map(|i| {
-            let port = i["port"].as_u64().unwrap() as u16;
-            (
-                i["id"].as_u64().unwrap(),
-                SocketAddr::from(([127, 0, 0, 1], port)),
-            )
-        })
+        .map(|i| (i.id, SocketAddr::from(([127, 0, 0, 1], i.port))))
         .collect()
 }
 
@@ -63,18 +58,12 @@ fn accounts(up: &Up, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Polls `cond` every 100 ms until it holds or `timeout` passes.
-fn wait_for(what: &str, up: &Up, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() > deadline {
-            panic!("{what}: not within {timeout:?}\n{}", up.log());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits (bounded) until `cond` holds.
+fn wait_for(what: &str, up: &Up, timeout: Duration, cond: impl FnMut() -> bool) {
+    eventually(timeout, up.with_log(what), cond);
 }
 
-fn auth_txt(up: &Up, id: u64) -> String {
+fn auth_txt(up: &Up, id: u32) -> String {
     std::fs::read_to_string(
         up.data()
             .join("homes")
@@ -203,7 +192,7 @@ fn an_instance_down_during_add_gets_the_account_when_back() {
     let up = Up::start(2, "");
     up.wait_ready(2);
     let st = up.status();
-    let pid2 = st["instances"][1]["pid"].as_u64().unwrap() as i32;
+    let pid2 = st.instances[1].pid.unwrap() as i32;
     let pid = nix::unistd::Pid::from_raw(pid2);
     // Stopped, not dead: it still accepts connections but never answers.
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
@@ -220,7 +209,7 @@ fn an_instance_down_during_add_gets_the_account_when_back() {
         &up,
         Duration::from_secs(60),
         || {
-            up.status()["instances"][1]["state"] == "ready"
+            up.status().instances[1].state == Ready
                 && auth_txt(&up, 2).contains(&format!("{USER_X} {KEY} "))
         },
     );
@@ -288,14 +277,15 @@ fn foreign_auth_lines_reach_the_ledger_and_echoes_do_not_undo_changes() {
 #[test]
 fn with_a_peer_site_replogin_lines_spread_and_claims_go_back_to_their_instance() {
     const KEY2: &str = "89ABCDEF0123456789ABCDEF0123456789ABCDEF";
-    let b_ports = harness::free_range(4);
+    let b = support::up::Ports::free(2);
     let extra = format!(
-        "sites:\n  a: {{ host: 127.0.0.1 }}\n  b: {{ host: 127.0.0.1, ports: {{ server: {b_ports}, entangled: {} }}, listen: 127.0.0.1:{}, admin: {{ listen: 127.0.0.1:{} }}, data: b-data }}\nreplication: {{ authkey_file: repl.key }}\n",
-        b_ports + 2,
-        harness::free_port(),
-        harness::free_port()
+        "sites:\n  a: {{ host: 127.0.0.1 }}\n  b: {{ host: 127.0.0.1, ports: {{ server: {}, entangled: {} }}, listen: {}, admin: {{ listen: {} }}, data: b-data }}\nreplication: {{ authkey_file: repl.key }}\n",
+        b.sport, b.eport, b.listen, b.admin
     );
-    let up = Up::start_with("2", &extra, &["--site", "a"]);
+    let up = support::up::Topology::new(2)
+        .extra(&extra)
+        .args(&["--site", "a"])
+        .start();
     up.wait_ready(2);
     let repl_key = std::fs::read_to_string(up.dir.path().join("repl.key")).unwrap();
     let addrs = instance_addrs(&up);
@@ -357,25 +347,8 @@ fn ledger_and_claims_survive_a_restart_of_the_supervisor() {
         .is_some_and(|s| s.success()));
 
     // Same topology file, same data directory.
-    let log = up.dir.path().join("up2.log");
-    up.child = Some(
-        std::process::Command::new(harness::BIN)
-            .arg("up")
-            .arg("-f")
-            .arg(&up.file)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    up.stderr_log = log;
-    wait_for(
-        "the admin API is back",
-        &up,
-        Duration::from_secs(30),
-        || up.try_http("GET", "/status", None).is_ok(),
-    );
+    up.respawn();
+    up.wait_admin();
     up.wait_ready(2);
     let addrs = instance_addrs(&up);
     assert!(!login(addrs[1].1, USER_Y, &keys[0]));

@@ -4,6 +4,8 @@
 //! request channel is a small task here: it answers like the supervisor would and hands
 //! every request it saw to the test.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use storeherd::control::{
     Answer, ControlError, Handle, InstanceState, InstanceStatus, Request, Status,
 };
 use storeherd::topology::TopologyError;
+use support::admin::{INSTANCE_KEYS, STATUS_KEYS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -280,7 +283,7 @@ async fn status_json_matches_the_contract() {
         .unwrap()
         .starts_with("application/json"));
     let doc = a.json();
-    for key in ["site", "listen", "instances"] {
+    for key in STATUS_KEYS {
         assert!(doc.get(key).is_some(), "no {key} in {doc}");
     }
     assert_eq!(doc["site"], "a");
@@ -298,20 +301,7 @@ async fn status_json_matches_the_contract() {
         "stopped",
     ];
     for inst in instances {
-        for key in [
-            "id",
-            "state",
-            "pid",
-            "port",
-            "eport",
-            "home",
-            "restarts",
-            "connections_active",
-            "connections_total",
-            "cpu_percent",
-            "rss_bytes",
-            "uptime_s",
-        ] {
+        for key in INSTANCE_KEYS {
             assert!(inst.get(key).is_some(), "no {key} in {inst}");
         }
         assert!(states.contains(&inst["state"].as_str().unwrap()));
@@ -764,12 +754,9 @@ async fn the_client_library_speaks_the_api() {
     );
 }
 
-/// A loopback port nothing listens on (bound, then released).
+/// A loopback port nothing listens on (from the test kit's registry).
 async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    addr
+    support::ports::addr()
 }
 
 /// Runs the real binary; bounded, and killed if the test stops waiting.

@@ -1,33 +1,23 @@
 //! `storeherd bench` against a real built-in store server: every op for one second, the
 //! `--json` contract, and the fast, clear failures (wrong target, GET without a login).
 
-mod common;
+mod support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{accounts, binary, free_port, TestServer, ADMIN_KEY};
+use support::procs::Reaped;
+use support::store::{accounts, TestServer, ADMIN_KEY};
+use support::BIN;
 
 /// Longest any bench run here may take, setup (proofs of work, GET set) included.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
-/// A running `storeherd bench`, killed and reaped on drop (also on panic).
-struct Bench(Option<Child>);
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Runs `storeherd bench ARGS`, bounded by `limit`; panics if it is still running then.
 fn bench(args: &[&str], limit: Duration) -> (Output, Duration) {
     let started = Instant::now();
-    let child = Command::new(binary())
+    let child = Command::new(BIN)
         .arg("bench")
         .args(args)
         .stdin(Stdio::null())
@@ -35,24 +25,35 @@ fn bench(args: &[&str], limit: Duration) -> (Output, Duration) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn storeherd bench");
-    let mut guard = Bench(Some(child));
-    loop {
-        let c = guard.0.as_mut().unwrap();
-        if c.try_wait().unwrap().is_some() {
-            let out = guard.0.take().unwrap().wait_with_output().unwrap();
-            return (out, started.elapsed());
-        }
-        assert!(
-            started.elapsed() < limit,
-            "storeherd bench {args:?} still running after {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    // Killed and reaped if it is still running at the limit (also on panic).
+    let mut bench = Reaped(child);
+    assert!(
+        bench.exit_within(limit).is_some(),
+        "storeherd bench {args:?} still running after {limit:?}"
+    );
+    (read_output(&mut bench.0), started.elapsed())
+}
+
+/// The output of a child that has exited (its pipes read to the end).
+fn read_output(child: &mut Child) -> Output {
+    use std::io::Read;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut stdout).unwrap();
+    }
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_end(&mut stderr).unwrap();
+    }
+    Output {
+        status: child.wait().unwrap(),
+        stdout,
+        stderr,
     }
 }
 
 fn server() -> TestServer {
     TestServer::start_with(
-        common::Options::default()
+        support::store::Options::default()
             .config(&[("max_connections", "200")])
             .auth(&accounts()),
     )
@@ -179,7 +180,9 @@ fn assert_fails_fast(args: &[&str], expect: &[&str]) {
 #[test]
 fn a_wrong_target_fails_fast_and_clearly() {
     // Nothing listens there.
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dead: SocketAddr = format!("127.0.0.1:{}", support::ports::port())
+        .parse()
+        .unwrap();
     let dead = dead.to_string();
     assert_fails_fast(
         &["--target", &dead, "-d", "5", "--json"],

@@ -7,14 +7,16 @@
 //! `chaos_short` runs in the test suite (a few seconds); `deploy/chaos/chaos` runs
 //! `chaos_full` (60 s, `CHAOS_SECS` to change).
 
-mod harness;
-mod reliability;
+mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
-use reliability::{env_or, leftovers, unreadable, wait_drained, Site, StoreStream};
+use support::load::{leftovers, unreadable, wait_drained, StoreStream};
+use support::procs::Reaped;
+use support::up::{all_ready, Topology};
+use support::{env_or, eventually};
 
 /// Something that can cut connections: a kill (an instant) or a stop in progress (a span).
 struct Event {
@@ -27,21 +29,11 @@ struct Event {
 /// bench first computes proofs of work for 20,000 blocks per second of run, which takes
 /// minutes in an unoptimized build (the STORE stream still stores throughout).
 fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
-    let dir = reliability::Scratch::new();
-    let site = Site::new(
-        dir.path(),
-        4,
-        "proxy: { connect_timeout: 1s, idle_timeout: 60s, drain_timeout: 3s }\n",
-    );
-    let svc = site.start(None);
-    svc.wait_ready(4, Duration::from_secs(60));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let svc = Topology::new(4).kills_expected().start();
+    svc.wait_ready(4);
+    let rt = support::runtime();
     let key = svc.admin_key();
-    let bench = Command::new(harness::BIN)
+    let bench = Command::new(support::BIN)
         .args([
             "bench", "--op", bench_op, "-c", "4", "--size", "1024", "--json",
         ])
@@ -55,48 +47,48 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut bench = ChildGuard(Some(bench));
+    let mut bench = Reaped(bench);
     // The chaos starts once the bench's connections are open (after its set-up).
-    let ready_by = Instant::now() + Duration::from_secs(300);
-    loop {
-        let open = svc
-            .status()
-            .map_or(0, |s| s["connections_active"].as_u64().unwrap_or(0));
+    eventually(Duration::from_secs(300), "the bench starts", || {
+        if let Some(st) = bench.0.try_wait().unwrap() {
+            panic!("bench exited before the run ({st}): {}", output(&mut bench));
+        }
+        let open = svc.try_status().map_or(0, |s| s.connections_active);
         if open >= 4 {
-            break;
+            Ok(())
+        } else {
+            Err(open)
         }
-        if let Some(Ok(Some(st))) = bench.0.as_mut().map(|c| c.try_wait()) {
-            panic!(
-                "bench exited before the run ({st}): {}",
-                bench.wait(Duration::ZERO)
-            );
-        }
-        assert!(Instant::now() < ready_by, "bench never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     let stream = StoreStream::start(&rt, svc.listen, 4);
 
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let mut events: Vec<Event> = Vec::new();
     let mut kills = 0;
-    let mut restarts_seen = std::collections::BTreeMap::<u64, u64>::new();
+    let mut restarts_seen = std::collections::BTreeMap::<u32, u64>::new();
     let (mut removed, mut added, mut rolled) = (false, false, false);
     let mut rolling_from = None;
-    let mut removing: Option<(u64, Instant)> = None;
+    let mut removing: Option<(u32, Instant)> = None;
     let mut next_kill = start + kill_every;
     let mut rng = rand::thread_rng();
     while Instant::now() < end {
         let t = start.elapsed().as_secs_f64() / secs;
-        if let Some(st) = svc.status() {
-            for i in st["instances"].as_array().unwrap() {
-                let (id, r) = (i["id"].as_u64().unwrap(), i["restarts"].as_u64().unwrap());
-                let e = restarts_seen.entry(id).or_default();
-                *e = (*e).max(r);
-            }
+        let st = svc.try_status().ok();
+        for i in st.iter().flat_map(|st| &st.instances) {
+            let e = restarts_seen.entry(i.id).or_default();
+            *e = (*e).max(i.restarts);
         }
+        // (id, pid) of the instances that have a process.
+        let pids: Vec<(u32, u32)> = st
+            .iter()
+            .flat_map(|st| &st.instances)
+            .filter_map(|i| Some((i.id, i.pid?)))
+            .collect();
         if let Some((id, from)) = removing {
-            let listed = svc.ids().is_none_or(|ids| ids.contains(&id));
+            let listed = st
+                .as_ref()
+                .is_none_or(|st| st.instances.iter().any(|i| i.id == id));
             if !listed {
                 events.push(Event {
                     from,
@@ -108,12 +100,9 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
         }
         if Instant::now() >= next_kill {
             next_kill += kill_every;
-            if let Some(&(id, pid)) = svc.pids().choose(&mut rng) {
+            if let Some(&(id, pid)) = pids.choose(&mut rng) {
                 let at = Instant::now();
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                support::procs::signal(pid, nix::sys::signal::Signal::SIGKILL);
                 kills += 1;
                 println!(
                     "{:6.2}s  SIGKILL instance {id} (pid {pid})",
@@ -128,7 +117,7 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
         }
         if !removed && t >= 0.25 {
             removed = true;
-            let ids: Vec<u64> = svc.pids().iter().map(|p| p.0).collect();
+            let ids: Vec<u32> = pids.iter().map(|p| p.0).collect();
             let id = *ids.choose(&mut rng).unwrap_or(&1);
             let from = Instant::now();
             let out = svc.ctl(&["remove", &id.to_string()]);
@@ -166,9 +155,15 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let record = stream.stop(&rt);
-    let bench_out = bench.wait(Duration::from_secs(60));
+    let bench_out = match bench.exit_within(Duration::from_secs(60)) {
+        Some(_) => output(&mut bench),
+        None => "bench did not finish".into(),
+    };
+    drop(bench);
     // The rolling restart may still be going: wait for 4 ready instances and no drain.
-    let settled = svc.wait_ready(4, Duration::from_secs(120));
+    let settled = svc.wait_status(Duration::from_secs(120), "4 ready instances", |st| {
+        st.instances.len() == 4 && all_ready(st)
+    });
     if let Some((id, from)) = removing {
         events.push(Event {
             from,
@@ -183,12 +178,11 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
             what: "rolling restart".into(),
         });
     }
-    for i in settled["instances"].as_array().unwrap() {
-        let (id, r) = (i["id"].as_u64().unwrap(), i["restarts"].as_u64().unwrap());
-        let e = restarts_seen.entry(id).or_default();
-        *e = (*e).max(r);
+    for i in &settled.instances {
+        let e = restarts_seen.entry(i.id).or_default();
+        *e = (*e).max(i.restarts);
     }
-    let queued = wait_drained(&svc.data, Duration::from_secs(60));
+    let queued = wait_drained(&svc.data(), Duration::from_secs(60));
     let missing = unreadable(
         &rt,
         svc.listen,
@@ -196,7 +190,7 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
         &record.acked,
         Duration::from_secs(60),
     );
-    let (temps, _) = leftovers(&svc.data);
+    let (temps, _) = leftovers(&svc.data());
     let unexplained: Vec<_> = record
         .op_failures
         .iter()
@@ -262,7 +256,7 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
             .iter()
             .map(|c| &c.1)
             .collect::<Vec<_>>(),
-        svc.log()
+        svc.log_tail()
     );
     assert!(
         record.refused.is_empty(),
@@ -278,38 +272,17 @@ fn chaos(secs: f64, kill_every: Duration, bench_op: &str) {
     assert!(!record.acked.is_empty(), "the STORE stream stored nothing");
 }
 
-/// Kills and reaps a child process when dropped.
-struct ChildGuard(Option<std::process::Child>);
-
-impl ChildGuard {
-    /// Waits (bounded) for its exit and returns its standard output.
-    fn wait(mut self, timeout: Duration) -> String {
-        let mut child = self.0.take().unwrap();
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                let out = child.wait_with_output().unwrap();
-                return format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        "bench did not finish".into()
+/// The output of the bench, which has exited: its stdout, then its stderr.
+fn output(bench: &mut Reaped) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Some(mut o) = bench.0.stdout.take() {
+        let _ = o.read_to_string(&mut text);
     }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    if let Some(mut e) = bench.0.stderr.take() {
+        let _ = e.read_to_string(&mut text);
     }
+    text
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! `storeherd check`, run as the real binary: every example is accepted, bad files are
 //! refused with `file:line:column: what was expected`, and `--json` is one JSON document.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_storeherd");
+use support::BIN;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -286,24 +288,6 @@ fn missing_file() {
 
 // --- What check plans and provisioning writes, the built-in server runs.
 
-/// Kills and reaps the server, also when the test fails.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn provisioned_home_is_served_by_the_builtin_server() {
     use std::time::Duration;
@@ -312,7 +296,7 @@ fn provisioned_home_is_served_by_the_builtin_server() {
     use storeherd::wire::{cert_sha1, Client};
 
     let dir = tempfile::tempdir().unwrap();
-    let (port, eport) = (free_tcp_port(), free_tcp_port());
+    let (port, eport) = (support::ports::port(), support::ports::port());
     let text = format!(
         "instances: 1\nports: {{ server: {port}, entangled: {eport} }}\nserver: {{ config: {{ max_connections: 5 }} }}\n"
     );
@@ -324,7 +308,7 @@ fn provisioned_home_is_served_by_the_builtin_server() {
     let prepared = prepare_data(&plan).unwrap();
     provision_home(&plan, &prepared, 1).unwrap();
     let inst = plan.instance(1);
-    let _server = Reap(
+    let _server = support::procs::Reaped(
         Command::new(BIN)
             .args(["store", "--homedir"])
             .arg(&inst.home)
@@ -345,18 +329,11 @@ fn provisioned_home_is_served_by_the_builtin_server() {
         .build()
         .unwrap();
     rt.block_on(async {
-        // Bounded wait for the server to listen: 200 tries, 50 ms apart.
-        let mut client = None;
-        for _ in 0..200 {
-            match Client::connect(addr, Duration::from_secs(5)).await {
-                Ok(c) => {
-                    client = Some(c);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        let client = client.expect("the built-in server never answered on the planned port");
+        let what = "the built-in server answers on the planned port";
+        let client = support::eventually_async(Duration::from_secs(20), what, || {
+            Client::connect(addr, Duration::from_secs(5))
+        })
+        .await;
         // The shared identity from ssl/ is the one presented.
         let mut client = client.starttls(Some(&pin)).await.unwrap();
         // auth.txt was seeded with the administrator key.

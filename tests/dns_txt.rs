@@ -4,14 +4,14 @@
 //!
 //! Without dnsmasq the first test passes after printing why it did nothing.
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Raw, TestServer};
+use support::store::{Raw, TestServer};
 
 /// A dnsmasq answering for `*.test` only, on 127.0.0.1:port; killed on drop.
 struct Dnsmasq {
@@ -24,21 +24,17 @@ impl Dnsmasq {
         let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists());
-        let Some(bin) = bin else {
-            // A skip outside CI only: `.ci/run` installs it and sets CI.
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "dnsmasq is not installed; .ci/run installs it (dnsmasq-base)"
-            );
-            eprintln!("SKIPPED {test}: dnsmasq is not installed (Debian package dnsmasq-base)");
+        if !support::have(
+            bin.is_some(),
+            test,
+            "dnsmasq",
+            "Debian package dnsmasq-base",
+        ) {
             return None;
-        };
+        }
+        let bin = bin.unwrap();
         for _ in 0..5 {
-            let port = UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = support::ports::port();
             let mut child = Command::new(bin)
                 .args([
                     "--no-daemon",

@@ -2,22 +2,21 @@
 //! processes, and the stock client's four-step key posting through a real `storeherd up`
 //! whose instances share one entangled tree.
 
-mod common;
-mod gpg;
-mod harness;
+mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 
-use common::{Raw, TestServer};
-use gpg::{announce, Fields, Gpg};
 use storeherd::dht::store::Meta;
 use storeherd::protocol::compose;
 use storeherd::server::entangled::incoming_file;
 use storeherd::server::validate::{validate_merge, Limits};
 use storeherd::store::tree::Tree;
+use support::gpg::{announce, Fields, Gpg};
+use support::store::{Raw, TestServer};
+use support::until;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -72,16 +71,17 @@ fn get_block(raw: &mut Raw, command: &str) -> Vec<u8> {
 
 /// Polls a GET command on fresh connections until it is not `NOT FOUND` (bounded).
 fn wait_found(addr: std::net::SocketAddr, command: &str) -> Vec<u8> {
-    let deadline = Instant::now() + T;
-    loop {
+    let got = until(T, || {
         let mut raw = Raw::connect(addr).unwrap();
         raw.line().unwrap();
         let got = get_block(&mut raw, command);
-        if got != b"NOT FOUND\r\n" || Instant::now() > deadline {
-            return got;
+        if got != b"NOT FOUND\r\n" {
+            Ok(got)
+        } else {
+            Err(got)
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
+    got.unwrap_or_else(|last| last.unwrap_or_default())
 }
 
 fn value_file(root: &Path, key: &str) -> Vec<u8> {
@@ -226,15 +226,11 @@ fn stock_client_key_posting_through_up_is_served_by_another_instance() {
     let (claim_key, claim_text) = compose::address_claim(&fpr, "carol@example.org", date);
     let claim = gpg.clearsign(&fpr, &claim_text);
 
-    let up = harness::Up::start(2, "");
+    let up = support::up::Up::start(2, "");
     up.wait_ready(2);
     let authkey = "CAROLKEY01234567";
     let out = up.ctl(&["accounts", "add", &fpr, authkey]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
 
     // Instance 1, one connection, as keyannounce.py posts (after its LOGIN).
     let one = std::net::SocketAddr::from(([127, 0, 0, 1], up.sport));
@@ -297,20 +293,12 @@ fn stock_client_key_posting_through_up_is_served_by_another_instance() {
     assert!(file.ends_with(&announcement));
 }
 
-/// A free UDP port on loopback for a server's DHT node, so that others can name it in `knode`.
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn three_store_servers_find_each_others_values_through_the_dht() {
     // A ← B ← C: each joins through the one before it (`knode`), each with its own tree.
     let start = |knode: Option<u16>| {
-        let eport = free_udp_port();
+        // A free port for its DHT node, so that the next one can name it in `knode`.
+        let eport = support::ports::port();
         let e = eport.to_string();
         let k = knode.map(|p| format!("127.0.0.1:{p}"));
         let mut extra = vec![("eport", e.as_str())];

@@ -2,20 +2,20 @@
 //! others; `max_connections` refusals, `proxy.balance: leastconn`, PROXY protocol headers
 //! (`proxy.accept_proxy`) and a kill under load, all through a real `storeherd up`.
 
-mod harness;
+mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::{ClientLoop, Up, BIN};
+use storeherd::control::InstanceState::Ready;
+use storeherd::control::Status;
+use support::load::ClientLoop;
+use support::up::{all_ready, Topology, Up};
+use support::{eventually, BIN};
 
 const T: Duration = Duration::from_secs(20);
 const READY: &str = "CONFIDANT MAIL SERVER PROTOCOL 1 READY";
-
-fn instances(st: &serde_json::Value) -> Vec<serde_json::Value> {
-    st["instances"].as_array().unwrap().clone()
-}
 
 /// Instance 1 takes handed-off sockets, the others do not (the same server without
 /// `--handoff`, as any server that cannot take a socket).
@@ -25,31 +25,21 @@ fn mixed_command() -> String {
     )
 }
 
-/// Adds `keys` to the harness topology's `proxy:` mapping.
+/// Adds `keys` to the test topology's `proxy:` mapping (in a topology file's text).
 fn proxy_keys(keys: &str) -> impl Fn(String) -> String + '_ {
     move |t| t.replace("proxy: { ", &format!("proxy: {{ {keys}, "))
 }
 
 /// Waits until `/status` says which instances take handed-off clients.
-fn wait_handoff(up: &Up, want: &[bool]) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = up.status();
-        let got: Vec<bool> = instances(&st)
+fn wait_handoff(up: &Up, want: &[bool]) -> Status {
+    let what = format!("hand-off {want:?}");
+    up.wait_status(Duration::from_secs(30), &what, |st| {
+        st.instances
             .iter()
-            .map(|i| i["handoff"].as_bool().unwrap_or(false))
-            .collect();
-        let ready = instances(&st).iter().all(|i| i["state"] == "ready");
-        if got == want && ready {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "hand-off never {want:?}: {st:#}\n{}",
-            up.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            .map(|i| i.handoff)
+            .eq(want.iter().copied())
+            && all_ready(st)
+    })
 }
 
 /// A blocking line client through the public port.
@@ -122,40 +112,21 @@ fn holds_socket(pid: u32, inode: &str) -> bool {
         .any(|l| l.to_string_lossy() == want)
 }
 
-/// Waits (bounded) until `/status` satisfies `ok`; returns that document.
-fn wait_status(up: &Up, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = Instant::now() + T;
-    loop {
-        let st = up.status();
-        if ok(&st) {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "never {what}: {st:#}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn column(st: &serde_json::Value, key: &str) -> Vec<u64> {
-    instances(st)
-        .iter()
-        .map(|i| i[key].as_u64().unwrap())
-        .collect()
-}
-
-fn server_log(up: &Up, id: u32) -> String {
-    std::fs::read_to_string(up.data().join(format!("homes/{id}/server.log"))).unwrap_or_default()
+/// One counter of every instance, in id order.
+fn column(st: &Status, counter: impl Fn(&storeherd::control::InstanceStatus) -> u64) -> Vec<u64> {
+    st.instances.iter().map(counter).collect()
 }
 
 fn wait_log(up: &Up, id: u32, needle: &str) {
-    let deadline = Instant::now() + T;
-    while !server_log(up, id).contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "instance {id} never logged {needle:?}:\n{}",
-            server_log(up, id)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let what = format!("instance {id} logged {needle:?}");
+    eventually(T, what, || {
+        let log = up.server_log(id);
+        if log.contains(needle) {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
 }
 
 #[test]
@@ -165,10 +136,7 @@ fn built_in_instances_get_the_socket_and_others_are_relayed_in_one_up() {
     wait_handoff(&up, &[true, false]);
     let sup = up.pid();
     let st = up.status();
-    let pids: Vec<u32> = instances(&st)
-        .iter()
-        .map(|i| i["pid"].as_u64().unwrap() as u32)
-        .collect();
+    let pids: Vec<u32> = st.instances.iter().map(|i| i.pid.unwrap()).collect();
 
     // Round robin: two sessions on each instance, held open.
     let mut clients: Vec<Line> = (0..4).map(|_| Line::connect(up.listen)).collect();
@@ -197,38 +165,21 @@ fn built_in_instances_get_the_socket_and_others_are_relayed_in_one_up() {
         }
     }
     assert_eq!((handed, relayed), (2, 2));
-    let deadline = Instant::now() + T;
-    loop {
-        let st = up.status();
-        let a: Vec<u64> = instances(&st)
-            .iter()
-            .map(|i| i["connections_active"].as_u64().unwrap())
-            .collect();
-        if a == [2, 2] && st["connections_active"] == 4 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "active never [2, 2]: {st:#}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    up.wait_status(T, "active [2, 2]", |st| {
+        column(st, |i| i.connections_active) == [2, 2] && st.connections_active == 4
+    });
     for c in &mut clients {
         assert_eq!(c.cmd("QUIT"), "GOODBYE");
     }
     drop(clients);
-    let deadline = Instant::now() + T;
-    loop {
-        let st = up.status();
-        let i = instances(&st);
-        let settled = i.iter().all(|i| i["connections_active"] == 0)
-            && i.iter().all(|i| i["connections_total"] == 2)
+    up.wait_status(T, "the counters settled", |st| {
+        let i = &st.instances;
+        i.iter().all(|i| i.connections_active == 0)
+            && i.iter().all(|i| i.connections_total == 2)
             // greeting + PONG + GOODBYE, twice, on each path.
-            && i.iter().all(|i| i["bytes_out"] == 2 * (40 + 6 + 9))
-            && i.iter().all(|i| i["bytes_in"] == 2 * (6 + 6));
-        if settled {
-            break;
-        }
-        assert!(Instant::now() < deadline, "counters never settled: {st:#}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            && i.iter().all(|i| i.bytes_out == 2 * (40 + 6 + 9))
+            && i.iter().all(|i| i.bytes_in == 2 * (6 + 6))
+    });
     let (_, metrics) = up.http("GET", "/metrics", None);
     assert!(metrics.contains("storeherd_instance_handoff{instance=\"1\"} 1"));
     assert!(metrics.contains("storeherd_instance_handoff{instance=\"2\"} 0"));
@@ -247,18 +198,9 @@ fn a_full_instance_refuses_the_socket_and_the_next_one_takes_the_client() {
     assert_eq!(b.line(), READY);
     assert_eq!(b.cmd("QUIT"), "GOODBYE");
     drop(b);
-    let which = |st: &serde_json::Value| -> Vec<u64> {
-        instances(st)
-            .iter()
-            .map(|i| i["connections_active"].as_u64().unwrap())
-            .collect()
-    };
-    let deadline = Instant::now() + T;
-    while which(&up.status()) != [1, 0] {
-        assert!(Instant::now() < deadline, "{:#}", up.status());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let busy_before = instances(&up.status())[0]["busy_total"].as_u64().unwrap();
+    let which = |st: &Status| column(st, |i| i.connections_active);
+    up.wait_status(T, "active [1, 0]", |st| which(st) == [1, 0]);
+    let busy_before = up.status().instances[0].busy_total;
     let mut c = Line::connect(up.listen);
     assert_eq!(
         c.line(),
@@ -267,8 +209,8 @@ fn a_full_instance_refuses_the_socket_and_the_next_one_takes_the_client() {
     );
     assert_eq!(c.cmd("PING"), "PONG");
     wait_log(&up, 2, &format!("client={}", c.local()));
-    wait_status(&up, "one session on each, instance 1 refusing", |st| {
-        which(st) == [1, 1] && column(st, "busy_total")[0] > busy_before
+    up.wait_status(T, "one session on each, instance 1 refusing", |st| {
+        which(st) == [1, 1] && st.instances[0].busy_total > busy_before
     });
     assert_eq!(a.cmd("PING"), "PONG");
 }
@@ -287,11 +229,9 @@ fn leastconn_reloaded_live_sends_new_clients_past_long_sessions() {
     std::fs::write(&up.file, text).unwrap();
     up.wait_ready(3);
     wait_handoff(&up, &[true, true, true]);
-    let deadline = Instant::now() + T;
-    while !up.log().contains("topology reloaded") {
-        assert!(Instant::now() < deadline, "never reloaded:\n{}", up.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(T, up.with_log("the topology reloaded"), || {
+        up.log().contains("topology reloaded")
+    });
     let mut fresh = Vec::new();
     for _ in 0..4 {
         let mut c = Line::connect(up.listen);
@@ -300,8 +240,8 @@ fn leastconn_reloaded_live_sends_new_clients_past_long_sessions() {
         // Counted when the instance's answer is read: long before this round trip ends.
         fresh.push(c);
     }
-    wait_status(&up, "totals [3, 2, 2]", |st| {
-        column(st, "connections_total") == [3, 2, 2]
+    up.wait_status(T, "totals [3, 2, 2]", |st| {
+        column(st, |i| i.connections_total) == [3, 2, 2]
     });
     drop((long, fresh));
 }
@@ -324,12 +264,11 @@ fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
 
 #[test]
 fn proxy_headers_from_trusted_sources_set_the_client_address() {
-    let up = Up::start_edited(
-        "1",
-        "",
-        &[],
-        proxy_keys("accept_proxy: [127.0.0.2, 10.9.0.0/16]"),
-    );
+    let up = Topology::new(1)
+        .proxy(Some(
+            "accept_proxy: [127.0.0.2, 10.9.0.0/16], connect_timeout: 1s, idle_timeout: 60s, drain_timeout: 3s",
+        ))
+        .start();
     up.wait_ready(1);
     wait_handoff(&up, &[true]);
 
@@ -376,17 +315,11 @@ fn proxy_headers_from_trusted_sources_set_the_client_address() {
         .unwrap();
     assert!(Line::over(untrusted).closed());
     assert!(Line::connect(up.listen).closed());
-    assert!(!server_log(&up, 1).contains("192.0.2.99"));
+    assert!(!up.server_log(1).contains("192.0.2.99"));
 
-    let deadline = Instant::now() + T;
-    loop {
-        let st = up.status();
-        if st["proxy_header_accepted_total"] == 2 && st["proxy_header_rejected_total"] == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "header counters: {st:#}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    up.wait_status(T, "header counters 2 accepted, 3 rejected", |st| {
+        st.proxy_header_accepted_total == 2 && st.proxy_header_rejected_total == 3
+    });
     let (_, metrics) = up.http("GET", "/metrics", None);
     assert!(
         metrics.contains("storeherd_proxy_header_rejected_total 3"),
@@ -403,28 +336,14 @@ fn an_instance_killed_under_a_connect_ping_quit_loop_fails_no_client() {
     let up = Up::start(3, "");
     let st = up.wait_ready(3);
     wait_handoff(&up, &[true, true, true]);
-    let victim = instances(&st)[1]["pid"].as_u64().unwrap() as i32;
+    let victim = st.instances[1].pid.unwrap();
     let clients = ClientLoop::start(up.listen, 8);
     std::thread::sleep(Duration::from_millis(500));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = up.status();
-        let i = &instances(&st)[1];
-        if i["state"] == "ready" && i["pid"].as_u64() != Some(victim as u64) && i["handoff"] == true
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "instance 2 never came back: {st:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::procs::signal(victim, nix::sys::signal::Signal::SIGKILL);
+    up.wait_status(Duration::from_secs(30), "instance 2 comes back", |st| {
+        let i = &st.instances[1];
+        i.state == Ready && i.pid != Some(victim) && i.handoff
+    });
     std::thread::sleep(Duration::from_millis(500));
     let r = clients.stop();
     assert!(r.ok > 50);
@@ -436,13 +355,7 @@ fn an_instance_killed_under_a_connect_ping_quit_loop_fails_no_client() {
     );
     assert!(r.cut <= 8, "cut: {}", r.cut);
     // Every handed session the killed instance had was taken off its count.
-    let deadline = Instant::now() + T;
-    loop {
-        let st = up.status();
-        if instances(&st).iter().all(|i| i["connections_active"] == 0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sessions left counted: {st:#}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    up.wait_status(T, "no session left counted", |st| {
+        st.instances.iter().all(|i| i.connections_active == 0)
+    });
 }

@@ -2,6 +2,8 @@
 //! listener and shutdown future, and the supervisor on a test's listeners and outside
 //! commands (its instances are real `storeherd store` processes).
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -145,21 +147,14 @@ async fn store_server_shutdown_command_ends_run() {
     join_within(thread, T).unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_runs_in_process_reloads_and_stops_on_outside_commands() {
     let dir = tempfile::tempdir().unwrap();
     let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (listen, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
-    let (sport, eport) = (free_port(), free_port());
+    // Instance port blocks for the reload to two instances.
+    let (sport, eport) = (support::ports::range(2), support::ports::range(2));
     let file = dir.path().join("storeherd.yaml");
     let topology = |instances: u32| {
         format!(

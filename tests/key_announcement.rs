@@ -4,8 +4,7 @@
 //!
 //! Every test needs `gpg`; without it they pass after printing why they did nothing.
 
-mod common;
-mod gpg;
+mod support;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -15,13 +14,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sequoia_openpgp::types::ReasonForRevocation;
 
-use common::{Options, TestServer};
-use gpg::{announce, announcement_text, Fields, Gpg};
 use storeherd::protocol::compose;
 use storeherd::protocol::dt::format_dt;
 use storeherd::protocol::pow;
 use storeherd::server::keyannounce::KeyRejection;
 use storeherd::server::validate::{validate_merge, Limits, Merged, Reject};
+use support::gpg::{announce, announcement_text, Fields, Gpg};
+use support::store::{Options, TestServer};
 
 const BEGIN_KEY: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
 const END_KEY: &str = "-----END PGP PUBLIC KEY BLOCK-----";
@@ -532,7 +531,7 @@ fn stored_through_a_real_server_and_read_back() {
     let ann = announce(&gpg, &fpr, &Fields::new(&block, ago(60)));
     let auth = format!(
         "{}{fpr} GRACEKEY0123456 2026-01-01T00:00:00Z\n",
-        common::accounts()
+        support::store::accounts()
     );
     let server = TestServer::start_with(Options::default().auth(&auth));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -550,7 +549,10 @@ fn stored_through_a_real_server_and_read_back() {
         assert_eq!(anon.get(&fpr, None).await.unwrap(), None);
         // Logged in as another user: not stored either.
         let mut other = server.client().await;
-        assert!(other.login(common::USER, common::USER_KEY).await.unwrap());
+        assert!(other
+            .login(support::store::USER, support::store::USER_KEY)
+            .await
+            .unwrap());
         assert!(other.store(&fpr, &ann).await.unwrap());
         assert!(server.wait_queue_empty(Duration::from_secs(20)));
         assert_eq!(other.get(&fpr, None).await.unwrap(), None);

@@ -5,16 +5,16 @@
 //! The suite runs small versions; `deploy/chaos/limits` runs `limits_full` (10,000 idle
 //! connections and 1,000 more arriving; `LIMITS_IDLE`, `LIMITS_MORE` to change).
 
-mod harness;
-mod reliability;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reliability::{env_or, Service, Site};
 use storeherd::wire::{GREETING_BUSY, GREETING_READY};
+use support::up::{Topology, Up};
+use support::{env_or, runtime};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -80,10 +80,7 @@ impl Sampler {
         let thread = std::thread::spawn(move || {
             while !s2.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let ok = matches!(
-                    harness::http(admin, "GET", "/status", None, None),
-                    Ok((200, _))
-                );
+                let ok = support::admin::Admin::new(admin).status().is_ok();
                 v2.lock().unwrap().push(ok.then(|| t.elapsed()));
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -108,43 +105,36 @@ impl Sampler {
     }
 }
 
-fn restarts_and_states(svc: &Service) -> (u64, Vec<String>) {
-    let st = svc.status().expect("status");
-    let list = st["instances"].as_array().unwrap();
+fn restarts_and_states(svc: &Up) -> (u64, Vec<String>) {
+    let st = svc.status();
     (
-        list.iter().map(|i| i["restarts"].as_u64().unwrap()).sum(),
-        list.iter()
-            .map(|i| i["state"].as_str().unwrap().to_string())
+        st.instances.iter().map(|i| i.restarts).sum(),
+        st.instances
+            .iter()
+            .map(|i| i.state.as_str().to_string())
             .collect(),
     )
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// `idle` connections held open through the proxy, then `more` arriving on top.
 fn idle_connections(idle: usize, more: usize) {
-    let dir = reliability::Scratch::new();
     let per_instance = idle.div_ceil(4) + 64;
     // The supervisor raises its soft limit to the hard one and keeps two descriptors per
     // session plus a reserve.
     let (_, nofile) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     let cap = storeherd::proxy::fds::sessions_within(nofile);
-    let site = Site::new(
-        dir.path(),
-        4,
-        &format!(
-            "server: {{ config: {{ max_connections: {per_instance} }} }}\nproxy: {{ max_connections: {idle}, connect_timeout: 2s, idle_timeout: 10m, drain_timeout: 3s }}\n"
-        ),
+    let proxy = format!(
+        "max_connections: {idle}, connect_timeout: 2s, idle_timeout: 10m, drain_timeout: 3s"
     );
-    let svc = site.start(None);
-    svc.wait_ready(4, Duration::from_secs(60));
+    let svc = Topology::new(4)
+        .kills_expected()
+        .proxy(Some(&proxy))
+        .extra(&format!(
+            "server: {{ config: {{ max_connections: {per_instance} }} }}\n"
+        ))
+        .start();
+    svc.wait_ready(4);
     let rt = runtime();
     let sampler = Sampler::start(svc.admin);
     let mut held = Vec::new();
@@ -154,7 +144,7 @@ fn idle_connections(idle: usize, more: usize) {
     let second = rt.block_on(open_idle(svc.listen, more, &mut held));
     // Hold them while health checks run (several intervals).
     std::thread::sleep(Duration::from_secs(3));
-    let st = svc.status().unwrap();
+    let st = svc.status();
     let (restarts, states) = restarts_and_states(&svc);
     let (answered, failed, p50, max) = sampler.finish();
     println!("--- {idle} idle connections through the proxy, then {more} more");
@@ -172,7 +162,7 @@ fn idle_connections(idle: usize, more: usize) {
     );
     println!(
         "proxy connections_active {}, rejected_total {}",
-        st["connections_active"], st["rejected_total"]
+        st.connections_active, st.rejected_total
     );
     println!(
         "/status while loaded: {answered} answered, {failed} failed, p50 {p50:?}, max {max:?}"
@@ -205,15 +195,13 @@ fn limits_full() {
 /// the proxy takes clients to the others instead.
 #[test]
 fn full_instance_is_routed_around() {
-    let dir = reliability::Scratch::new();
-    let site = Site::new(
-        dir.path(),
-        3,
-        "server: { config: { max_connections: 8 } }\n",
-    );
-    let svc = site.start(None);
-    let st = svc.wait_ready(3, Duration::from_secs(60));
-    let port1 = st["instances"][0]["port"].as_u64().unwrap() as u16;
+    let svc = Topology::new(3)
+        .kills_expected()
+        .proxy(None)
+        .extra("server: { config: { max_connections: 8 } }\n")
+        .start();
+    let st = svc.wait_ready(3);
+    let port1 = st.instances[0].port;
     let rt = runtime();
     let mut filler = Vec::new();
     let direct: SocketAddr = format!("127.0.0.1:{port1}").parse().unwrap();
@@ -223,14 +211,14 @@ fn full_instance_is_routed_around() {
     let got = rt.block_on(open_idle(svc.listen, 9, &mut clients));
     // /status counters are refreshed on the supervisor's tick.
     std::thread::sleep(Duration::from_secs(2));
-    let st = svc.status().unwrap();
-    println!("filler {f:?}; through the proxy {got:?}; {st:#}");
+    let st = svc.status();
+    println!("filler {f:?}; through the proxy {got:?}; {st:#?}");
     assert_eq!(
         got.ready, 9,
         "clients turned away while instances 2 and 3 had room"
     );
     assert!(
-        st["instances"][0]["busy_total"].as_u64().unwrap() > 0,
+        st.instances[0].busy_total > 0,
         "the proxy never met instance 1's BUSY"
     );
     drop(filler);
@@ -245,10 +233,12 @@ fn out_of_descriptors_at_accept_is_survived() {
 }
 
 fn out_of_descriptors(nofile: u64, conns: usize) {
-    let dir = reliability::Scratch::new();
-    let site = Site::new(dir.path(), 2, "");
-    let svc = site.start(Some(nofile));
-    svc.wait_ready(2, Duration::from_secs(60));
+    let svc = Topology::new(2)
+        .kills_expected()
+        .proxy(None)
+        .nofile(nofile)
+        .start();
+    svc.wait_ready(2);
     let rt = runtime();
     let sampler = Sampler::start(svc.admin);
     // All at once and held without reading, so that the proxy runs out of descriptors at
@@ -265,15 +255,11 @@ fn out_of_descriptors(nofile: u64, conns: usize) {
         }
         held
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut paused = false;
-    while !paused && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        paused = std::fs::read_to_string(&svc.log)
-            .unwrap_or_default()
-            .contains("accept failed; pausing");
-    }
-    let during = svc.status().is_some();
+    let paused = support::until(Duration::from_secs(10), || {
+        svc.log().contains("accept failed; pausing")
+    })
+    .is_ok();
+    let during = svc.try_status().is_ok();
     let connected = held.len();
     drop(held);
     // Service comes back once descriptors are free (bounded retries, no timing threshold).
@@ -294,11 +280,11 @@ fn out_of_descriptors(nofile: u64, conns: usize) {
     println!("--- {conns} connections at once under ulimit -n {nofile}");
     println!("connected {connected}; accept paused (EMFILE logged): {paused}; /status during: {during}; a new client after closing: {after:?}");
     println!("/status: {answered} answered, {failed} failed, p50 {p50:?}, max {max:?}; states {states:?}, restarts {restarts}");
-    assert!(paused, "no EMFILE at accept was logged: {}", svc.log());
+    assert!(paused, "no EMFILE at accept was logged: {}", svc.log_tail());
     assert!(
         after.is_ok(),
         "no service after the descriptors came back: {after:?}\n{}",
-        svc.log()
+        svc.log_tail()
     );
     assert_eq!(failed, 0, "/status went unanswered");
     // The supervisor's own EMFILE is no verdict on the instances (regression: every
@@ -306,29 +292,28 @@ fn out_of_descriptors(nofile: u64, conns: usize) {
     assert!(
         states.iter().all(|s| s == "ready"),
         "{states:?}\n{}",
-        svc.log()
+        svc.log_tail()
     );
-    assert_eq!(restarts, 0, "instances restarted: {}", svc.log());
+    assert_eq!(restarts, 0, "instances restarted: {}", svc.log_tail());
 }
 
 /// Idle sessions held under `ulimit -n 256` must not take the descriptors the admin API
 /// needs (regression: at 10,000 idle clients the admin API failed every accept with EMFILE).
 #[test]
 fn sessions_leave_descriptors_for_the_admin_api() {
-    let dir = reliability::Scratch::new();
     // Instances with room for every client: only descriptors limit the proxy.
-    let site = Site::new(
-        dir.path(),
-        2,
-        "server: { config: { max_connections: 1000 } }\n",
-    );
-    let svc = site.start(Some(256));
-    svc.wait_ready(2, Duration::from_secs(60));
+    let svc = Topology::new(2)
+        .kills_expected()
+        .proxy(None)
+        .extra("server: { config: { max_connections: 1000 } }\n")
+        .nofile(256)
+        .start();
+    svc.wait_ready(2);
     let rt = runtime();
     let mut held = Vec::new();
     let got = rt.block_on(open_idle(svc.listen, 200, &mut held));
-    let during = svc.status();
-    let log = svc.full_log();
+    let during = svc.try_status().ok();
+    let log = svc.log();
     drop(held);
     println!(
         "200 idle under ulimit -n 256: {got:?}; /status answered: {}",

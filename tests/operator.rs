@@ -2,16 +2,18 @@
 //! (headless Chromium), `storeherd logs`, the summary `up` prints once ready, shell
 //! completions and manual pages.
 
-mod harness;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::CommandFactory;
-use harness::{free_port, free_range, http, Up, BIN};
+use support::procs::Reaped;
+use support::up::{all_ready, Topology, Up};
+use support::{eventually, BIN};
 
 /// Bound on one browser run.
 const BROWSER_BOUND: Duration = Duration::from_secs(60);
@@ -24,16 +26,13 @@ fn chromium() -> Option<PathBuf> {
             .map(|p| p.join("chromium"))
             .find(|p| p.is_file())
     });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium is not installed; .ci/run installs it (apt-get install chromium)"
-        );
-        eprintln!(
-            "\n*** SKIPPED: chromium is not installed (apt-get install chromium); \
-             the status page was NOT tested in a browser ***\n"
-        );
-    }
+    let what = "the status page in a browser";
+    support::have(
+        found.is_some(),
+        what,
+        "chromium",
+        "apt-get install chromium",
+    );
     found
 }
 
@@ -41,7 +40,7 @@ fn chromium() -> Option<PathBuf> {
 /// Virtual time lets the page's timers and its `/status` requests run without waiting.
 fn browse(chromium: &Path, url: &str, extra: &[&str]) -> String {
     let profile = tempfile::tempdir().unwrap();
-    let mut child = Command::new(chromium)
+    let child = Command::new(chromium)
         .args([
             "--headless",
             "--no-sandbox",
@@ -61,25 +60,18 @@ fn browse(chromium: &Path, url: &str, extra: &[&str]) -> String {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
+    // Killed and reaped if it runs past the bound.
+    let mut child = Reaped(child);
+    let mut stdout = child.0.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
         s
     });
-    let deadline = Instant::now() + BROWSER_BOUND;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            assert!(st.success(), "chromium exited with {st}");
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish within {BROWSER_BOUND:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let st = child
+        .exit_within(BROWSER_BOUND)
+        .unwrap_or_else(|| panic!("chromium did not finish within {BROWSER_BOUND:?}"));
+    assert!(st.success(), "chromium exited with {st}");
     reader.join().unwrap()
 }
 
@@ -98,48 +90,26 @@ fn rows(dom: &str) -> Vec<(u32, String)> {
     out
 }
 
-/// Waits until `/status` (read with `token`) lists exactly `n` ready instances.
-fn wait_ready_with(up: &Up, token: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, body) = http(up.admin, "GET", "/status", None, Some(token)).unwrap();
-        assert_eq!(code, 200, "{body}");
-        let st: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let list = st["instances"].as_array().unwrap();
-        if list.len() == n && list.iter().all(|i| i["state"] == "ready") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {n} ready: {st:#}\n{}",
-            up.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits until `/status` (read with the handle's token) lists exactly `n` ready instances.
+fn wait_ready_with(up: &Up, n: usize) {
+    let what = format!("{n} ready instances");
+    up.wait_status(Duration::from_secs(60), &what, |st| {
+        st.instances.len() == n && all_ready(st)
+    });
 }
 
 #[test]
 fn status_page_in_chromium_asks_for_the_token_and_follows_a_scale() {
     let Some(chromium) = chromium() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (sport, eport) = (free_range(8), free_range(8));
-    let token_file = dir.path().join("admin.token");
+    let tokens = tempfile::tempdir().unwrap();
+    let token_file = tokens.path().join("admin.token");
     let token = "page-token-0123";
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let text = Up::topology(dir.path(), "2", listen, admin, sport, eport, "").replace(
-        &format!("admin: {{ listen: {admin} }}"),
-        &format!(
-            "admin: {{ listen: {admin}, token_file: {} }}",
-            token_file.display()
-        ),
-    );
-    let file = dir.path().join("storeherd.yaml");
-    std::fs::write(&file, text).unwrap();
-    let mut up = Up::launch(dir, file, listen, admin, sport, eport, vec![], vec![]);
-    up.wait_admin_up();
-    wait_ready_with(&up, token, 2);
+    let keys = format!("token_file: {}", token_file.display());
+    let mut up = Topology::new(2).admin_keys(&keys).start();
+    up.token = Some(token.to_string());
+    let (listen, admin) = (up.listen, up.admin);
+    wait_ready_with(&up, 2);
     let page = format!("http://{admin}/");
 
     // Without the token: the page loads (it holds no data) and asks for one.
@@ -168,12 +138,8 @@ fn status_page_in_chromium_asks_for_the_token_and_follows_a_scale() {
         .arg(&token_file)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_ready_with(&up, token, 3);
+    support::succeeded(&out);
+    wait_ready_with(&up, 3);
     let dom = browse(&chromium, &with_token, &["--dump-dom"]);
     let states: Vec<(u32, String)> = (1..=3).map(|i| (i, "ready".to_string())).collect();
     assert_eq!(rows(&dom), states, "{dom}");
@@ -219,10 +185,9 @@ fn logs_and_the_ready_summary() {
     let admin = up.admin.to_string();
 
     // Where to look, once every instance is ready (on stderr with the rest of the log).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !up.log().contains("every instance is ready") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _ = support::until(Duration::from_secs(10), || {
+        up.log().contains("every instance is ready")
+    });
     let log = up.log();
     assert!(log.contains("every instance is ready (2)"), "{log}");
     assert!(
@@ -241,7 +206,7 @@ fn logs_and_the_ready_summary() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     for id in [1, 2] {
-        let pid = st["instances"][id - 1]["pid"].as_u64().unwrap();
+        let pid = st.instances[id - 1].pid.unwrap();
         assert!(
             text.contains(&format!("[{id}] storeherd: ")) && text.contains(&format!("pid {pid}")),
             "{text}"
@@ -260,33 +225,29 @@ fn logs_and_the_ready_summary() {
     assert!(err.contains("no instance 9"), "{err}");
 
     // -f prints what is written afterwards: the restart's new process.
-    let mut follower = Command::new(BIN)
-        .args(["logs", "-f", "-n", "0", "--admin", &admin])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut follower);
-    let old = st["instances"][1]["pid"].as_u64().unwrap();
+    let mut follower = Reaped(
+        Command::new(BIN)
+            .args(["logs", "-f", "-n", "0", "--admin", &admin])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = lines_of(&mut follower.0);
+    let old = st.instances[1].pid.unwrap();
     let out = up.ctl(&["restart", "2"]);
     assert!(out.status.success(), "{out:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let seen = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(l) if l.starts_with("[2] storeherd: ") && l.contains("started pid") => {
-                if !l.contains(&format!("pid {old}:")) {
-                    break Some(l);
-                }
-            }
-            Ok(_) => {}
-            Err(_) => break None,
-        }
+    let new_start = |l: &String| {
+        l.starts_with("[2] storeherd: ")
+            && l.contains("started pid")
+            && !l.contains(&format!("pid {old}:"))
     };
-    let _ = follower.kill();
-    let _ = follower.wait();
-    assert!(seen.is_some(), "the follower never printed the new start");
+    eventually(
+        Duration::from_secs(30),
+        "the follower prints the new start",
+        || lines.try_iter().any(|l| new_start(&l)),
+    );
 }
 
 fn subcommands() -> Vec<String> {

@@ -6,22 +6,17 @@
 //! `powercut_short` (3 cuts) runs in the test suite; `deploy/chaos/powercut` runs
 //! `powercut_full` (10 cuts, `POWERCUT_REPS` to change).
 
-mod harness;
-mod reliability;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use reliability::{env_or, leftovers, unreadable, wait_drained, Site, StoreStream};
+use support::env_or;
+use support::load::{leftovers, unreadable, wait_drained, StoreStream};
+use support::up::Topology;
 
 fn powercut(reps: u32, max_load: Duration) {
-    let dir = reliability::Scratch::new();
-    let site = Site::new(dir.path(), 4, "");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     let mut acked: Vec<String> = Vec::new();
     let (mut cut_failures, mut total_missing, mut total_temps) = (0usize, 0usize, 0usize);
     let mut rng = rand::thread_rng();
@@ -29,8 +24,9 @@ fn powercut(reps: u32, max_load: Duration) {
     println!(
         " cut  load(s)  DONE  total-DONE  killed  left tmp/queued  unreadable  temp-files  queued-after-restart"
     );
-    let mut svc = site.start(None);
-    svc.wait_ready(4, Duration::from_secs(60));
+    // The data directory outlives each supervisor: it is started again on it after each cut.
+    let mut svc = Topology::new(4).kills_expected().proxy(None).start();
+    svc.wait_ready(4);
     for rep in 1..=reps {
         let load = Duration::from_secs_f64(rng.gen_range(0.3..max_load.as_secs_f64()));
         let stream = StoreStream::start(&rt, svc.listen, 8);
@@ -40,9 +36,8 @@ fn powercut(reps: u32, max_load: Duration) {
         }
         let killed = svc.power_cut();
         // What the cut left for recovery to deal with.
-        let (cut_temps, cut_queued) = leftovers(&site.data);
+        let (cut_temps, cut_queued) = leftovers(&svc.data());
         let record = stream.stop(&rt);
-        drop(svc);
         cut_failures += record.op_failures.len();
         assert!(
             record.refused.is_empty(),
@@ -53,8 +48,9 @@ fn powercut(reps: u32, max_load: Duration) {
         acked.extend(record.acked);
 
         // Power back: everything acknowledged, through every cut so far, must be there.
-        svc = site.start(None);
-        svc.wait_ready(4, Duration::from_secs(60));
+        svc.respawn();
+        svc.wait_admin();
+        svc.wait_ready(4);
         let missing = unreadable(
             &rt,
             svc.listen,
@@ -62,8 +58,8 @@ fn powercut(reps: u32, max_load: Duration) {
             &acked,
             Duration::from_secs(60),
         );
-        let queued = wait_drained(&svc.data, Duration::from_secs(60));
-        let (temps, _) = leftovers(&svc.data);
+        let queued = wait_drained(&svc.data(), Duration::from_secs(60));
+        let (temps, _) = leftovers(&svc.data());
         total_missing += missing.len();
         total_temps += temps.len();
         println!(

@@ -5,18 +5,22 @@
 //! by name, driven by an environment variable): a listener "from a previous run", and a tiny
 //! supervisor that is then killed with SIGKILL.
 
+mod support;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use storeherd::supervisor::logs::LogLimits;
 use storeherd::supervisor::process::{kill_stale, spawn, Child, Exit, Spawn, PIDFILE};
+use support::procs::{alive, Reaped as Guard};
+use support::{eventually, eventually_async};
 
 const LISTENER_ENV: &str = "STOREHERD_TEST_LISTENER_PORTFILE";
 const SUPERVISOR_ENV: &str = "STOREHERD_TEST_SUPERVISOR_HOME";
@@ -30,16 +34,6 @@ fn sh(id: u32, home: &Path, script: &str) -> Spawn {
         home: home.to_owned(),
         port: 0,
         log: LogLimits::default(),
-    }
-}
-
-/// Kills a process started by the test when the test ends, also on panic.
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -63,47 +57,22 @@ fn helper(name: &str, env: (&str, &Path), cwd: &Path) -> Guard {
     Guard(child)
 }
 
-/// Runs alive: exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .next()
-        .unwrap();
-    !matches!(state, "Z" | "X")
-}
-
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
 }
 
 /// Waits until server.log holds `needle`; returns the log's text.
 async fn log_has(home: &Path, needle: &str) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    let what = format!("server.log has {needle:?}");
+    eventually_async(PATIENCE, what, || async {
         let text = read(&home.join("server.log"));
         if text.contains(needle) {
-            return text;
+            Ok(text)
+        } else {
+            Err(text)
         }
-        assert!(
-            Instant::now() < deadline,
-            "server.log never got {needle:?}: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// The number on the log line that starts with `word` (the start note quotes the script,
@@ -251,9 +220,7 @@ async fn stop_kills_a_grandchild_that_ignores_term() {
     assert!(alive(grandchild));
     let exit = child.stop(Duration::from_millis(500)).await;
     assert_eq!(exit.signal, Some(15), "{exit}");
-    wait_for("the grandchild to die", PATIENCE, || {
-        (!alive(grandchild)).then_some(())
-    });
+    eventually(PATIENCE, "the grandchild dies", || !alive(grandchild));
 }
 
 #[tokio::test]
@@ -270,9 +237,7 @@ async fn the_group_dies_with_a_crashed_leader() {
     assert_eq!(exit.to_string(), "killed by signal 9 (SIGKILL)");
     let log = read(&home.path().join("server.log"));
     let grandchild = number_after(&log, "grandchild ");
-    wait_for("the grandchild to die", PATIENCE, || {
-        (!alive(grandchild)).then_some(())
-    });
+    eventually(PATIENCE, "the grandchild dies", || !alive(grandchild));
 }
 
 #[tokio::test]
@@ -290,9 +255,7 @@ async fn kill_is_sigkill_to_the_group() {
     child.kill();
     let exit = child.wait().await;
     assert_eq!(exit.signal, Some(9));
-    wait_for("the grandchild to die", PATIENCE, || {
-        (!alive(grandchild)).then_some(())
-    });
+    eventually(PATIENCE, "the grandchild dies", || !alive(grandchild));
 }
 
 #[tokio::test]
@@ -301,9 +264,7 @@ async fn dropping_a_child_kills_it() {
     let child = spawn(&sh(9, home.path(), "exec sleep 60")).await.unwrap();
     let pid = child.pid();
     drop(child);
-    wait_for("the dropped child to die", PATIENCE, || {
-        (!alive(pid)).then_some(())
-    });
+    eventually(PATIENCE, "the dropped child dies", || !alive(pid));
     assert!(!home.path().join(PIDFILE).exists());
 }
 
@@ -362,7 +323,7 @@ fn helper_listener() {
 fn start_listener(cwd: &Path, scratch: &Path) -> (Guard, u16) {
     let portfile = scratch.join(format!("port-{}", rand_suffix()));
     let guard = helper("helper_listener", (LISTENER_ENV, &portfile), cwd);
-    let port = wait_for("the listener's port", PATIENCE, || {
+    let port = eventually(PATIENCE, "the listener writes its port", || {
         read(&portfile).trim().parse::<u16>().ok()
     });
     (guard, port)
@@ -477,7 +438,7 @@ fn kill_stale_finds_an_orphan_of_the_old_group() {
     let leader = wrapper.id();
     let _group = GroupGuard(leader);
     assert!(wrapper.wait().unwrap().success());
-    let port = wait_for("the orphan's port", PATIENCE, || {
+    let port = eventually(PATIENCE, "the orphan writes its port", || {
         read(&portfile).trim().parse::<u16>().ok()
     });
     fs::write(home.path().join(PIDFILE), format!("{leader}\n")).unwrap();
@@ -508,20 +469,17 @@ fn an_instance_dies_with_a_killed_supervisor() {
         home.path(),
     );
     let pidfile = home.path().join(PIDFILE);
-    let instance = wait_for("the instance's pidfile", PATIENCE, || {
+    let instance = eventually(PATIENCE, "the instance writes its pidfile", || {
         read(&pidfile).trim().parse::<u32>().ok()
     });
     assert!(alive(instance));
     kill(Pid::from_raw(supervisor.0.id() as i32), Signal::SIGKILL).unwrap();
     supervisor.0.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while alive(instance) {
-        if Instant::now() >= deadline {
-            // Do not leave it behind for other tests.
-            let _ = kill(Pid::from_raw(instance as i32), Signal::SIGKILL);
-            panic!("instance {instance} outlived its SIGKILLed supervisor by 2 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let died = support::until(Duration::from_secs(2), || !alive(instance));
+    if died.is_err() {
+        // Do not leave it behind for other tests.
+        let _ = kill(Pid::from_raw(instance as i32), Signal::SIGKILL);
+        panic!("instance {instance} outlived its SIGKILLed supervisor by 2 s");
     }
 }
 

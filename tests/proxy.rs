@@ -2,15 +2,16 @@
 //! failover, BUSY, half-close, byte counters, limits, shutdown, and (ignored) the memory
 //! cost of an idle proxied connection.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
 use std::time::Duration;
 
-use common::{Raw, TestServer};
 use storeherd::proxy::{self, Pool, ProxyError, ProxyLimits, ProxyStats};
 use storeherd::wire::{Client, WireError};
+use support::store::{Raw, TestServer};
+use support::{eventually_async, until_async};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -53,14 +54,12 @@ impl Proxy {
 
     /// Waits (bounded) until no client connection is open, then returns the counters.
     async fn settled(&self) -> ProxyStats {
-        for _ in 0..400 {
+        eventually_async(Duration::from_secs(10), "every session closed", || {
             let s = self.pool.stats();
-            if s.active == 0 && s.instances.values().all(|i| i.active == 0) {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("sessions still open: {:?}", self.pool.stats());
+            let open = s.active > 0 || s.instances.values().any(|i| i.active > 0);
+            std::future::ready(if open { Err(s) } else { Ok(s) })
+        })
+        .await
     }
 
     fn totals(&self) -> Vec<(u32, u64)> {
@@ -188,21 +187,13 @@ async fn a_backend_killed_under_load_causes_no_proxy_failure() {
             })
         })
         .collect();
+    // Some sessions before the kill, more after it (checked below).
+    let served = |n: u64| std::future::ready(ok.load(Relaxed) >= n);
     let before = ok.load(Relaxed);
-    for _ in 0..400 {
-        if ok.load(Relaxed) >= before + 100 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let _ = until_async(Duration::from_secs(4), || served(before + 100)).await;
     servers[1].kill9();
     let killed_at = ok.load(Relaxed);
-    for _ in 0..400 {
-        if ok.load(Relaxed) >= killed_at + 300 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let _ = until_async(Duration::from_secs(4), || served(killed_at + 300)).await;
     stop.store(true, Relaxed);
     let mut failures = Vec::new();
     for l in loops {
@@ -381,12 +372,8 @@ async fn over_max_connections_clients_get_busy() {
     assert_eq!((s.rejected_total, s.over_limit_total), (1, 1));
     b.quit().await.unwrap();
     // The freed slot is taken again once the session has closed.
-    for _ in 0..400 {
-        if p.pool.stats().active < 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let freed = || std::future::ready(p.pool.stats().active < 2);
+    eventually_async(Duration::from_secs(10), "the slot is freed", freed).await;
     ping_session(p.addr).await.unwrap();
     // Raised live.
     p.pool.set_limits(limits(3));
@@ -430,12 +417,8 @@ async fn shutdown_stops_accepting_and_keeps_sessions() {
     open.ping().await.expect("the open session still works");
     assert_eq!(p.pool.active_for(1), 1);
     open.quit().await.unwrap();
-    for _ in 0..400 {
-        if p.pool.active_for(1) == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let ended = || std::future::ready(p.pool.active_for(1) == 0);
+    let _ = until_async(Duration::from_secs(10), ended).await;
     assert_eq!(p.pool.active_for(1), 0, "the session ended after QUIT");
 }
 

@@ -2,7 +2,7 @@
 //! server (and, where the protocol cannot, with files in the original's format), reads during
 //! a prune, and the supervisor's schedule with several instances.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,10 +10,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{Options, TestServer, USER, USER_KEY};
 use storeherd::protocol::compose;
 use storeherd::server::validate::{validate_merge, Limits};
 use storeherd::wire::Client;
+use support::store::{Options, TestServer, USER, USER_KEY};
 
 const WAIT: Duration = Duration::from_secs(60);
 const DAY: i64 = 86_400;
@@ -25,7 +25,7 @@ fn ago(days: i64) -> DateTime<Utc> {
 }
 
 fn storeherd(args: &[&str]) -> Output {
-    Command::new(common::binary())
+    Command::new(support::BIN)
         .args(args)
         .env("STOREHERD_LOG", "warn")
         .output()
@@ -128,7 +128,7 @@ async fn prune_removes_exactly_the_expired_blocks_and_entries() {
     std::fs::create_dir_all(&store).unwrap();
     let auth = format!(
         "{}{USER2} {USER2_KEY} 2026-01-01T00:00:00Z\n",
-        common::accounts()
+        support::store::accounts()
     );
     // The server validates with the original's ages (10 days); the topology prunes at 8.
     let s = TestServer::start_with(Options::default().auth(&auth).store(&store));
@@ -372,11 +372,15 @@ async fn reads_during_a_prune_never_see_a_torn_or_missing_block() {
         };
         put(&store, k, content);
     }
-    let s = TestServer::start_with(Options::default().auth(&common::accounts()).store(&store));
+    let s = TestServer::start_with(
+        Options::default()
+            .auth(&support::store::accounts())
+            .store(&store),
+    );
     let mut c = login(&s, USER, USER_KEY).await;
     let topo = dir.path().join("t.yaml");
     std::fs::write(&topo, format!("data: {}\n", data.display())).unwrap();
-    let mut prune = Command::new(common::binary())
+    let mut prune = Command::new(support::BIN)
         .args(["prune", "--json", "-f", topo.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -481,7 +485,7 @@ fn a_prune_and_a_shard_move_exclude_each_other() {
         format!(
             "data: {}\nadmin: {{ listen: 127.0.0.1:{} }}\nshards:\n  - {{ range: 00-7F, path: {} }}\n",
             data.display(),
-            common::free_port(),
+            support::ports::port(),
             dir.path().join("shard").display()
         ),
     )

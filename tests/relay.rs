@@ -4,8 +4,7 @@
 //! relay and replication through a real SOCKS5 server (Dante); bad queue files; and the
 //! hand-off of a removed instance's proxy files under `storeherd up`.
 
-mod common;
-mod harness;
+mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -22,8 +21,10 @@ use storeherd::server::sendfile::{proxy_file, rewrite_post_to};
 use storeherd::store::queue::name_of;
 use storeherd::wire::Client;
 
-use common::{accounts, free_port, Options, TestServer, ADMIN_KEY, REPL_KEY};
-use harness::Up;
+use support::store::{accounts, Options, TestServer, ADMIN_KEY, REPL_KEY};
+use support::up::Up;
+use support::wait::With;
+use support::{eventually, eventually_async, until_async};
 
 /// A fast sender: runs every second, retries a failed target after a second.
 const FAST: &[(&str, &str)] = &[
@@ -74,16 +75,7 @@ async fn read_block(addr: SocketAddr, key: &str) -> Option<Vec<u8>> {
 }
 
 async fn wait_block(addr: SocketAddr, key: &str, within: Duration) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(b) = read_block(addr, key).await {
-            return Some(b);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_async(within, || read_block(addr, key)).await.ok()
 }
 
 fn queue_dir(home: &Path) -> PathBuf {
@@ -107,14 +99,9 @@ fn queue_names(home: &Path) -> Vec<String> {
 }
 
 async fn wait_until(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if ok() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    ok()
+    until_async(within, || std::future::ready(ok()))
+        .await
+        .is_ok()
 }
 
 fn format_dt(t: DateTime<Utc>) -> String {
@@ -150,20 +137,16 @@ async fn relays_now_and_only_after_the_embargo() {
     assert_eq!(wait_block(a.addr(), &k1, WAIT).await, Some(plain1.clone()));
     assert_eq!(wait_block(b.addr(), &k1, WAIT).await, Some(plain1));
 
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(got) = read_block(a.addr(), &k2).await {
-            let seen = Utc::now();
-            assert!(
-                seen >= embargo,
-                "delivered before its embargo {embargo} (seen {seen})"
-            );
-            assert_eq!(got, plain2);
-            break;
-        }
-        assert!(Instant::now() < deadline, "embargoed block never delivered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let got = eventually_async(WAIT, "the embargoed block is delivered", || {
+        read_block(a.addr(), &k2)
+    })
+    .await;
+    let seen = Utc::now();
+    assert!(
+        seen >= embargo,
+        "delivered before its embargo {embargo} (seen {seen})"
+    );
+    assert_eq!(got, plain2);
     assert!(
         wait_until(WAIT, || queue_names(r.home()).is_empty()).await,
         "{:?}",
@@ -174,7 +157,7 @@ async fn relays_now_and_only_after_the_embargo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_success_rewrites_post_to_then_the_late_target_gets_it() {
     let a = target();
-    let b_port = free_port();
+    let b_port = support::ports::port();
     let b_addr = SocketAddr::from(([127, 0, 0, 1], b_port));
     let r = relay(&[]);
     let (key, plain, up) = block("partial", &[server(a.addr()), server(b_addr)]);
@@ -225,18 +208,19 @@ async fn entangled_target_is_stored_by_this_server() {
         upload(r.addr(), &format!("STORE PROXY {key}"), &up).await,
         "DONE"
     );
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let what = With {
+        what: "stored in the entangled store",
+        more: || r.log(),
+    };
+    let (r, key) = (&r, &key);
+    let got = eventually_async(WAIT, what, move || async move {
         let mut c = r.client().await;
         assert!(c.login("administrator", ADMIN_KEY).await.unwrap());
         c.send_line(&format!("GET ENTANGLED {key}")).await.unwrap();
-        if let Some(got) = c.read_reply().await.unwrap().to_block_bytes() {
-            assert_eq!(got, plain);
-            break;
-        }
-        assert!(Instant::now() < deadline, "never stored: {}", r.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        c.read_reply().await.unwrap().to_block_bytes()
+    })
+    .await;
+    assert_eq!(got, plain);
     assert!(wait_until(WAIT, || queue_names(r.home()).is_empty()).await);
 }
 
@@ -252,7 +236,7 @@ struct Dante {
 impl Dante {
     fn start() -> Dante {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = support::ports::port();
         let log = dir.path().join("danted.log");
         let conf = dir.path().join("danted.conf");
         std::fs::write(
@@ -285,20 +269,19 @@ impl Dante {
             log,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
+        let log = d.log.clone();
+        let what = With {
+            what: "danted listens",
+            more: || std::fs::read_to_string(&log).unwrap_or_default(),
+        };
+        eventually(Duration::from_secs(10), what, || {
             assert!(
                 d.child.try_wait().unwrap().is_none(),
                 "danted exited: {}",
                 d.log()
             );
-            assert!(
-                Instant::now() < deadline,
-                "danted did not listen: {}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            std::net::TcpStream::connect(addr).is_ok()
+        });
         d
     }
 
@@ -491,7 +474,10 @@ async fn proxy_requires_login() {
     );
     assert!(queue_names(r.home()).is_empty());
     let mut c = r.client().await;
-    assert!(c.login(common::USER, common::USER_KEY).await.unwrap());
+    assert!(c
+        .login(support::store::USER, support::store::USER_KEY)
+        .await
+        .unwrap());
     // Forbidden headers and empty blocks are refused as on every STORE (docs/protocol.md §4.1).
     let mut forbidden = b"Embargo: 2026-01-01T00:00:00Z\n".to_vec();
     forbidden.extend_from_slice(&up);
@@ -521,10 +507,9 @@ fn removed_instance_hands_its_proxy_files_over() {
         2,
         "server:\n  config: { run_queue_interval: 1, retry_schedule: [0, 1], timeout: 5 }\n",
     );
-    up.wait_admin_up();
     up.wait_ready(2);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let t_port = free_port();
+    let t_port = support::ports::port();
     let t_addr = SocketAddr::from(([127, 0, 0, 1], t_port));
     let second = SocketAddr::from(([127, 0, 0, 1], up.sport + 1));
     let (key, plain, with) = block("handed over", &[server(t_addr)]);
@@ -536,11 +521,7 @@ fn removed_instance_hands_its_proxy_files_over() {
     assert!(queued(&home2, &name).is_some());
 
     let out = up.ctl(&["remove", "2"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
     let moved = rt.block_on(wait_until(WAIT, || {
         queued(&home1, &name).is_some() && queued(&home2, &name).is_none()
     }));

@@ -2,8 +2,7 @@
 //! `storeherd up` replicating to each other: on loopback, after a stop, and across a network
 //! cut between two network namespaces.
 
-mod common;
-mod harness;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,23 +16,16 @@ use storeherd::server::identity::Identity;
 use storeherd::wire::Client;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use common::{accounts, Options, TestServer, ADMIN_KEY, REPL_KEY};
-use harness::Up;
+use support::sites::{ready, wait_file, TwoSites};
+use support::store::{accounts, Options, TestServer, ADMIN_KEY, REPL_KEY};
+use support::up::{Ports, Up};
+use support::{eventually, eventually_async, until_async};
 
 /// The two-site tests start many processes: one at a time on a small machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The serialized tests hold [`SERIAL`] outside the runtime that runs their body.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -194,10 +186,10 @@ async fn sender_speaks_the_original_wire() {
         String::from_utf8_lossy(&want)
     );
     // Each file is deleted after the peer's DONE.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sendqueue_files(a.home()).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let left = until_async(Duration::from_secs(10), || {
+        std::future::ready(sendqueue_files(a.home()).is_empty())
+    });
+    let _ = left.await;
     assert!(sendqueue_files(a.home()).is_empty());
 }
 
@@ -230,10 +222,10 @@ async fn a_refused_entry_does_not_hold_back_the_next() {
     let second = text.find(&format!("REPLICATE {k2} none")).expect(&text);
     assert!(first < second && text.ends_with("QUIT\r\n"), "{text}");
     // Only the refused entry is left, for a later run.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sendqueue_files(a.home()).len() != 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let settled = until_async(Duration::from_secs(10), || {
+        std::future::ready(sendqueue_files(a.home()).len() == 1)
+    });
+    let _ = settled.await;
     let left = sendqueue_files(a.home());
     assert_eq!(left.len(), 1);
     let content = std::fs::read_to_string(&left[0]).unwrap();
@@ -247,7 +239,7 @@ async fn a_refused_entry_does_not_hold_back_the_next() {
 async fn receiver_takes_replicate_only_after_login_replication() {
     // B has a peer of its own (nobody listens there): nothing B receives by replication may
     // be queued for it.
-    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let nowhere = format!("127.0.0.1:{}", support::ports::port());
     let b = TestServer::start_with(
         Options::default()
             .auth(&accounts())
@@ -302,10 +294,10 @@ async fn wrong_pin_sends_nothing_and_keeps_the_queue() {
     let mut c = a.client().await;
     assert!(c.store(&key, &block).await.unwrap());
     c.quit().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !a.log().contains("not the pinned repl_cert") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let logged = until_async(Duration::from_secs(20), || {
+        std::future::ready(a.log().contains("not the pinned repl_cert"))
+    });
+    let _ = logged.await;
     assert!(a.log().contains("not the pinned repl_cert"), "{}", a.log());
     assert_eq!(sendqueue_files(a.home()).len(), 1);
     let mut g = b.client().await;
@@ -316,117 +308,6 @@ async fn wrong_pin_sends_nothing_and_keeps_the_queue() {
 // ---------------------------------------------------------------------------------------------
 // Two sites of `storeherd up`
 // ---------------------------------------------------------------------------------------------
-
-/// Where one site listens.
-#[derive(Clone, Copy)]
-struct SitePorts {
-    listen: SocketAddr,
-    admin: SocketAddr,
-    sport: u16,
-    eport: u16,
-}
-
-impl SitePorts {
-    fn free() -> SitePorts {
-        SitePorts {
-            // Below the ephemeral range, which outgoing connections draw from.
-            listen: format!("127.0.0.1:{}", harness::free_range(1))
-                .parse()
-                .unwrap(),
-            admin: format!("127.0.0.1:{}", harness::free_range(1))
-                .parse()
-                .unwrap(),
-            sport: harness::free_range(2),
-            eport: harness::free_range(2),
-        }
-    }
-}
-
-/// One topology file for both sites (2 instances each), as deploy/two-site/ shows, with a
-/// sender interval of 1 s and a long back-off (60 s) that only the reachability probe can
-/// cut short.
-fn two_site_topology(
-    dirs: [&Path; 2],
-    hosts: [&str; 2],
-    ports: [SitePorts; 2],
-    keyfile: &Path,
-) -> String {
-    let site = |i: usize| {
-        let p = ports[i];
-        format!(
-            "{{ host: {}, listen: {}, admin: {{ listen: {} }}, data: {}, ports: {{ server: {}, entangled: {} }} }}",
-            hosts[i],
-            p.listen,
-            p.admin,
-            dirs[i].join("data").display(),
-            p.sport,
-            p.eport
-        )
-    };
-    format!(
-        "instances: 2\n\
-         health: {{ interval: 200ms, timeout: 2s, unhealthy_after: 2, start_grace: 20s }}\n\
-         restart: {{ backoff_min: 100ms, backoff_max: 1s, crash_loop: {{ restarts: 3, within: 30s }} }}\n\
-         proxy: {{ connect_timeout: 1s, idle_timeout: 60s, drain_timeout: 3s }}\n\
-         server:\n  config: {{ run_queue_interval: 1, retry_schedule: [0, 60], timeout: 5 }}\n  stop_grace: 3s\n\
-         sites:\n  a: {}\n  b: {}\n\
-         replication: {{ authkey_file: {} }}\n",
-        site(0),
-        site(1),
-        keyfile.display()
-    )
-}
-
-/// Both sites, each in its own directory (with a copy of the one topology file).
-struct TwoSites {
-    a: Up,
-    b: Up,
-}
-
-impl TwoSites {
-    /// Starts site a, then site b (which reads the replication key a generated), each under
-    /// `prefix` (empty, or `ip netns exec NS`).
-    fn start(hosts: [&str; 2], ports: [SitePorts; 2], prefixes: [Vec<String>; 2]) -> TwoSites {
-        let da = tempfile::tempdir().unwrap();
-        let db = tempfile::tempdir().unwrap();
-        let keyfile = da.path().join("replication.key");
-        let text = two_site_topology([da.path(), db.path()], hosts, ports, &keyfile);
-        let fa = da.path().join("storeherd.yaml");
-        let fb = db.path().join("storeherd.yaml");
-        std::fs::write(&fa, &text).unwrap();
-        std::fs::write(&fb, &text).unwrap();
-        let [pa, pb] = prefixes;
-        let a = Up::launch(
-            da,
-            fa,
-            ports[0].listen,
-            ports[0].admin,
-            ports[0].sport,
-            ports[0].eport,
-            pa,
-            vec!["--site".into(), "a".into()],
-        );
-        // Site a generates the key file; b must not race it.
-        wait_file(&keyfile);
-        let b = Up::launch(
-            db,
-            fb,
-            ports[1].listen,
-            ports[1].admin,
-            ports[1].sport,
-            ports[1].eport,
-            pb,
-            vec!["--site".into(), "b".into()],
-        );
-        TwoSites { a, b }
-    }
-}
-
-/// Waits until the site's admin API answers and both instances are ready.
-fn ready(up: &mut Up) {
-    up.wait_admin_up();
-    up.wait_ready(2);
-}
 
 fn blocks(tag: &str, n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
@@ -453,41 +334,38 @@ async fn wait_readable(
     within: Duration,
 ) -> Result<Duration, Vec<String>> {
     let start = Instant::now();
-    let mut missing: Vec<&(String, Vec<u8>)> = blocks.iter().collect();
-    loop {
+    let missing = std::cell::RefCell::new(blocks.iter().collect::<Vec<_>>());
+    let done = until_async(within, || async {
         if let Ok(mut c) = Client::connect(addr, Duration::from_secs(5)).await {
             if c.login("administrator", admin_key).await.unwrap_or(false) {
                 let mut still = Vec::new();
-                for b in missing {
+                for b in missing.take() {
                     match c.get(&b.0, None).await {
                         Ok(Some(got)) => assert_eq!(got, b.1, "block {} differs", b.0),
                         _ => still.push(b),
                     }
                 }
-                missing = still;
+                missing.replace(still);
             }
         }
-        if missing.is_empty() {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > within {
-            return Err(missing.iter().map(|b| b.0.clone()).collect());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        missing.borrow().is_empty()
+    })
+    .await;
+    match done {
+        Ok(()) => Ok(start.elapsed()),
+        Err(_) => Err(missing.take().iter().map(|b| b.0.clone()).collect()),
     }
 }
 
 #[test]
 fn two_sites_replicate_both_ways() {
     let _g = serial();
-    runtime().block_on(two_sites_body());
+    // Held outside the runtime that runs the body.
+    support::runtime().block_on(two_sites_body());
 }
 
 async fn two_sites_body() {
-    let ports = [SitePorts::free(), SitePorts::free()];
-    let mut s = TwoSites::start(["127.0.0.1", "127.0.0.1"], ports, [vec![], vec![]]);
-    ready(&mut s.a);
-    ready(&mut s.b);
+    let s = TwoSites::on_loopback();
 
     let to_b = blocks("a-to-b", 4);
     store_all(s.a.listen, &to_b).await;
@@ -510,47 +388,30 @@ async fn two_sites_body() {
         .await
         .unwrap());
     c.quit().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reached = loop {
-        let auths: Vec<String> = (1..=2)
-            .map(|k| {
+    eventually(
+        Duration::from_secs(30),
+        "the REPLOGIN reaches site b",
+        || {
+            (1..=2).any(|k| {
                 std::fs::read_to_string(s.b.data().join(format!("homes/{k}/auth.txt")))
                     .unwrap_or_default()
+                    .contains("\nUSERXXXX11112222 KEYXXXX111122223333 ")
             })
-            .collect();
-        if auths
-            .iter()
-            .any(|a| a.contains("\nUSERXXXX11112222 KEYXXXX111122223333 "))
-        {
-            break true;
-        }
-        if Instant::now() > deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(reached, "the REPLOGIN never reached site b");
+        },
+    );
 
     // `storeherd accounts add` on site a reaches every instance of both sites: site a's
     // supervisor fans it out locally, each pair replicates it, and site b's supervisor
     // spreads what arrived by REPLOGIN to its other instances.
     let (user, key) = ("USERYYYY33334444", "KEYYYYY555566667777");
     let out = s.a.ctl(&["accounts", "add", user, key]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
     for up in [&s.a, &s.b] {
         wait_login_everywhere(up, user, key, true).await;
     }
     // `accounts rm` disables it everywhere.
     let out = s.a.ctl(&["accounts", "rm", key]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
     for up in [&s.a, &s.b] {
         wait_login_everywhere(up, user, key, false).await;
     }
@@ -560,36 +421,29 @@ async fn two_sites_body() {
 async fn wait_login_everywhere(up: &Up, user: &str, key: &str, works: bool) {
     for k in 0..2u16 {
         let addr: SocketAddr = format!("127.0.0.1:{}", up.sport + k).parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!(
+            "LOGIN {user} on {addr} answers {}",
+            if works { "DONE" } else { "FAILED" }
+        );
+        eventually_async(Duration::from_secs(30), up.with_log(&what), || async {
             let mut c = storeherd::wire::Client::connect(addr, Duration::from_secs(5))
                 .await
                 .unwrap();
-            if c.login(user, key).await.unwrap() == works {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "LOGIN {user} on {addr} never answered {}\n{}",
-                if works { "DONE" } else { "FAILED" },
-                up.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            c.login(user, key).await.unwrap() == works
+        })
+        .await;
     }
 }
 
 #[test]
 fn backlog_reaches_a_site_that_was_stopped() {
     let _g = serial();
-    runtime().block_on(backlog_after_stop_body());
+    // Held outside the runtime that runs the body.
+    support::runtime().block_on(backlog_after_stop_body());
 }
 
 async fn backlog_after_stop_body() {
-    let ports = [SitePorts::free(), SitePorts::free()];
-    let mut s = TwoSites::start(["127.0.0.1", "127.0.0.1"], ports, [vec![], vec![]]);
-    ready(&mut s.a);
-    ready(&mut s.b);
+    let mut s = TwoSites::on_loopback();
     let admin_b = s.b.admin_key();
 
     assert!(
@@ -770,16 +624,14 @@ async fn netns_helper() {
         .map(|i| compose::data_block(format!("{tag} block {i}").as_bytes(), date))
         .collect();
     // The public port answers once the site's instances are ready.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut c) = Client::connect(addr, Duration::from_secs(2)).await {
-            if c.selftest().await.is_ok_and(|l| l == ["PASS"]) {
-                break;
-            }
+    let what = format!("{addr} becomes ready");
+    eventually_async(Duration::from_secs(60), what, || async {
+        match Client::connect(addr, Duration::from_secs(2)).await {
+            Ok(mut c) => c.selftest().await.is_ok_and(|l| l == ["PASS"]),
+            Err(_) => false,
         }
-        assert!(Instant::now() < deadline, "{addr} never became ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     match action.as_str() {
         "store" => store_all(addr, &bl).await,
         "wait" => {
@@ -805,7 +657,7 @@ fn backlog_crosses_a_network_cut() {
     };
     // Inside the namespaces every port is free; the public and admin listeners are on each
     // namespace's own loopback, the instances on the veth addresses.
-    let ports = |base: u16| SitePorts {
+    let ports = |base: u16| Ports {
         listen: format!("127.0.0.1:{base}").parse().unwrap(),
         admin: format!("127.0.0.1:{}", base + 1).parse().unwrap(),
         sport: base + 100,
@@ -866,23 +718,6 @@ fn format_date() -> String {
     Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn wait_file(path: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(t) = std::fs::read_to_string(path) {
-            if !t.trim().is_empty() {
-                return t.trim().to_string();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// deploy/two-site/storeherd.yaml, checked for each site: instance k pairs with the other
 /// site's instance k, listens on its own site's host, and shares the key file.
 #[test]
@@ -897,7 +732,7 @@ fn two_site_example_pairs_instance_k_with_instance_k() {
     let file = dir.path().join("storeherd.yaml");
     std::fs::write(&file, body).unwrap();
     for (site, own, peer) in [("a", "10.0.0.1", "10.0.0.2"), ("b", "10.0.0.2", "10.0.0.1")] {
-        let out = Command::new(harness::BIN)
+        let out = Command::new(support::BIN)
             .args([
                 "check",
                 "-f",

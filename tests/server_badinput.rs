@@ -2,13 +2,13 @@
 //! arrives, hostile keys, and 1,000 connections at once. Each gets a documented reply or a
 //! close; the server never crashes or hangs, and writes nothing outside its store.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{accounts, Options, Raw, TestServer, USER, USER_KEY};
 use storeherd::protocol::compose;
+use support::store::{accounts, Options, Raw, TestServer, USER, USER_KEY};
 
 fn alive(s: &TestServer) {
     assert_eq!(s.raw().cmd("PING"), "PONG", "server log:\n{}", s.log());

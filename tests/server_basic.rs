@@ -1,10 +1,10 @@
 //! The minimal session: greeting, PING, QUIT, SELFTEST, invalid commands, config errors.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::TestServer;
+use support::store::TestServer;
 
 #[test]
 fn greeting_ping_selftest_quit() {
@@ -37,7 +37,7 @@ fn busy_over_max_connections() {
     let s = TestServer::start(&[("max_connections", "2")]);
     let _a = s.raw();
     let _b = s.raw();
-    let mut c = common::Raw::connect(s.addr()).unwrap();
+    let mut c = support::store::Raw::connect(s.addr()).unwrap();
     assert_eq!(c.line().unwrap(), "CONFIDANT MAIL SERVER PROTOCOL 1 BUSY");
     assert!(c.closed());
 }
@@ -51,7 +51,7 @@ fn bad_config_value_exits_2_naming_line_and_key() {
         .install(&home.join("ssl"))
         .unwrap();
     std::fs::write(home.join("config.txt"), "# c\nsport: 12x\n").unwrap();
-    let out = std::process::Command::new(common::binary())
+    let out = std::process::Command::new(support::BIN)
         .args(["store", "-homedir"])
         .arg(home)
         .output()
@@ -65,7 +65,7 @@ fn bad_config_value_exits_2_naming_line_and_key() {
 
     std::fs::write(home.join("config.txt"), "sport: 1\n").unwrap();
     std::fs::remove_file(home.join("ssl/server.crt")).unwrap();
-    let out = std::process::Command::new(common::binary())
+    let out = std::process::Command::new(support::BIN)
         .args(["store", "--homedir"])
         .arg(home)
         .output()

@@ -1,10 +1,10 @@
 //! A transcript test per command of docs/protocol.md §3, with every error reply.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{accounts, Options, TestServer, ADMIN_KEY, REPL_KEY, USER, USER_KEY};
+use support::store::{accounts, Options, TestServer, ADMIN_KEY, REPL_KEY, USER, USER_KEY};
 
 const KEY: &str = "A2129DD8A2129DD8A2129DD8A2129DD8A2129D79";
 

@@ -1,7 +1,7 @@
 //! Storing and reading blocks: one server, two servers on one local store, STARTTLS with
 //! TLS 1.2, and the worker's crash safety (kill -9 during a stream of uploads).
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{accounts, Options, TestServer, USER, USER_KEY};
 use storeherd::protocol::compose;
 use storeherd::wire::Client;
+use support::store::{accounts, Options, TestServer, USER, USER_KEY};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -425,7 +425,7 @@ async fn unsettled_journal_entries_are_replayed_at_start() {
     assert_eq!(storeherd::store::queued_uploads(&home), 2);
 
     // A peer that is never there: the copy stays in sendqueue/ to be looked at.
-    let peer = format!("127.0.0.1:{}", common::free_port());
+    let peer = format!("127.0.0.1:{}", support::ports::port());
     let s = TestServer::start_in(
         &home,
         Options::default().auth(&accounts()).config(&[

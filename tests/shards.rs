@@ -2,29 +2,23 @@
 //! under their shard; `storeherd shards apply --move` moves an unsharded store into place,
 //! resumes after an interruption and loses nothing; `up` refuses data outside its shard.
 
-mod harness;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{Up, BIN};
 use storeherd::protocol::compose;
 use storeherd::store::shards::{Layout, MoveOptions};
 use storeherd::topology::{Overrides, Plan};
 use storeherd::wire::Client;
+use support::procs::Reaped;
+use support::up::{Ports, Topology, Up};
+use support::{eventually, runtime as rt, BIN};
 
 const BLOCKS: usize = 1000;
 const T: Duration = Duration::from_secs(20);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Four shards of 64 first-level folders each, on four directories under `root`.
 fn shards_yaml(root: &Path) -> (String, Vec<PathBuf>) {
@@ -86,22 +80,18 @@ async fn store_all(addr: SocketAddr, blocks: &[(String, Vec<u8>)]) {
 
 /// Waits (bounded) until every block's file exists under `root_of(key)`.
 fn wait_files(blocks: &[(String, Vec<u8>)], root_of: impl Fn(&str) -> PathBuf, up: &Up) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let what = up.with_log("every block reaches the store");
+    eventually(Duration::from_secs(120), what, || {
         let missing = blocks
             .iter()
             .filter(|(k, _)| !root_of(k).join(rel(k)).is_file())
             .count();
         if missing == 0 {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{missing} blocks missing"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} blocks never reached the store\n{}",
-            up.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
 }
 
 /// Every block readable by GET through the proxy, byte for byte.
@@ -141,30 +131,24 @@ fn shards_apply(file: &Path, extra: &[&str]) -> std::process::Output {
 
 /// Runs `storeherd up -f file`, which must exit by itself (bounded): its status and stderr.
 fn up_expecting_exit(file: &Path) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(BIN)
-        .arg("up")
-        .arg("-f")
-        .arg(file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + T;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`storeherd up` kept running although the store does not match its shards");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut child = Reaped(
+        Command::new(BIN)
+            .arg("up")
+            .arg("-f")
+            .arg(file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = child.exit_within(T).unwrap_or_else(|| {
+        panic!("`storeherd up` kept running although the store does not match its shards")
+    });
     let mut err = String::new();
     use std::io::Read;
     child
+        .0
         .stderr
         .take()
         .unwrap()
@@ -268,33 +252,34 @@ fn apply_move_from_an_unsharded_store_resumes_and_loses_nothing() {
     assert!(out.contains("would refuse to start"), "{out}");
 
     // The command itself, killed (SIGKILL) once it has copied more files: it resumes too.
-    let mut child = Command::new(BIN)
-        .args(["shards", "apply", "--move", "-f"])
-        .arg(&up.file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let killed = loop {
+    let mut child = Reaped(
+        Command::new(BIN)
+            .args(["shards", "apply", "--move", "-f"])
+            .arg(&up.file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Killed once 600 blocks are in place, unless it finished first (or the wait ends).
+    let placed_600 = support::until(Duration::from_secs(60), || {
         let placed = dirs
             .iter()
             .flat_map(|d| walk(d))
             .filter(|p| p.file_name().unwrap().len() == 40)
             .count();
         if placed >= 600 {
-            let _ = child.kill();
-            let st = child.wait().unwrap();
-            break st.code().is_none();
+            Some(true)
+        } else {
+            child.0.try_wait().unwrap().map(|_| false)
         }
-        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    });
+    let killed = placed_600 == Ok(true) && {
+        let _ = child.0.kill();
+        child.0.wait().unwrap().code().is_none()
     };
+    drop(child);
     let placed = dirs
         .iter()
         .flat_map(|d| walk(d))
@@ -359,14 +344,16 @@ fn up_refuses_data_outside_its_shard() {
     std::fs::create_dir_all(dir.path().join("old/C1")).unwrap();
     std::os::unix::fs::symlink(dir.path().join("old/C1"), store.join("C1")).unwrap();
     let file = dir.path().join("storeherd.yaml");
-    let (listen, admin) = (harness::free_port(), harness::free_port());
-    let ports = harness::free_range(2);
+    let p = Ports::free(1);
     std::fs::write(
         &file,
         format!(
-            "listen: 127.0.0.1:{listen}\nadmin: {{ listen: 127.0.0.1:{admin} }}\ninstances: 1\ndata: {}\nports: {{ server: {ports}, entangled: {} }}\n{yaml}",
+            "listen: {}\nadmin: {{ listen: {} }}\ninstances: 1\ndata: {}\nports: {{ server: {}, entangled: {} }}\n{yaml}",
+            p.listen,
+            p.admin,
             data.display(),
-            ports + 1
+            p.sport,
+            p.eport
         ),
     )
     .unwrap();
@@ -406,11 +393,7 @@ fn up_refuses_data_outside_its_shard() {
     assert!(store.join("00").is_symlink());
     // With --move, the block goes to its shard and the wrong link is redone.
     let out = shards_apply(&file, &["--move"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::succeeded(&out);
     assert_all_linked(&store, &dirs);
     assert_eq!(
         std::fs::read_to_string(dirs[0].join(rel(&key))).unwrap(),
@@ -440,45 +423,10 @@ fn restart(up: &mut Up) -> Up {
     let dir = std::mem::replace(&mut up.dir, tempfile::tempdir().unwrap());
     let text = std::fs::read_to_string(&up.file).unwrap();
     let shards = &text[text.find("shards:").unwrap()..];
-    let listen: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
-        .parse()
-        .unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
-        .parse()
-        .unwrap();
-    let (sport, eport) = (harness::free_range(8), harness::free_range(8));
-    let topology = Up::topology(dir.path(), "2", listen, admin, sport, eport, shards);
-    std::fs::write(&up.file, topology).unwrap();
-    let log = dir.path().join("up2.log");
-    let child = Command::new(BIN)
-        .arg("up")
-        .arg("-f")
-        .arg(&up.file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut again = Up {
-        child: Some(child),
-        file: up.file.clone(),
-        dir,
-        listen,
-        admin,
-        sport,
-        eport,
-        stderr_log: log,
-        prefix: Vec::new(),
-        args: Vec::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while again.try_http("GET", "/status", None).is_err() {
-        if let Some(st) = again.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("storeherd up exited ({st}):\n{}", again.log());
-        }
-        assert!(Instant::now() < deadline, "{}", again.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut again = Topology::new(2)
+        .extra(shards)
+        .launch_in(dir, up.file.clone());
+    again.wait_admin();
     again.wait_ready(2);
     again
 }

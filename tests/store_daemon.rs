@@ -1,15 +1,15 @@
 //! `storeherd store` with the original server's options (server.py): `-daemon -pidfile`
 //! detaches, `-logfile` takes the log, `-logtraffic` logs every line; SIGTERM stops it.
 
-mod common;
-mod harness;
+mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Raw;
-use harness::{alive, wait_dead};
 use storeherd::server::identity::Identity;
+use support::procs::{alive, wait_dead};
+use support::store::Raw;
+use support::{eventually, until};
 
 /// SIGKILLs the daemon if a test ends with it still running.
 struct Daemon(Option<u32>);
@@ -36,7 +36,7 @@ fn daemon_writes_its_pidfile_and_stops_on_sigterm() {
         .unwrap()
         .install(&home.join("ssl"))
         .unwrap();
-    let port = common::free_port();
+    let port = support::ports::port();
     std::fs::write(
         home.join("config.txt"),
         format!("sport: {port}\nlisten_address: 127.0.0.1\n"),
@@ -46,7 +46,7 @@ fn daemon_writes_its_pidfile_and_stops_on_sigterm() {
     let logfile = dir.path().join("store.log");
 
     // The original's spelling; the command returns once the daemon is detached.
-    let out = Command::new(common::binary())
+    let out = Command::new(support::BIN)
         .args(["store", "-homedir"])
         .arg(&home)
         .args(["-daemon", "-logtraffic", "-pidfile"])
@@ -59,20 +59,14 @@ fn daemon_writes_its_pidfile_and_stops_on_sigterm() {
     assert!(out.status.success(), "{out:?}");
     let mut guard = Daemon(None);
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut greeting = None;
-    while Instant::now() < deadline {
-        if let Ok(mut raw) = Raw::connect(([127, 0, 0, 1], port).into()) {
-            greeting = raw.line();
-            if greeting.is_some() {
-                assert_eq!(raw.cmd("PING hello"), "PONG hello");
-                assert_eq!(raw.cmd("QUIT"), "GOODBYE");
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    assert!(greeting.is_some_and(|g| g.ends_with("READY")));
+    let greeting = eventually(Duration::from_secs(20), "the daemon greets", || {
+        let mut raw = Raw::connect(([127, 0, 0, 1], port).into()).ok()?;
+        let greeting = raw.line()?;
+        assert_eq!(raw.cmd("PING hello"), "PONG hello");
+        assert_eq!(raw.cmd("QUIT"), "GOODBYE");
+        Some(greeting)
+    });
+    assert!(greeting.ends_with("READY"));
     let pid: u32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
@@ -88,12 +82,15 @@ fn daemon_writes_its_pidfile_and_stops_on_sigterm() {
     // Detached: a session of its own, and the log in the log file, traffic included.
     let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap();
     assert_eq!(sid.as_raw() as u32, pid);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut log = String::new();
-    while !log.contains("> PONG hello") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(25));
-        log = std::fs::read_to_string(&logfile).unwrap_or_default();
-    }
+    let log = until(Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(&logfile).unwrap_or_default();
+        if log.contains("> PONG hello") {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    });
+    let log = log.unwrap_or_else(|last| last.unwrap_or_default());
     assert!(log.contains("< PING hello"), "{log}");
     assert!(log.contains("> PONG hello"), "{log}");
 
@@ -103,11 +100,11 @@ fn daemon_writes_its_pidfile_and_stops_on_sigterm() {
     )
     .unwrap();
     assert!(wait_dead(&[pid], Duration::from_secs(20)).is_empty());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pidfile.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    assert!(!pidfile.exists(), "removed on a clean stop");
+    eventually(
+        Duration::from_secs(5),
+        "the pid file is removed on a clean stop",
+        || !pidfile.exists(),
+    );
     assert!(std::fs::read_to_string(&logfile)
         .unwrap()
         .contains("SIGTERM"));

@@ -1,56 +1,45 @@
 //! `storeherd up` end to end: a real supervisor, real built-in store servers, the proxy on a
 //! loopback port, the admin API.
 
-mod harness;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{alive, wait_dead, ClientLoop, Up};
+use storeherd::control::InstanceState::{Backoff, Failed, Ready};
 use storeherd::protocol::compose;
 use storeherd::wire::Client;
+use support::admin::{INSTANCE_KEYS, STATUS_KEYS};
+use support::load::ClientLoop;
+use support::procs::{alive, wait_dead, Reaped};
+use support::up::{all_ready, Up};
+use support::{eventually, eventually_async, runtime as rt};
 
 const T: Duration = Duration::from_secs(10);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn instances(st: &serde_json::Value) -> Vec<serde_json::Value> {
-    st["instances"].as_array().unwrap().clone()
-}
 
 #[test]
 fn three_instances_share_one_store_and_spread_connections() {
     let up = Up::start(3, "");
     let st = up.wait_ready(3);
-    let list = instances(&st);
+    let list = &st.instances;
     assert_eq!(list.len(), 3);
-    let homes: BTreeSet<String> = list
-        .iter()
-        .map(|i| i["home"].as_str().unwrap().into())
-        .collect();
-    let ports: BTreeSet<u64> = list.iter().map(|i| i["port"].as_u64().unwrap()).collect();
-    let pids: BTreeSet<u64> = list.iter().map(|i| i["pid"].as_u64().unwrap()).collect();
+    let homes: BTreeSet<&str> = list.iter().map(|i| i.home.as_str()).collect();
+    let ports: BTreeSet<u16> = list.iter().map(|i| i.port).collect();
+    let pids: BTreeSet<u32> = list.iter().map(|i| i.pid.unwrap()).collect();
     assert_eq!((homes.len(), ports.len(), pids.len()), (3, 3, 3));
     for (k, i) in list.iter().enumerate() {
-        let id = k as u64 + 1;
-        assert_eq!(i["port"].as_u64().unwrap(), up.sport as u64 + id - 1);
-        assert_eq!(i["eport"].as_u64().unwrap(), up.eport as u64 + id - 1);
-        let config =
-            std::fs::read_to_string(format!("{}/config.txt", i["home"].as_str().unwrap())).unwrap();
+        let id = k as u16 + 1;
+        assert_eq!(i.port, up.sport + id - 1);
+        assert_eq!(i.eport, up.eport + id - 1);
+        let config = std::fs::read_to_string(format!("{}/config.txt", i.home)).unwrap();
         assert!(
-            config.contains(&format!("sport: {}\n", up.sport as u64 + id - 1)),
+            config.contains(&format!("sport: {}\n", up.sport + id - 1)),
             "{config}"
         );
         assert!(
-            config.contains(&format!("eport: {}\n", up.eport as u64 + id - 1)),
+            config.contains(&format!("eport: {}\n", up.eport + id - 1)),
             "{config}"
         );
         let store = up.data().join("store");
@@ -58,13 +47,10 @@ fn three_instances_share_one_store_and_spread_connections() {
             config.contains(&format!("alt_localstore: {}\n", store.display())),
             "{config}"
         );
-        assert!(i["pid"].as_u64().is_some_and(|p| alive(p as u32)));
+        assert!(i.pid.is_some_and(alive));
     }
     // Counters start after the health checks, which do not go through the proxy.
-    let before: Vec<u64> = list
-        .iter()
-        .map(|i| i["connections_total"].as_u64().unwrap())
-        .collect();
+    let before: Vec<u64> = list.iter().map(|i| i.connections_total).collect();
     rt().block_on(async {
         for _ in 0..30 {
             let c = Client::connect(up.listen, T).await.unwrap();
@@ -72,20 +58,17 @@ fn three_instances_share_one_store_and_spread_connections() {
         }
     });
     // /status is refreshed a few times a second.
-    let deadline = Instant::now() + T;
-    let after = loop {
-        let after = instances(&up.status());
-        let spread: Vec<u64> = after
+    let spread = |st: &storeherd::control::Status| -> Vec<u64> {
+        st.instances
             .iter()
             .zip(&before)
-            .map(|(i, b)| i["connections_total"].as_u64().unwrap() - b)
-            .collect();
-        if spread.iter().sum::<u64>() == 30 || Instant::now() > deadline {
-            assert_eq!(spread, vec![10, 10, 10]);
-            break after;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+            .map(|(i, b)| i.connections_total - b)
+            .collect()
     };
+    let after = up.wait_status(T, "30 connections counted", |st| {
+        spread(st).iter().sum::<u64>() == 30
+    });
+    assert_eq!(spread(&after), vec![10, 10, 10]);
 
     // One shared store: a block stored through the proxy (one instance) is read through
     // every instance directly.
@@ -93,18 +76,15 @@ fn three_instances_share_one_store_and_spread_connections() {
         let (key, block) = compose::data_block(b"shared store", chrono::Utc::now());
         let mut c = Client::connect(up.listen, T).await.unwrap();
         assert!(c.store(&key, &block).await.unwrap());
-        for i in &after {
-            let addr = format!("127.0.0.1:{}", i["port"]).parse().unwrap();
-            let mut c = up.admin_session(addr).await;
-            let deadline = Instant::now() + T;
-            loop {
-                if let Some(b) = c.get(&key, None).await.unwrap() {
-                    assert_eq!(b, block);
-                    break;
-                }
-                assert!(Instant::now() < deadline, "block never readable via {addr}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        for i in &after.instances {
+            let addr = format!("127.0.0.1:{}", i.port).parse().unwrap();
+            let c = tokio::sync::Mutex::new(up.admin_session(addr).await);
+            let what = format!("the block is readable via {addr}");
+            let b = eventually_async(T, what, || async {
+                c.lock().await.get(&key, None).await.unwrap()
+            })
+            .await;
+            assert_eq!(b, block);
         }
     });
 }
@@ -113,29 +93,16 @@ fn three_instances_share_one_store_and_spread_connections() {
 fn killed_instance_is_replaced_without_client_failures() {
     let up = Up::start(3, "");
     let st = up.wait_ready(3);
-    let victim = instances(&st)[1]["pid"].as_u64().unwrap() as i32;
+    let victim = st.instances[1].pid.unwrap();
     let clients = ClientLoop::start(up.listen, 8);
     std::thread::sleep(Duration::from_millis(500));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    support::procs::signal(victim, nix::sys::signal::Signal::SIGKILL);
     // Back and ready, with one restart.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = up.status();
-        let i = &instances(&st)[1];
-        if i["state"] == "ready" && i["pid"].as_u64() != Some(victim as u64) {
-            assert_eq!(i["restarts"], 1, "{st:#}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "instance 2 never came back: {st:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let st = up.wait_status(Duration::from_secs(30), "instance 2 comes back", |st| {
+        let i = &st.instances[1];
+        i.state == Ready && i.pid != Some(victim)
+    });
+    assert_eq!(st.instances[1].restarts, 1, "{st:#?}");
     std::thread::sleep(Duration::from_millis(500));
     let r = clients.stop();
     assert!(r.ok > 50);
@@ -151,22 +118,21 @@ fn killed_instance_is_replaced_without_client_failures() {
 #[test]
 fn instance_that_exits_at_once_backs_off_then_fails() {
     let up = Up::start(1, "server: { command: [/bin/sh, -c, \"exit 3\"] }\n");
-    let deadline = Instant::now() + Duration::from_secs(30);
     let mut saw_backoff = false;
-    loop {
-        let st = up.status();
-        let i = &instances(&st)[0];
-        saw_backoff |= i["state"] == "backoff";
-        if i["state"] == "failed" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never failed: {st:#}\n{}",
-            up.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        Duration::from_secs(30),
+        up.with_log("instance 1 failed"),
+        || {
+            let st = up.status();
+            let state = st.instances[0].state;
+            saw_backoff |= state == Backoff;
+            if state == Failed {
+                Ok(())
+            } else {
+                Err(Box::new(st))
+            }
+        },
+    );
     assert!(saw_backoff, "no backoff seen before failed");
     assert!(up.log().contains("exit status 3"), "{}", up.log());
 }
@@ -208,21 +174,11 @@ fn scale_up_and_down_under_store_load_loses_nothing() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let out = up.ctl(&["scale", "5"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    up.ctl_ok(&["scale", "5"]);
     up.wait_ready(5);
     std::thread::sleep(Duration::from_millis(500));
     let pids_before: Vec<u32> = up.pids();
-    let out = up.ctl(&["scale", "2"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    up.ctl_ok(&["scale", "2"]);
     up.wait_ready_ids(&[1, 2], Duration::from_secs(60));
     stop.store(true, Ordering::Relaxed);
     rt.block_on(async {
@@ -247,21 +203,14 @@ fn scale_up_and_down_under_store_load_loses_nothing() {
     let keys = done_keys.lock().unwrap().clone();
     assert!(keys.len() > 20, "too few stores: {}", keys.len());
     rt.block_on(async {
-        let mut c = up.admin_session(up.listen).await;
+        let c = tokio::sync::Mutex::new(up.admin_session(up.listen).await);
         for (key, block) in &keys {
-            let deadline = Instant::now() + T;
-            loop {
-                match c.get(key, None).await.unwrap() {
-                    Some(b) => {
-                        assert_eq!(&b, block);
-                        break;
-                    }
-                    None => {
-                        assert!(Instant::now() < deadline, "block {key} lost");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
+            let what = format!("block {key} is readable");
+            let b = eventually_async(T, what, || async {
+                c.lock().await.get(key, None).await.unwrap()
+            })
+            .await;
+            assert_eq!(&b, block);
         }
     });
 }
@@ -279,22 +228,18 @@ fn editing_the_watched_file_applies_live_and_broken_edits_are_refused() {
         text.replace("instances: 2", "instances: 1\nbogus_key: 1"),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !up.log().contains("bogus_key") {
-        assert!(
-            Instant::now() < deadline,
-            "broken edit not reported:\n{}",
-            up.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        Duration::from_secs(10),
+        up.with_log("the broken edit is reported"),
+        || up.log().contains("bogus_key"),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let st = up.status();
-    assert_eq!(instances(&st).len(), 3, "{st:#}");
+    assert_eq!(st.instances.len(), 3, "{st:#?}");
     // A valid edit of a fixed setting: refused with the field and both values, the running
     // set stays.
     let listen = up.listen.to_string();
-    let moved = format!("127.0.0.1:{}", harness::free_port());
+    let moved = format!("127.0.0.1:{}", support::ports::port());
     std::fs::write(
         &up.file,
         text.replace("instances: 2", "instances: 1")
@@ -302,35 +247,23 @@ fn editing_the_watched_file_applies_live_and_broken_edits_are_refused() {
     )
     .unwrap();
     let want = format!("listen: {listen} -> {moved}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !up.log().contains(&want) {
-        assert!(
-            Instant::now() < deadline,
-            "fixed edit not refused with `{want}`:\n{}",
-            up.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let what = format!("the fixed edit is refused with `{want}`");
+    eventually(Duration::from_secs(10), up.with_log(&what), || {
+        up.log().contains(&want)
+    });
     let st = up.status();
-    assert_eq!(instances(&st).len(), 3, "{st:#}");
+    assert_eq!(st.instances.len(), 3, "{st:#?}");
 }
 
 #[test]
 fn busy_instance_is_routed_around() {
     let up = Up::start(2, "server: { config: { max_connections: 1 } }\n");
     let st = up.wait_ready(2);
-    let port1 = instances(&st)[0]["port"].as_u64().unwrap();
+    let port1 = st.instances[0].port;
     rt().block_on(async {
         // Hold instance 1's only connection slot (a health check may hold it for a moment).
         let addr1 = format!("127.0.0.1:{port1}").parse().unwrap();
-        let deadline = Instant::now() + T;
-        let held = loop {
-            match Client::connect(addr1, T).await {
-                Ok(c) => break c,
-                Err(e) => assert!(Instant::now() < deadline, "instance 1 never free: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let held = eventually_async(T, "instance 1 is free", || Client::connect(addr1, T)).await;
         for _ in 0..6 {
             let mut c = Client::connect(up.listen, T).await.unwrap();
             c.ping().await.unwrap();
@@ -338,43 +271,24 @@ fn busy_instance_is_routed_around() {
         }
         drop(held);
     });
-    let deadline = Instant::now() + T;
-    loop {
-        let st = up.status();
-        if instances(&st)[0]["busy_total"].as_u64().unwrap() >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "instance 1 never answered BUSY: {st:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    up.wait_status(T, "instance 1 answered BUSY", |st| {
+        st.instances[0].busy_total >= 1
+    });
 }
 
 #[test]
 fn status_and_metrics_follow_the_contract() {
     let up = Up::start(2, "");
     up.wait_ready(2);
-    let st = up.status();
-    for key in ["site", "listen", "instances"] {
+    // The contract is the document's keys: read untyped here, on purpose.
+    let (code, body) = up.http("GET", "/status", None);
+    assert_eq!(code, 200, "{body}");
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for key in STATUS_KEYS {
         assert!(st.get(key).is_some(), "missing {key}: {st:#}");
     }
-    for i in instances(&st) {
-        for key in [
-            "id",
-            "state",
-            "pid",
-            "port",
-            "eport",
-            "home",
-            "restarts",
-            "connections_active",
-            "connections_total",
-            "cpu_percent",
-            "rss_bytes",
-            "uptime_s",
-        ] {
+    for i in st["instances"].as_array().unwrap() {
+        for key in INSTANCE_KEYS {
             assert!(i.get(key).is_some(), "missing {key}: {i:#}");
         }
         assert!(i["rss_bytes"].as_u64().unwrap() > 0);
@@ -395,14 +309,9 @@ fn status_and_metrics_follow_the_contract() {
     ] {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
-    let out = up.ctl(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(instances(&doc).len(), 2);
+    let out = up.ctl_ok(&["status", "--json"]);
+    let doc: storeherd::control::Status = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc.instances.len(), 2);
 }
 
 #[test]
@@ -413,13 +322,13 @@ fn non_loopback_admin_without_token_is_refused() {
         &file,
         format!(
             "listen: 127.0.0.1:{}\nadmin: {{ listen: 0.0.0.0:{} }}\ninstances: 1\ndata: {}\n",
-            harness::free_port(),
-            harness::free_port(),
+            support::ports::port(),
+            support::ports::port(),
             dir.path().join("data").display()
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(harness::BIN)
+    let out = std::process::Command::new(support::BIN)
         .args(["up", "-f"])
         .arg(&file)
         .output()
@@ -461,37 +370,20 @@ fn sigkill_of_the_supervisor_leaves_no_instance() {
 fn rolling_restart_replaces_every_instance_one_at_a_time() {
     let up = Up::start(3, "");
     let st = up.wait_ready(3);
-    let old: Vec<u64> = instances(&st)
-        .iter()
-        .map(|i| i["pid"].as_u64().unwrap())
-        .collect();
-    let out = up.ctl(&["restart", "--rolling"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let old: Vec<u32> = st.instances.iter().map(|i| i.pid.unwrap()).collect();
+    up.ctl_ok(&["restart", "--rolling"]);
     // At every moment at least two instances serve; at the end all three are new.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = up.status();
-        let list = instances(&st);
-        let ready = list.iter().filter(|i| i["state"] == "ready").count();
-        assert!(ready >= 2, "more than one instance out at once: {st:#}");
-        let fresh = list
+    let what = "the rolling restart finished";
+    up.wait_status(Duration::from_secs(60), what, |st| {
+        let ready = st.instances.iter().filter(|i| i.state == Ready).count();
+        assert!(ready >= 2, "more than one instance out at once: {st:#?}");
+        let fresh = st
+            .instances
             .iter()
-            .filter(|i| i["state"] == "ready" && !old.contains(&i["pid"].as_u64().unwrap_or(0)))
+            .filter(|i| i.state == Ready && !old.contains(&i.pid.unwrap_or(0)))
             .count();
-        if fresh == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rolling restart never finished: {st:#}\n{}",
-            up.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        fresh == 3
+    });
     assert!(
         up.log().contains("rolling restart complete"),
         "{}",
@@ -507,13 +399,8 @@ fn rolling_restart_replaces_every_instance_one_at_a_time() {
 fn remove_and_restart_one_instance() {
     let up = Up::start(3, "");
     let st = up.wait_ready(3);
-    let pid2 = instances(&st)[1]["pid"].as_u64().unwrap() as u32;
-    let out = up.ctl(&["remove", "2"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let pid2 = st.instances[1].pid.unwrap();
+    up.ctl_ok(&["remove", "2"]);
     up.wait_ready_ids(&[1, 3], Duration::from_secs(30));
     assert!(wait_dead(&[pid2], Duration::from_secs(5)).is_empty());
     // Its home stays on disk.
@@ -522,63 +409,40 @@ fn remove_and_restart_one_instance() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no instance 9"));
     // `add` takes the lowest free id again, with its old home.
-    let out = up.ctl(&["add"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    up.ctl_ok(&["add"]);
     let st = up.wait_ready(3);
-    let pid1 = instances(&st)[0]["pid"].as_u64().unwrap();
-    let out = up.ctl(&["restart", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = up.status();
-        let i = &instances(&st)[0];
-        if i["state"] == "ready" && i["pid"].as_u64() != Some(pid1) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "instance 1 not restarted: {st:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pid1 = st.instances[0].pid;
+    up.ctl_ok(&["restart", "1"]);
+    up.wait_status(Duration::from_secs(30), "instance 1 restarted", |st| {
+        let i = &st.instances[0];
+        i.state == Ready && i.pid != pid1
+    });
 }
 
 #[test]
 fn default_up_in_a_fresh_directory() {
     // No topology file: data under ./storeherd-data, one instance per core, built-in server.
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", harness::free_port());
-    let admin = format!("127.0.0.1:{}", harness::free_port());
-    let mut child = std::process::Command::new(harness::BIN)
+    let listen = format!("127.0.0.1:{}", support::ports::port());
+    let admin = format!("127.0.0.1:{}", support::ports::port());
+    let child = std::process::Command::new(support::BIN)
         .args(["up", "--listen", &listen, "--admin", &admin])
         .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let guard = scopeguard(&mut child);
+    let guard = Reaped(child);
     let cores = std::thread::available_parallelism().unwrap().get();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((200, body)) = harness::http(admin.parse().unwrap(), "GET", "/status", None, None)
-        {
-            let st: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let list = instances(&st);
-            if list.len() == cores && list.iter().all(|i| i["state"] == "ready") {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "default up never became ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let api = support::admin::Admin::new(admin.parse().unwrap());
+    eventually(
+        Duration::from_secs(60),
+        "default up becomes ready",
+        || match api.status() {
+            Ok(st) if st.instances.len() == cores && all_ready(&st) => Ok(()),
+            other => Err(Box::new(other)),
+        },
+    );
     assert!(dir.path().join("storeherd-data/store").is_dir());
     assert!(dir
         .path()
@@ -589,16 +453,4 @@ fn default_up_in_a_fresh_directory() {
         c.ping().await.unwrap();
     });
     drop(guard);
-}
-
-/// Kills and reaps the child when the test ends, also on panic.
-fn scopeguard(child: &mut std::process::Child) -> impl Drop + '_ {
-    struct G<'a>(&'a mut std::process::Child);
-    impl Drop for G<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    G(child)
 }

@@ -1,17 +1,18 @@
 //! The supervisor's scheduled prune: once per site (not per instance), once per interval,
 //! excluded by a prune by hand, visible in `/status` and `/metrics`.
 
-mod harness;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use harness::Up;
+use storeherd::control::UpkeepStatus;
 use storeherd::protocol::compose;
-
-const BIN: &str = env!("CARGO_BIN_EXE_storeherd");
+use storeherd::upkeep::{RunRecord, Trigger};
+use support::up::Up;
+use support::{eventually, BIN};
 
 fn put(root: &Path, key: &str, bytes: &[u8]) {
     let p = root.join(&key[0..2]).join(&key[2..4]).join(key);
@@ -20,20 +21,9 @@ fn put(root: &Path, key: &str, bytes: &[u8]) {
 }
 
 /// Polls `/status` until `done` holds for its `upkeep` section (bounded).
-fn wait_upkeep(
-    up: &Up,
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let u = up.status()["upkeep"].clone();
-        if done(&u) {
-            return u;
-        }
-        assert!(Instant::now() < deadline, "{what}: {u}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_upkeep(up: &Up, what: &str, done: impl Fn(&UpkeepStatus) -> bool) -> UpkeepStatus {
+    let st = up.wait_status(Duration::from_secs(40), what, |st| done(&st.upkeep));
+    st.upkeep
 }
 
 #[test]
@@ -46,16 +36,11 @@ fn the_schedule_prunes_the_shared_store_once_per_interval() {
     // Hold the site lock as a prune by hand would: the schedule waits, and so does a second
     // prune by hand.
     // (The schedule's first run, at start, may hold it for a moment.)
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let lock = loop {
-        if let Some(l) = storeherd::upkeep::SiteLock::try_acquire(&data).unwrap() {
-            break l;
-        }
-        assert!(Instant::now() < deadline, "the site lock stays held");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let lock = eventually(Duration::from_secs(20), "the site lock is free", || {
+        storeherd::upkeep::SiteLock::try_acquire(&data).unwrap()
+    });
     wait_upkeep(&up, "a scheduled prune met the held lock", |u| {
-        u["busy_total"].as_u64() > Some(0)
+        u.busy_total > 0
     });
     let out = Command::new(BIN)
         .args(["prune", "-f", &f])
@@ -74,46 +59,39 @@ fn the_schedule_prunes_the_shared_store_once_per_interval() {
         );
         put(&store, &key, &block);
     }
-    let runs_before = up.status()["upkeep"]["runs_total"].as_u64().unwrap();
+    let runs_before = up.status().upkeep.runs_total;
     drop(lock);
 
     // Each run walks the one shared store once (300 files, not 3 × 300) and starts at least
     // prune_every after the previous one ended.
-    let mut records: Vec<serde_json::Value> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while records.len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} runs: {records:?}",
-            records.len()
-        );
-        let u = up.status()["upkeep"].clone();
-        let runs = u["runs_total"].as_u64().unwrap();
-        if runs > runs_before + records.len() as u64 {
+    let mut records: Vec<RunRecord> = Vec::new();
+    eventually(Duration::from_secs(40), "three scheduled runs", || {
+        let u = up.status().upkeep;
+        if u.runs_total > runs_before + records.len() as u64 {
             assert_eq!(
-                runs,
+                u.runs_total,
                 runs_before + records.len() as u64 + 1,
                 "a run was missed by the poll or counted twice"
             );
-            records.push(u["last"].clone());
+            records.push(u.last.expect("a last run"));
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let data_counts = |r: &serde_json::Value| {
-        let d = &r["store"]["counts"]["types"]["data"];
-        (
-            d["examined"].as_u64().unwrap(),
-            d["removed"].as_u64().unwrap(),
-        )
+        if records.len() == 3 {
+            Ok(())
+        } else {
+            Err(records.len())
+        }
+    });
+    let data_counts = |r: &RunRecord| {
+        let d = &r.store.counts.types["data"];
+        (d.examined, d.removed)
     };
     assert_eq!(data_counts(&records[0]), (300, 100));
     assert_eq!(data_counts(&records[1]), (200, 0));
     assert_eq!(data_counts(&records[2]), (200, 0));
     for pair in records.windows(2) {
-        let gap =
-            pair[1]["started_unix"].as_i64().unwrap() - pair[0]["finished_unix"].as_i64().unwrap();
+        let gap = pair[1].started_unix - pair[0].finished_unix;
         assert!(gap >= 2, "runs closer than prune_every: {pair:?}");
-        assert_eq!(pair[1]["trigger"], "schedule");
+        assert_eq!(pair[1].trigger, Trigger::Schedule);
     }
 
     // A prune by hand waits for the schedule's and is recorded for the site like it.
@@ -121,16 +99,15 @@ fn the_schedule_prunes_the_shared_store_once_per_interval() {
         .args(["prune", "--wait", "--json", "-f", &f])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let manual: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(manual["trigger"], "manual");
+    support::succeeded(&out);
+    let manual: RunRecord = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manual.trigger, Trigger::Manual);
     assert_eq!(data_counts(&manual), (200, 0));
     wait_upkeep(&up, "the manual run shows in /status", |u| {
-        u["last"]["trigger"] == "manual" || u["runs_total"].as_u64() > Some(runs_before + 3)
+        u.last
+            .as_ref()
+            .is_some_and(|l| l.trigger == Trigger::Manual)
+            || u.runs_total > runs_before + 3
     });
 
     let out = up.ctl(&["status"]);

@@ -1,17 +1,17 @@
-//! Test harness: real `storeherd store` processes on ephemeral loopback ports.
-//!
-//! Every test file that needs a store server does `mod common;` and starts one with
-//! [`TestServer::start`]. The process is killed and reaped when the `TestServer` is dropped,
+//! Built-in store servers (`storeherd store`) on free loopback ports, and a blocking
+//! byte-level connection to talk to one. A [`TestServer`] is killed and reaped when dropped,
 //! also when a test panics.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use storeherd::server::identity::Identity;
+
+use super::wait::until;
+use super::{ports, BIN};
 
 /// How long a server may take to answer its first greeting.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -69,19 +69,6 @@ pub fn accounts() -> String {
     )
 }
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_storeherd")
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl TestServer {
     /// A server in a new temporary home, with `extra_config` added to `config.txt`.
     pub fn start(extra_config: &[(&str, &str)]) -> TestServer {
@@ -110,7 +97,7 @@ impl TestServer {
         }
         let mut last = String::new();
         for _ in 0..5 {
-            let port = opts.port.unwrap_or_else(free_port);
+            let port = opts.port.unwrap_or_else(ports::port);
             // eport 0: the DHT node takes a free UDP port (the default 8081 would be shared).
             let mut text = format!("sport: {port}\neport: 0\nlisten_address: 127.0.0.1\n");
             if let Some(store) = &opts.store {
@@ -140,7 +127,7 @@ impl TestServer {
             .append(true)
             .open(self.home.join("server.log"))
             .unwrap();
-        let child = Command::new(binary())
+        let child = Command::new(BIN)
             .arg("store")
             .arg("--homedir")
             .arg(&self.home)
@@ -151,25 +138,31 @@ impl TestServer {
             .spawn()
             .map_err(|e| e.to_string())?;
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
+        let ready = until(START_TIMEOUT, || {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Some(Err(format!("exited with {status}: {}", self.log())));
+            }
+            let mut raw = Raw::connect(self.addr).ok()?;
+            if !raw.line().is_some_and(|l| l.ends_with("READY")) {
+                return None;
+            }
+            // Closed by the server before returning, so the probe no longer counts against
+            // `max_connections` (a test may fill every slot).
+            raw.cmd("QUIT");
+            raw.closed();
+            Some(Ok(()))
+        });
+        match ready {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(exited)) => {
                 self.child = None;
-                return Err(format!("exited with {status}: {}", self.log()));
+                Err(exited)
             }
-            if let Ok(mut raw) = Raw::connect(self.addr) {
-                if raw.line().is_some_and(|l| l.ends_with("READY")) {
-                    // Closed by the server before returning, so the probe no longer
-                    // counts against `max_connections` (a test may fill every slot).
-                    raw.cmd("QUIT");
-                    raw.closed();
-                    return Ok(());
-                }
+            Err(_) => {
+                self.kill9();
+                Err(format!("no READY greeting within {START_TIMEOUT:?}"))
             }
-            std::thread::sleep(Duration::from_millis(25));
         }
-        self.kill9();
-        Err(format!("no READY greeting within {START_TIMEOUT:?}"))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -198,52 +191,39 @@ impl TestServer {
 
     /// Waits (bounded) for the process to exit by itself; its exit code, if it did.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Some(st) = c.try_wait().unwrap() {
-                    self.child = None;
-                    return st.code();
-                }
-            } else {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        let status = super::procs::exit_within(self.child.as_mut()?, within)?;
+        self.child = None;
+        status.code()
     }
 
     /// Starts the server again in the same home, on the same port.
     pub fn restart(&mut self) {
         self.kill9();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
+        // The old socket may linger briefly: a few tries.
+        let mut last = String::new();
+        for _ in 0..5 {
             match self.spawn() {
                 Ok(()) => return,
-                // The old socket may linger briefly; bounded retry.
-                Err(e) if Instant::now() < deadline => {
+                Err(e) => {
                     eprintln!("restart retry: {e}");
+                    last = e;
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                Err(e) => panic!("restart failed: {e}"),
             }
         }
+        panic!("restart failed: {last}");
     }
 
     /// `inputqueue/` is empty and the input journal holds no unsettled entry: every
     /// acknowledged block has been processed.
     pub fn wait_queue_empty(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
+        until(within, || {
             let n = std::fs::read_dir(self.home.join("inputqueue"))
                 .map(|d| d.count())
                 .unwrap_or(0);
-            if n == 0 && storeherd::store::queued_uploads(&self.home) == 0 {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+            n == 0 && storeherd::store::queued_uploads(&self.home) == 0
+        })
+        .is_ok()
     }
 
     /// A blocking raw connection (greeting already read).
