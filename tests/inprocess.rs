@@ -85,11 +85,9 @@ fn serve(
 }
 
 fn join_within<T>(thread: std::thread::JoinHandle<T>, within: Duration) -> T {
-    let deadline = Instant::now() + within;
-    while !thread.is_finished() {
-        assert!(Instant::now() < deadline, "did not stop within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wait::eventually(within, "the server's run to return", || {
+        thread.is_finished()
+    });
     thread.join().unwrap()
 }
 
@@ -214,12 +212,6 @@ async fn supervisor_runs_in_process_reloads_and_stops_on_outside_commands() {
         .expect("supervisor did not stop")
         .unwrap()
         .unwrap();
-    for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z ")),
-            "instance {pid} still running"
-        );
-    }
+    let left = support::procs::wait_dead(&pids, T);
+    assert!(left.is_empty(), "instances still running: {left:?}");
 }
