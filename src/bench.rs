@@ -165,6 +165,15 @@ fn prepare(n: u64, size: usize, date: &str) -> Prepared {
     Prepared { n, key, proof }
 }
 
+/// The error kind of a GET answered with other bytes than the block stored under its key.
+pub const TORN: &str = "torn";
+
+/// Does a block read back carry block `n`'s payload, whole? The server may rewrite the
+/// header lines, never the payload after `Data:`.
+fn intact(block: &[u8], n: u64, size: usize) -> bool {
+    block.ends_with(&payload(n, size))
+}
+
 fn block_bytes(p: &Prepared, size: usize, date: &str) -> Vec<u8> {
     let body = payload(p.n, size);
     let mut b = format!(
@@ -236,7 +245,7 @@ struct Worker {
     hist: Histogram<u64>,
     ops: u64,
     errors: BTreeMap<String, u64>,
-    stored: Vec<String>,
+    stored: Vec<(String, u64)>,
 }
 
 impl Worker {
@@ -267,7 +276,8 @@ fn new_histogram() -> Histogram<u64> {
 struct Shared {
     cfg: Config,
     date: String,
-    get_keys: Vec<String>,
+    /// The GET set: key and block number (its payload is rebuilt to check what is read).
+    get_keys: Vec<(String, u64)>,
     progress: Arc<Progress>,
 }
 
@@ -346,7 +356,7 @@ async fn connection(
             let r = tokio::time::timeout_at(deadline, client.store(&p.key, &bytes)).await;
             match r {
                 Ok(Ok(true)) => {
-                    w.stored.push(p.key);
+                    w.stored.push((p.key, p.n));
                     Ok(Ok(()))
                 }
                 Ok(Ok(false)) => Ok(Err(WireError::Unexpected {
@@ -357,17 +367,23 @@ async fn connection(
                 Err(e) => Err(e),
             }
         } else {
-            let key = &shared.get_keys[(next_rand() % shared.get_keys.len() as u64) as usize];
-            tokio::time::timeout_at(deadline, async {
-                match client.get(key, None).await? {
-                    Some(_) => Ok(()),
-                    None => Err(WireError::Unexpected {
-                        expected: "the stored block",
-                        got: "NOT FOUND".into(),
-                    }),
+            let (key, n) = &shared.get_keys[(next_rand() % shared.get_keys.len() as u64) as usize];
+            let r = tokio::time::timeout_at(deadline, client.get(key, None)).await;
+            match r {
+                Ok(Ok(Some(bytes))) if !intact(&bytes, *n, cfg.size) => {
+                    // Counted apart: a read of other bytes than were stored is the one result
+                    // a store must never give, whatever else fails.
+                    w.err(TORN, progress);
+                    continue;
                 }
-            })
-            .await
+                Ok(Ok(Some(_))) => Ok(Ok(())),
+                Ok(Ok(None)) => Ok(Err(WireError::Unexpected {
+                    expected: "the stored block",
+                    got: "NOT FOUND".into(),
+                })),
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(e) => Err(e),
+            }
         };
         match result {
             Ok(Ok(())) => w.ok(t, progress),
@@ -383,29 +399,28 @@ async fn connection(
 }
 
 /// Waits until every key is readable; returns the moment the last one was seen.
-async fn wait_readable(cfg: &Config, keys: &[String]) -> Result<Instant, BenchError> {
+async fn wait_readable(cfg: &Config, keys: &[(String, u64)]) -> Result<Instant, BenchError> {
     let deadline = Instant::now() + VERIFY_TIMEOUT;
     let conns = cfg.connections.clamp(1, 8);
     let mut tasks = Vec::new();
     for i in 0..conns {
-        let chunk: Vec<String> = keys.iter().skip(i).step_by(conns).cloned().collect();
+        let chunk: Vec<(String, u64)> = keys.iter().skip(i).step_by(conns).cloned().collect();
         let cfg = cfg.clone();
         let addr = cfg.targets[i % cfg.targets.len()];
         tasks.push(tokio::spawn(async move {
             let mut c = open(&cfg, addr).await.map_err(|e| e.to_string())?;
-            for key in chunk {
-                while c
-                    .get(&key, None)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .is_none()
-                {
-                    if Instant::now() > deadline {
-                        return Err(format!(
-                            "block {key} not readable within {VERIFY_TIMEOUT:?}"
-                        ));
+            for (key, n) in chunk {
+                loop {
+                    match c.get(&key, None).await.map_err(|e| e.to_string())? {
+                        Some(bytes) if intact(&bytes, n, cfg.size) => break,
+                        Some(_) => return Err(format!("block {key} read back torn")),
+                        None if Instant::now() > deadline => {
+                            return Err(format!(
+                                "block {key} not readable within {VERIFY_TIMEOUT:?}"
+                            ))
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(5)).await,
                     }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
             Ok::<Instant, String>(Instant::now())
@@ -487,7 +502,7 @@ pub async fn run(cfg: Config, progress: Arc<Progress>) -> Result<Report, BenchEr
             {
                 return Err(BenchError::Setup("the target refused a valid block".into()));
             }
-            get_keys.push(p.key.clone());
+            get_keys.push((p.key.clone(), p.n));
         }
         wait_readable(&cfg, &get_keys).await?;
     }
@@ -572,5 +587,9 @@ mod tests {
         }
         let keys: std::collections::HashSet<_> = blocks.iter().map(|p| &p.key).collect();
         assert_eq!(keys.len(), 5);
+        let whole = block_bytes(&blocks[0], 300, &date);
+        assert!(intact(&whole, blocks[0].n, 300));
+        assert!(!intact(&whole[..whole.len() - 1], blocks[0].n, 300));
+        assert!(!intact(&whole, blocks[1].n, 300));
     }
 }

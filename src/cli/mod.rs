@@ -282,7 +282,8 @@ pub struct BenchArgs {
     /// Log in as USER:KEY on every connection.
     #[arg(long)]
     pub login: Option<String>,
-    /// Wait until every stored block is readable and report blocks/s processed.
+    /// Wait until every stored block is readable and whole, and report blocks/s processed;
+    /// fails if one is not. GETs always check the payload: other bytes count as `torn`.
     #[arg(long)]
     pub verify: bool,
     /// Fixed rate: operations per second across all connections, latency counted from each
