@@ -8,6 +8,9 @@
 //! `STORE_BENCH_ROUNDS` (STORE rounds with 16 connections, fresh blocks each, on the same
 //! server; default 3, and the median is printed).
 //!
+//! `STORE_BENCH_BASELINE=BIN`: instead, this build against another `storeherd` binary (built
+//! from an older commit) in one run, round by round, and their ratio (see `compare_mode`).
+//!
 //! `STORE_BENCH_NOTIFY=1`: instead, message announcements for a recipient that `notify.txt`
 //! subscribes, with 16 connections, on a server without `notify.txt` and on one whose
 //! SMTP server is dead (a loopback port that takes connections and never answers): the
@@ -55,6 +58,11 @@ impl Server {
     }
 
     fn start_in(home: &Path) -> Server {
+        Server::start_program(Path::new(env!("CARGO_BIN_EXE_storeherd")), home)
+    }
+
+    /// `program store --homedir <home>`, for a comparison with another build.
+    fn start_program(program: &Path, home: &Path) -> Server {
         std::fs::create_dir_all(home).unwrap();
         Identity::generate("storeherd-bench")
             .unwrap()
@@ -77,7 +85,7 @@ impl Server {
         )
         .unwrap();
         let log = std::fs::File::create(home.join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_storeherd"))
+        let child = Command::new(program)
             .arg("store")
             .arg("--homedir")
             .arg(home)
@@ -325,6 +333,10 @@ fn main() {
         notify_mode(&rt, per_conn * 16);
         return;
     }
+    if let Some(baseline) = std::env::var_os("STORE_BENCH_BASELINE") {
+        compare_mode(&rt, per_conn, Path::new(&baseline));
+        return;
+    }
     let s = match std::env::var_os("STORE_BENCH_DIR") {
         Some(dir) => {
             let home = std::path::Path::new(&dir).join(format!(
@@ -375,4 +387,58 @@ fn main() {
         }
         rt.block_on(run_get(&s, &blocks, conns));
     }
+}
+
+/// `STORE_BENCH_BASELINE=BIN`: this build and another (`BIN`, e.g. one built from an older
+/// commit) side by side in one run: each round stores the same fresh blocks with 16
+/// connections into each build's own server, in alternating order, so the machine's noise
+/// falls on both; prints each build's median and their ratio. The servers' homes are under
+/// `STORE_BENCH_DIR` when set (a tmpfs or a disk folder), else in the temporary folder.
+fn compare_mode(rt: &tokio::runtime::Runtime, per_conn: usize, baseline: &Path) {
+    let dir = match std::env::var_os("STORE_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let this = Server::start_program(
+        Path::new(env!("CARGO_BIN_EXE_storeherd")),
+        &dir.path().join("this"),
+    );
+    let base = Server::start_program(baseline, &dir.path().join("baseline"));
+    println!(
+        "storeherd store bench, this build vs {} in {}: 4 KiB data blocks, 16 connections",
+        baseline.display(),
+        dir.path().display()
+    );
+    let rounds: usize = std::env::var("STORE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let blocks: Blocks = Arc::new(make_blocks(per_conn * 16, 4096));
+        let (a, b) = if round % 2 == 0 {
+            let a = rt.block_on(run_store(&this, &blocks, 16));
+            (a, rt.block_on(run_store(&base, &blocks, 16)))
+        } else {
+            let b = rt.block_on(run_store(&base, &blocks, 16));
+            (rt.block_on(run_store(&this, &blocks, 16)), b)
+        };
+        println!(
+            "  round {}: this {a:.0}, baseline {b:.0} blocks/s, ratio {:.3}",
+            round + 1,
+            a / b
+        );
+        ours.push(a);
+        theirs.push(b);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b) = (median(&mut ours), median(&mut theirs));
+    println!(
+        "STORE conns=16 median of {rounds} rounds: this {a:.0}, baseline {b:.0} processed blocks/s, ratio {:.3}",
+        a / b
+    );
 }

@@ -753,7 +753,7 @@ impl Mover<'_, '_> {
                 sync_dir(parent)?;
             }
         }
-        let _lock = if depth == 2 {
+        let lock = if depth == 2 {
             let lockfile = to.join(LOCKFILE);
             let lock = LeafLock::acquire(&lockfile)?;
             // Store servers open it for append: it must be theirs, not root's.
@@ -801,7 +801,7 @@ impl Mover<'_, '_> {
                     self.report.bytes_moved += meta.len();
                     batch.push((tmp, dst));
                     if batch.len() >= BATCH {
-                        publish(&mut batch)?;
+                        publish_locked(lock.as_ref(), &mut batch)?;
                     }
                 }
                 Staged::Duplicate => self.report.duplicates_removed += 1,
@@ -813,7 +813,7 @@ impl Mover<'_, '_> {
             self.tick(meta.len());
             done.push(src);
         }
-        publish(&mut batch)?;
+        publish_locked(lock.as_ref(), &mut batch)?;
         // The renames are durable before any source goes.
         sync_dir(to)?;
         if stopped {
@@ -834,6 +834,26 @@ impl Mover<'_, '_> {
         }
         Ok(Ok(()))
     }
+}
+
+/// [`publish`], after checking that the leaf lock (when the batch is under one) is still
+/// held: on a shared file system it can be lost, and a rename then races a store server.
+fn publish_locked(
+    lock: Option<&LeafLock>,
+    batch: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<(), StoreError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    if let Some(lock) = lock {
+        if let Err(e) = lock.verify() {
+            for (tmp, _) in batch.drain(..) {
+                let _ = fs::remove_file(tmp);
+            }
+            return Err(e.into());
+        }
+    }
+    publish(batch)
 }
 
 enum Staged {
@@ -1292,5 +1312,26 @@ mod tests {
         }
         let link = fs::symlink_metadata(store.join("00")).unwrap();
         assert_eq!(link.uid(), 4321);
+    }
+
+    #[test]
+    fn a_batch_whose_leaf_lock_was_lost_is_not_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let lockfile = dir.path().join(LOCKFILE);
+        let lock = LeafLock::acquire(&lockfile).unwrap();
+        let (tmp, dst) = (dir.path().join("block.move"), dir.path().join("block"));
+        fs::write(&tmp, "copy").unwrap();
+        let mut batch = vec![(tmp.clone(), dst.clone())];
+        // The lock file replaced under us: our lock excludes nobody any more.
+        fs::write(dir.path().join("other"), "").unwrap();
+        fs::rename(dir.path().join("other"), &lockfile).unwrap();
+        assert!(publish_locked(Some(&lock), &mut batch).is_err());
+        assert!(!dst.exists() && !tmp.exists() && batch.is_empty());
+        // Under a held lock the same batch is published.
+        let lock = LeafLock::acquire(&lockfile).unwrap();
+        fs::write(&tmp, "copy").unwrap();
+        let mut batch = vec![(tmp.clone(), dst.clone())];
+        publish_locked(Some(&lock), &mut batch).unwrap();
+        assert_eq!(fs::read_to_string(&dst).unwrap(), "copy");
     }
 }

@@ -467,6 +467,11 @@ impl Pruner {
     /// releases their leaves.
     fn flush(&mut self) -> Result<(), StoreError> {
         if !self.batch.writes.is_empty() {
+            // A lock lost on a shared file system: renaming now could undo a server's write.
+            if let Some(e) = self.batch.locks.iter().find_map(|l| l.verify().err()) {
+                self.abandon();
+                return Err(e.into());
+            }
             let dirs = std::mem::take(&mut self.batch.dirs);
             self.devices
                 .sync(dirs.iter().map(PathBuf::as_path))
