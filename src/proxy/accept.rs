@@ -11,10 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::counters::{ClientSlot, Counters, InstanceSlot};
 use super::greeting::{self, OpenError, Received};
 use super::handoff::HandError;
 use super::header;
-use super::pool::{ClientSlot, Counters, InstanceSlot, Pool};
+use super::pool::Pool;
 use super::relay::relay;
 use super::ProxyError;
 
@@ -121,13 +122,19 @@ async fn session(mut client: TcpStream, mut peer: SocketAddr, pool: Pool, slot: 
     if let Some(nets) = pool.accept_proxy() {
         match header::read(&mut client, peer, &nets, pool.connect_timeout()).await {
             Ok(from) => {
-                pool.inner.header_accepted_total.fetch_add(1, Relaxed);
+                pool.inner
+                    .clients
+                    .header_accepted_total
+                    .fetch_add(1, Relaxed);
                 debug!(client = %from, via = %peer, "PROXY header");
                 peer = from;
                 via_header = true;
             }
             Err(e) => {
-                pool.inner.header_rejected_total.fetch_add(1, Relaxed);
+                pool.inner
+                    .clients
+                    .header_rejected_total
+                    .fetch_add(1, Relaxed);
                 info!(source = %peer, "closed: {e}");
                 return;
             }
@@ -204,7 +211,7 @@ async fn place(
         let n = snapshot.backends.len();
         for i in 0..n {
             let backend = &snapshot.backends[start.wrapping_add(i) % n];
-            if let Some(h) = backend.counters.handoff.load_full() {
+            if let Some(h) = backend.handoff.load_full() {
                 match h.hand(client, peer, timeout, slot).await {
                     Ok(()) => return Some(Placed::Handed(backend.id)),
                     Err(HandError::Refused) => {

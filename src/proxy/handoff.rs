@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::pool::{ClientSlot, Counters};
+use super::counters::{ClientSlot, Counters};
 use crate::handoff::{Channel, Msg};
 
 /// Why a hand-off did not place the client.

@@ -12,6 +12,7 @@
 //! descriptor for the session. Other instances are relayed.
 
 mod accept;
+mod counters;
 pub mod fds;
 pub mod greeting;
 mod handoff;
@@ -23,7 +24,8 @@ use std::io;
 use std::time::Duration;
 
 pub use accept::serve;
-pub use pool::{InstanceStats, Pool, ProxyStats};
+pub use counters::InstanceStats;
+pub use pool::{Pool, ProxyStats};
 
 /// Limits the supervisor can change live with [`Pool::set_limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,12 +1,13 @@
 //! The backend pool: an immutable snapshot of the ready instances behind an `ArcSwap`, the
-//! round-robin cursor, the live limits and every counter.
+//! round-robin cursor, the live limits, and each instance's counters and hand-off channel.
 //!
 //! The accept path only loads the snapshot and touches atomics; the mutex guards the id →
-//! counters registry, which only `set_backends`, `stats` and `active_for` use.
+//! instance registry, which only `set_backends`, the hand-off calls, `stats` and
+//! `active_for` use.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,33 +15,16 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use ipnet::IpNet;
 use serde::Serialize;
 
+use super::counters::{ClientSlot, Clients, Counters, InstanceStats, Lingering};
 use super::handoff::Handoff;
 use super::{Balance, ProxyLimits};
 
-/// Counters of one instance; shared by the snapshot entry and every session relayed to it.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub active: AtomicU64,
-    pub total: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub connect_failures: AtomicU64,
-    pub busy_total: AtomicU64,
+/// What the pool keeps per instance id, in and out of rotation alike.
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    counters: Arc<Counters>,
     /// The instance's hand-off channel, while one is up (built-in instances only).
-    pub handoff: ArcSwapOption<Handoff>,
-}
-
-impl Counters {
-    fn read(&self) -> InstanceStats {
-        InstanceStats {
-            active: self.active.load(Relaxed),
-            total: self.total.load(Relaxed),
-            bytes_in: self.bytes_in.load(Relaxed),
-            bytes_out: self.bytes_out.load(Relaxed),
-            connect_failures: self.connect_failures.load(Relaxed),
-            busy_total: self.busy_total.load(Relaxed),
-        }
-    }
+    handoff: Arc<ArcSwapOption<Handoff>>,
 }
 
 /// One ready backend as the accept path sees it.
@@ -49,29 +33,13 @@ pub(crate) struct Backend {
     pub id: u32,
     pub addr: SocketAddr,
     pub counters: Arc<Counters>,
+    pub handoff: Arc<ArcSwapOption<Handoff>>,
 }
 
 /// The ready set in round-robin order; replaced whole, never mutated.
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     pub backends: Vec<Backend>,
-}
-
-/// Counters of one instance (ids keep theirs across removal and re-adding).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct InstanceStats {
-    /// Sessions open now, relayed or handed over.
-    pub active: u64,
-    /// Sessions since start: relayed (greeted `READY`) or adopted by the instance.
-    pub total: u64,
-    /// Bytes client → instance.
-    pub bytes_in: u64,
-    /// Bytes instance → client (the greeting included).
-    pub bytes_out: u64,
-    /// Refused or timed-out connects, and greetings that were neither READY nor BUSY.
-    pub connect_failures: u64,
-    /// `BUSY` greetings.
-    pub busy_total: u64,
 }
 
 /// A point-in-time copy of every proxy counter.
@@ -95,19 +63,14 @@ pub struct ProxyStats {
 pub(crate) struct Inner {
     pub snapshot: ArcSwap<Snapshot>,
     pub rr: AtomicUsize,
-    pub active: AtomicU64,
-    pub rejected_total: AtomicU64,
-    pub over_limit_total: AtomicU64,
-    pub header_accepted_total: AtomicU64,
-    pub header_rejected_total: AtomicU64,
-    lingering: AtomicUsize,
-    leastconn: std::sync::atomic::AtomicBool,
+    pub clients: Arc<Clients>,
+    leastconn: AtomicBool,
     /// `proxy.accept_proxy`: the networks whose PROXY headers are believed.
     accept_proxy: ArcSwapOption<Vec<IpNet>>,
     max_connections: AtomicUsize,
     connect_timeout_us: AtomicU64,
     idle_timeout_us: AtomicU64,
-    registry: Mutex<BTreeMap<u32, Arc<Counters>>>,
+    registry: Mutex<BTreeMap<u32, Entry>>,
 }
 
 /// The proxy's view of the instances: cheap to clone, shared with `serve`.
@@ -126,12 +89,7 @@ impl Pool {
             inner: Arc::new(Inner {
                 snapshot: ArcSwap::from_pointee(Snapshot::default()),
                 rr: AtomicUsize::new(0),
-                active: AtomicU64::new(0),
-                rejected_total: AtomicU64::new(0),
-                over_limit_total: AtomicU64::new(0),
-                header_accepted_total: AtomicU64::new(0),
-                header_rejected_total: AtomicU64::new(0),
-                lingering: AtomicUsize::new(0),
+                clients: Arc::default(),
                 leastconn: Default::default(),
                 accept_proxy: ArcSwapOption::empty(),
                 max_connections: AtomicUsize::new(0),
@@ -150,10 +108,14 @@ impl Pool {
         let mut registry = self.registry();
         let backends = ready
             .into_iter()
-            .map(|(id, addr)| Backend {
-                id,
-                addr,
-                counters: registry.entry(id).or_default().clone(),
+            .map(|(id, addr)| {
+                let Entry { counters, handoff } = registry.entry(id).or_default().clone();
+                Backend {
+                    id,
+                    addr,
+                    counters,
+                    handoff,
+                }
             })
             .collect();
         // Stored under the registry lock so that two concurrent calls cannot interleave.
@@ -195,9 +157,9 @@ impl Pool {
     /// Opens instance `id`'s hand-off channel at `path` (replacing a dead one): new
     /// clients placed on it are then handed over instead of relayed.
     pub fn attach_handoff(&self, id: u32, path: &std::path::Path) -> std::io::Result<()> {
-        let counters = self.registry().entry(id).or_default().clone();
-        let h = Handoff::connect(path, id, counters.clone())?;
-        if let Some(old) = counters.handoff.swap(Some(h)) {
+        let entry = self.registry().entry(id).or_default().clone();
+        let h = Handoff::connect(path, id, entry.counters)?;
+        if let Some(old) = entry.handoff.swap(Some(h)) {
             old.close();
         }
         Ok(())
@@ -207,14 +169,14 @@ impl Pool {
     pub fn handoff_up(&self, id: u32) -> bool {
         self.registry()
             .get(&id)
-            .and_then(|c| c.handoff.load_full())
+            .and_then(|e| e.handoff.load_full())
             .is_some_and(|h| h.is_up())
     }
 
     /// Closes instance `id`'s hand-off channel (the process is being stopped).
     pub fn detach_handoff(&self, id: u32) {
-        if let Some(c) = self.registry().get(&id) {
-            if let Some(old) = c.handoff.swap(None) {
+        if let Some(e) = self.registry().get(&id) {
+            if let Some(old) = e.handoff.swap(None) {
                 old.close();
             }
         }
@@ -235,17 +197,17 @@ impl Pool {
     }
 
     pub fn stats(&self) -> ProxyStats {
-        let i = &self.inner;
+        let c = &self.inner.clients;
         ProxyStats {
-            active: i.active.load(Relaxed),
-            rejected_total: i.rejected_total.load(Relaxed),
-            over_limit_total: i.over_limit_total.load(Relaxed),
-            header_accepted_total: i.header_accepted_total.load(Relaxed),
-            header_rejected_total: i.header_rejected_total.load(Relaxed),
+            active: c.active.load(Relaxed),
+            rejected_total: c.rejected_total.load(Relaxed),
+            over_limit_total: c.over_limit_total.load(Relaxed),
+            header_accepted_total: c.header_accepted_total.load(Relaxed),
+            header_rejected_total: c.header_rejected_total.load(Relaxed),
             instances: self
                 .registry()
                 .iter()
-                .map(|(id, c)| (*id, c.read()))
+                .map(|(id, e)| (*id, e.counters.read()))
                 .collect(),
         }
     }
@@ -254,10 +216,10 @@ impl Pool {
     pub fn active_for(&self, id: u32) -> u64 {
         self.registry()
             .get(&id)
-            .map_or(0, |c| c.active.load(Relaxed))
+            .map_or(0, |e| e.counters.active.load(Relaxed))
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Arc<Counters>>> {
+    fn registry(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Entry>> {
         // The map stays consistent even if a holder panicked: every update is one insert.
         self.inner
             .registry
@@ -267,15 +229,8 @@ impl Pool {
 
     /// Takes a client slot; `None` when that would exceed `max_connections`.
     pub(crate) fn admit(&self) -> Option<ClientSlot> {
-        let i = &self.inner;
-        let now = i.active.fetch_add(1, Relaxed) + 1;
-        let slot = ClientSlot(self.inner.clone());
-        if now > i.max_connections.load(Relaxed) as u64 {
-            i.over_limit_total.fetch_add(1, Relaxed);
-            i.rejected_total.fetch_add(1, Relaxed);
-            return None; // the slot is released by the drop
-        }
-        Some(slot)
+        let max = self.inner.max_connections.load(Relaxed) as u64;
+        self.inner.clients.admit(max)
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
@@ -305,58 +260,18 @@ impl Pool {
 
     /// A turned-away client may linger until it closes, unless `max` already do.
     pub(crate) fn linger(&self, max: usize) -> Option<Lingering> {
-        let i = &self.inner;
-        let slot = Lingering(self.inner.clone());
-        (i.lingering.fetch_add(1, Relaxed) < max).then_some(slot)
+        self.inner.clients.linger(max)
     }
 
     pub(crate) fn count_rejected(&self) {
-        self.inner.rejected_total.fetch_add(1, Relaxed);
-    }
-}
-
-/// One admitted client connection; released on drop (for a handed-off session, when the
-/// instance reports its end).
-#[derive(Debug)]
-pub(crate) struct ClientSlot(Arc<Inner>);
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
-    }
-}
-
-/// One turned-away client waiting for its close; released on drop.
-#[derive(Debug)]
-pub(crate) struct Lingering(Arc<Inner>);
-
-impl Drop for Lingering {
-    fn drop(&mut self) {
-        self.0.lingering.fetch_sub(1, Relaxed);
-    }
-}
-
-/// One relayed session on an instance; keeps `active` right however the session ends.
-#[derive(Debug)]
-pub(crate) struct InstanceSlot(pub Arc<Counters>);
-
-impl InstanceSlot {
-    pub fn open(counters: Arc<Counters>) -> InstanceSlot {
-        counters.active.fetch_add(1, Relaxed);
-        counters.total.fetch_add(1, Relaxed);
-        InstanceSlot(counters)
-    }
-}
-
-impl Drop for InstanceSlot {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
+        self.inner.clients.rejected_total.fetch_add(1, Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::counters::InstanceSlot;
 
     fn limits(max: usize) -> ProxyLimits {
         ProxyLimits {

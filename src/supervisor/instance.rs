@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use super::health::{self, HealthError};
-use super::process::{self, Child, Spawn};
-use super::provision::{self, Prepared};
+use super::process::{self, Child, ProcessError, Spawn};
+use super::provision::{self, Prepared, ProvisionError};
 use crate::control::InstanceState;
 use crate::proxy::Pool;
 use crate::store::queued_uploads;
@@ -50,6 +50,30 @@ pub enum Event {
     },
 }
 
+/// Why a restart did not end with the instance ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestartError {
+    /// Not there, or being removed.
+    #[error("no instance {0}")]
+    NoSuchInstance(u32),
+    #[error("superseded by another restart")]
+    Superseded,
+    #[error("instance {0} failed (crash loop)")]
+    CrashLoop(u32),
+}
+
+/// Where a restart's outcome goes, once the instance is ready again (or is not to be).
+pub type RestartReply = oneshot::Sender<Result<(), RestartError>>;
+
+/// Why a new process could not be started.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+}
+
 /// Requests from the supervisor. The supervisor takes the instance out of the proxy's
 /// rotation before sending any of them.
 #[derive(Debug)]
@@ -57,10 +81,7 @@ pub enum Ctl {
     /// Drain (unless `now`), wait for the input queue to empty, stop, end the task.
     Remove { now: bool },
     /// Drain (if `drain`), stop, start again; `ready` answers once it is ready (or failed).
-    Restart {
-        drain: bool,
-        ready: oneshot::Sender<Result<(), String>>,
-    },
+    Restart { drain: bool, ready: RestartReply },
     /// Drain, stop, end the task (supervisor shutdown); the queue stays for the next start.
     Shutdown,
 }
@@ -92,7 +113,7 @@ struct State {
     backoff: Duration,
     crashes: VecDeque<Instant>,
     /// Answer to a restart request, sent when the new process is ready.
-    pending_ready: Option<oneshot::Sender<Result<(), String>>>,
+    pending_ready: Option<RestartReply>,
     /// A removal in progress survives a crash of the child: it is respawned to drain its queue.
     removing: Option<bool>,
 }
@@ -272,8 +293,8 @@ impl Runner {
         }
     }
 
-    async fn start(&self, plan: &Plan, ip: &InstancePlan) -> Result<Child, String> {
-        provision::provision_home(plan, &self.prepared, self.id).map_err(|e| e.to_string())?;
+    async fn start(&self, plan: &Plan, ip: &InstancePlan) -> Result<Child, StartError> {
+        provision::provision_home(plan, &self.prepared, self.id)?;
         // spawn() first stops any stale server of an earlier run that holds the port.
         process::spawn(&Spawn {
             id: self.id,
@@ -283,7 +304,7 @@ impl Runner {
             log: super::logs::LogLimits::default(),
         })
         .await
-        .map_err(|e| e.to_string())
+        .map_err(StartError::from)
     }
 
     /// Health checks until the child exits, hangs, or a control request arrives.
@@ -435,7 +456,7 @@ impl Runner {
         match ctl {
             Some(Ctl::Restart { drain, ready }) => {
                 if let Some(old) = st.pending_ready.replace(ready) {
-                    let _ = old.send(Err("superseded by another restart".into()));
+                    let _ = old.send(Err(RestartError::Superseded));
                 }
                 self.set(st, InstanceState::Draining);
                 if drain {
@@ -560,7 +581,7 @@ impl Runner {
             );
             self.set(st, InstanceState::Failed);
             if let Some(tx) = st.pending_ready.take() {
-                let _ = tx.send(Err(format!("instance {} failed (crash loop)", self.id)));
+                let _ = tx.send(Err(RestartError::CrashLoop(self.id)));
             }
             return match self.ctl.recv().await {
                 Some(Ctl::Restart { ready, .. }) => {

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-use super::instance::{Ctl, Event, InstanceInfo, Runner};
+use super::instance::{Ctl, Event, InstanceInfo, RestartError, RestartReply, Runner};
 use super::metrics::Sampler;
 use super::provision::{self, Prepared};
 use super::upkeep::Upkeep;
@@ -62,10 +62,7 @@ struct Slot {
 
 /// Requests from the supervisor's own helper tasks (the rolling restart).
 enum Internal {
-    RestartOne {
-        id: u32,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
+    RestartOne { id: u32, reply: RestartReply },
 }
 
 struct Supervisor {
@@ -433,7 +430,7 @@ impl Supervisor {
     }
 
     /// Takes the instance out of rotation, then asks its task to restart it.
-    fn restart_one(&mut self, id: u32, drain: bool, reply: oneshot::Sender<Result<(), String>>) {
+    fn restart_one(&mut self, id: u32, drain: bool, reply: RestartReply) {
         match self.slots.get_mut(&id) {
             Some(slot) if !slot.removing => {
                 slot.draining = true;
@@ -449,7 +446,7 @@ impl Supervisor {
                 }
             }
             _ => {
-                let _ = reply.send(Err(format!("no instance {id}")));
+                let _ = reply.send(Err(RestartError::NoSuchInstance(id)));
             }
         }
         self.update_pool();
