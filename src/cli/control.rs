@@ -16,9 +16,6 @@ use crate::control::{InstanceState, Status};
 use crate::store::shards::{Layout, MoveOptions, Progress, ShardError};
 use crate::topology::Plan;
 
-/// Where `storeherd up` puts the admin API when nothing says otherwise.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:8089";
-
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -47,7 +44,7 @@ fn endpoint(args: &ControlArgs) -> anyhow::Result<(SocketAddr, Option<PathBuf>)>
     let (file_admin, file_token) = from_file.unzip();
     let addr = match args.admin.or(file_admin) {
         Some(addr) => addr,
-        None => DEFAULT_ADMIN.parse().expect("the default address parses"),
+        None => crate::topology::DEFAULT_ADMIN,
     };
     Ok((
         reachable(addr),
@@ -297,7 +294,7 @@ fn refuse_while_running(plan: &Plan) -> anyhow::Result<()> {
             "storeherd is running (its admin API answers at {addr}): stop it first (SIGTERM to              `storeherd up`), then run `storeherd shards apply` again"
         ),
     }
-    let homes = plan.data.join("homes");
+    let homes = plan.homes();
     let Ok(dir) = std::fs::read_dir(&homes) else {
         return Ok(());
     };

@@ -262,7 +262,7 @@ pub struct StoreArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Target address(es), comma-separated; several = the client spreads connections itself.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8081")]
+    #[arg(long, value_delimiter = ',', default_values_t = [crate::topology::DEFAULT_LISTEN])]
     pub target: Vec<SocketAddr>,
     /// Operation.
     #[arg(long, default_value = "ping")]

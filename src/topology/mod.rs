@@ -15,6 +15,7 @@
 //!   original reads `knode` as a repeatable key; every other list is comma-joined;
 //! - with `sites`, exactly two sites, each with a `host`, and `--site` must name one.
 
+pub mod defaults;
 mod error;
 mod instance;
 mod model;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use crate::store::shards::ShardPlan;
+pub use defaults::{DEFAULT_ADMIN, DEFAULT_LISTEN};
 pub use error::TopologyError;
 pub use instance::InstancePlan;
 pub use model::{format_duration, parse_duration};
@@ -246,7 +248,17 @@ impl Plan {
 
     /// The home of instance `id`: `<data>/homes/<id>`.
     pub fn home(&self, id: u32) -> PathBuf {
-        self.data.join("homes").join(id.to_string())
+        self.homes().join(id.to_string())
+    }
+
+    /// Where the homes are: `<data>/homes`.
+    pub fn homes(&self) -> PathBuf {
+        self.data.join(defaults::HOMES_DIR)
+    }
+
+    /// The accounts ledger, `<data>/accounts.txt`.
+    pub fn ledger(&self) -> PathBuf {
+        self.data.join(defaults::LEDGER_FILE)
     }
 
     /// TCP port of instance `id` (id >= 1).

@@ -97,7 +97,7 @@ impl Plan {
         for (p, what) in [
             (self.data.clone(), "data directory"),
             (self.store.clone(), "store"),
-            (self.data.join("homes"), "homes directory"),
+            (self.homes(), "homes directory"),
         ] {
             if !p.exists() {
                 changes.push(format!("create {what} {}", p.display()));
@@ -142,7 +142,7 @@ impl Plan {
                 self.admin_key_file.display()
             ));
         }
-        let ledger = self.data.join("accounts.txt");
+        let ledger = self.ledger();
         if !ledger.exists() {
             changes.push(format!("create the accounts ledger {}", ledger.display()));
         }
