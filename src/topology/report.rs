@@ -67,8 +67,7 @@ impl From<&InstancePlan> for InstanceReport {
 impl Plan {
     /// The plan as `check` prints it; looks at the disk (read-only) to say what `up` would do.
     pub fn report(&self) -> PlanReport {
-        let instances: Vec<InstancePlan> =
-            (1..=self.instances).map(|id| self.instance(id)).collect();
+        let instances: Vec<InstancePlan> = self.ids().map(|id| self.instance(id)).collect();
         let layout = Layout::new(&self.store, &self.shards);
         let mut conflicts: Vec<String> = match layout.conflicts() {
             Ok(list) => list.iter().map(ToString::to_string).collect(),

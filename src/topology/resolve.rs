@@ -6,6 +6,8 @@
 //! proxy, shards, replication, upkeep, accounts. A section only reads what the earlier ones
 //! settled, so the first error found is the same whatever changes elsewhere.
 
+mod hosts;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -105,9 +107,14 @@ impl Ctx<'_> {
     }
 }
 
-/// Picks the first value present, with its origin: site override, then top level.
-fn pick<T: Clone>(site: Option<(T, Vec<Seg>)>, top: Option<(T, Vec<Seg>)>) -> Option<(T, Origin)> {
-    site.or(top).map(|(v, p)| (v, Origin::File(p)))
+/// Picks the first value present, with its origin: host override (with `hosts`), site
+/// override, then top level.
+fn pick<T: Clone>(
+    host: Option<(T, Vec<Seg>)>,
+    site: Option<(T, Vec<Seg>)>,
+    top: Option<(T, Vec<Seg>)>,
+) -> Option<(T, Origin)> {
+    host.or(site).or(top).map(|(v, p)| (v, Origin::File(p)))
 }
 
 fn segs(parts: &[&str]) -> Vec<Seg> {
@@ -128,6 +135,8 @@ struct Input<'a> {
     /// The site's overrides (empty without sites).
     me: SiteModel,
     peer: Option<(String, SiteModel)>,
+    /// The site's hosts, when it spans several, and which one this is.
+    hosts: Option<hosts::Hosts>,
 }
 
 /// The public and admin listeners, with where each came from.
@@ -167,6 +176,7 @@ pub fn resolve(
         .unwrap_or_else(|| cwd.to_path_buf());
     let sites = model.sites.clone().unwrap_or_default();
     let (site, me, peer) = select_site(&ctx, &model, &sites, site)?;
+    let hosts = hosts::select(&ctx, &model, site.as_deref(), &me, peer.as_ref(), overrides)?;
     let input = Input {
         ctx,
         model: &model,
@@ -177,12 +187,15 @@ pub fn resolve(
         site,
         me,
         peer,
+        hosts,
     };
     let rel = |p: &Path| input.rel(p);
 
     let listeners = input.listeners()?;
+    input.check_admin_reach(&listeners)?;
     let count = input.instances()?;
     let places = input.places()?;
+    input.check_same_address(&listeners, &places.data)?;
     let ports = input.ports(&count, &listeners)?;
     let server = server_plan(
         &input.ctx,
@@ -207,9 +220,19 @@ pub fn resolve(
         &places.store,
         &rel,
     )?;
-    let replication = input.replication(count.n, ports, &listeners, &places.data)?;
-    let upkeep = upkeep_plan(&input.ctx, model.upkeep.as_ref())?;
+    let replication = input.replication(input.span(count.n), ports, &listeners, &places.data)?;
+    let mut upkeep = upkeep_plan(&input.ctx, model.upkeep.as_ref())?;
+    if input.hosts.as_ref().is_some_and(|h| h.me > 0) {
+        // The hosts share one store: it is pruned once, by the first host's schedule.
+        upkeep = UpkeepPlan::default();
+    }
     let admin_key_file = input.admin_key_file(&places.data);
+    // With sites, instances listen where the peer reaches them: this host's address.
+    let host = match (&input.site, input.this_host()) {
+        (Some(_), Some(h)) => Some(h.address.clone()),
+        _ => input.me.host.clone(),
+    };
+    let hosts = input.host_plans(&listeners);
 
     Ok(Plan {
         source: file.map(Path::to_path_buf),
@@ -227,8 +250,10 @@ pub fn resolve(
         shards,
         replication,
         admin_key_file,
-        host: input.me.host.clone(),
+        host,
         upkeep,
+        host_name: input.this_host().map(|h| h.name.clone()),
+        hosts,
     })
 }
 
@@ -252,20 +277,26 @@ impl Input<'_> {
     /// `listen` and `admin`: flag, then site, then top level, then the default; an admin
     /// listener off loopback needs a token, and the two may not share a port.
     fn listeners(&self) -> Result<Listeners, TopologyError> {
-        let (model, me) = (self.model, &self.me);
+        let (model, me, host) = (self.model, &self.me, self.this_host());
         let (listen, listen_o) = match self.overrides.listen {
             Some(a) => (a, Origin::Flag("--listen")),
             None => pick(
+                host.and_then(|h| h.listen)
+                    .map(|a| (a.0, self.host_path(&["listen"]))),
                 me.listen.map(|a| (a.0, self.site_path(&["listen"]))),
                 model.listen.map(|a| (a.0, path("listen"))),
             )
             .unwrap_or((DEFAULT_LISTEN, Origin::Default)),
         };
+        let host_admin = host.and_then(|h| h.admin.clone()).unwrap_or_default();
         let site_admin = me.admin.clone().unwrap_or_default();
         let top_admin = model.admin.clone().unwrap_or_default();
         let (admin_listen, admin_o) = match self.overrides.admin {
             Some(a) => (a, Origin::Flag("--admin")),
             None => pick(
+                host_admin
+                    .listen
+                    .map(|a| (a.0, self.host_path(&["admin", "listen"]))),
                 site_admin
                     .listen
                     .map(|a| (a.0, self.site_path(&["admin", "listen"]))),
@@ -273,8 +304,9 @@ impl Input<'_> {
             )
             .unwrap_or((DEFAULT_ADMIN, Origin::Default)),
         };
-        let token_file = site_admin
+        let token_file = host_admin
             .token_file
+            .or(site_admin.token_file)
             .or(top_admin.token_file)
             .map(|p| self.rel(&p));
         if !admin_listen.ip().is_loopback() && token_file.is_none() {
@@ -298,8 +330,15 @@ impl Input<'_> {
         })
     }
 
-    /// `instances`: flag, then file, then `auto` (one per logical core; not with sites).
+    /// `instances`: flag, then file, then `auto` (one per logical core; not with sites);
+    /// with `hosts`, this host's count.
     fn instances(&self) -> Result<Count, TopologyError> {
+        if let Some(h) = self.this_host() {
+            return Ok(Count {
+                n: h.instances.0,
+                origin: Origin::File(self.host_path(&["instances"])),
+            });
+        }
         let (spec, origin) = match &self.overrides.instances {
             Some(s) => (
                 Instances::parse(s).ok_or_else(|| TopologyError::CommandLine {
@@ -330,23 +369,26 @@ impl Input<'_> {
     /// `data` and `store`, both checked to be creatable (unless resolving for a control
     /// command, which only needs addresses and may run as another user).
     fn places(&self) -> Result<Places, TopologyError> {
-        let (model, me) = (self.model, &self.me);
+        let (model, me, host) = (self.model, &self.me, self.this_host());
+        let host_data = host.and_then(|h| h.data.as_ref());
         let data = match &self.overrides.data {
             Some(d) => absolute(self.cwd, d),
-            None => me
-                .data
-                .as_ref()
+            None => host_data
+                .or(me.data.as_ref())
                 .or(model.data.as_ref())
                 .map(|d| self.rel(d))
                 .unwrap_or_else(|| self.cwd.join(DEFAULT_DATA)),
         };
-        let data_o = match (&self.overrides.data, &me.data, &model.data) {
-            (Some(_), _, _) => Origin::Flag("--data"),
-            (None, Some(_), _) => Origin::File(self.site_path(&["data"])),
-            (None, None, Some(_)) => Origin::File(path("data")),
+        let data_o = match (&self.overrides.data, host_data, &me.data, &model.data) {
+            (Some(_), _, _, _) => Origin::Flag("--data"),
+            (None, Some(_), _, _) => Origin::File(self.host_path(&["data"])),
+            (None, None, Some(_), _) => Origin::File(self.site_path(&["data"])),
+            (None, None, None, Some(_)) => Origin::File(path("data")),
             _ => Origin::Default,
         };
         let (store, store_o) = match pick(
+            host.and_then(|h| h.store.as_ref())
+                .map(|s| (self.rel(s), self.host_path(&["store"]))),
             me.store
                 .as_ref()
                 .map(|s| (self.rel(s), self.site_path(&["store"]))),
@@ -411,7 +453,8 @@ impl Input<'_> {
             DEFAULT_ENTANGLED_PORT,
         )?;
         let ports = Ports { server, entangled };
-        let (n, inst_o) = (count.n, &count.origin);
+        // Ids run on across the hosts: the ranges hold the whole site's.
+        let (n, inst_o) = (self.span(count.n), &count.origin);
         let (listen, admin) = (l.listen.port(), l.admin.listen.port());
         if let Some(why) = port_conflict(ports, n, listen, admin) {
             let max = max_instances(ports, listen, admin);
@@ -498,15 +541,34 @@ impl Input<'_> {
                 ),
             ));
         }
-        if peer.host == self.me.host {
+        if self.hosts.is_some() {
+            for (peer_listen, peer_admin, peer_data) in self.peer_hosts_here() {
+                same_host_clash(
+                    ctx,
+                    peer_name,
+                    [
+                        (ports, l.listen.port(), l.admin.listen.port()),
+                        (peer_ports, peer_listen, peer_admin),
+                    ],
+                    instances,
+                    data == peer_data,
+                )?;
+            }
+        } else if peer.host == self.me.host {
             self.peer_on_same_host(peer_name, peer, instances, ports, l, data, peer_ports)?;
         }
+        let peer_hosts = self.peer_host_plans();
         Ok(Some(ReplicationPlan {
             peer_site: peer_name.clone(),
-            peer_host: peer.host.clone().unwrap_or_default(),
+            peer_host: peer
+                .host
+                .clone()
+                .or_else(|| peer_hosts.first().map(|h| h.address.clone()))
+                .unwrap_or_default(),
             peer_ports,
             authkey_file,
             peer_cert_sha1,
+            peer_hosts,
         }))
     }
 
@@ -757,14 +819,22 @@ fn select_site(
     }
     for (name, s) in sites {
         let here = segs(&["sites", name]);
+        if s.host.is_some() && s.hosts.is_some() {
+            return Err(ctx.at(
+                &segs(&["sites", name, "hosts"]),
+                format!("site {name} has both host and hosts: expected one of them (`host` for a site on one machine, `hosts` for one over several)"),
+            ));
+        }
         match &s.host {
+            // The hosts list is checked with the hosts (`hosts::select`).
+            None if s.hosts.is_some() => {}
             None => {
                 return Err(ctx.at(
                     &here,
                     format!("site {name} has no host: expected `host`, the address the other site reaches this one at"),
                 ))
             }
-            Some(h) if h.is_empty() || h.contains(':') || h.contains(char::is_whitespace) => {
+            Some(h) if !valid_address(h) => {
                 let mut p = here.clone();
                 p.push(Seg::Key("host".into()));
                 return Err(ctx.at(
@@ -803,6 +873,12 @@ fn select_site(
         me.clone(),
         Some((peer_name, peer)),
     ))
+}
+
+/// A host name or IPv4 address that `replpeer` can carry: `replpeer` is split at its only
+/// colon, so no IPv6 literal.
+fn valid_address(h: &str) -> bool {
+    !(h.is_empty() || h.contains(':') || h.contains(char::is_whitespace))
 }
 
 /// Two sites on one host (a test or a staging box) must not share ports or data.
