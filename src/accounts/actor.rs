@@ -18,9 +18,10 @@ use tracing::{debug, info, warn};
 
 use super::deliver::{self, Batch, Delivered, Keys, Op};
 use super::ledger::{is_privileged, is_special, is_user, valid_token, Ledger, DISABLED, UNDEFINED};
+use super::site::{self, HostWait, Leg};
 use super::tail::{Polled, Tail};
 use super::{AccountsError, Command, Delivery, Msg, Reply, Report, Setup, MAX_GEN};
-use crate::control::accounts::Refusal;
+use crate::control::accounts::{AccountOp, ChangeKind, Refusal};
 use crate::control::{ControlError, InstanceState};
 use crate::protocol::auth::new_key;
 
@@ -96,6 +97,11 @@ pub struct Actor {
     /// instances in milliseconds, keeping short the time a second claim could slip in.
     watcher: Option<RecommendedWatcher>,
     wake_rx: Option<mpsc::UnboundedReceiver<()>>,
+    /// With a site over several hosts: the senders to the other hosts.
+    site: Option<Leg>,
+    /// Keys whose ledger value came from a claim, and the host where it was made: of two
+    /// claims of one key on two hosts at once, the one on the host listed first wins.
+    claimed: HashMap<String, String>,
 }
 
 /// The start of a key, for logs: keys are secrets.
@@ -123,6 +129,8 @@ impl Actor {
             results_rx: Some(results_rx),
             watcher,
             wake_rx: Some(wake_rx),
+            site: setup.site.map(Leg::start),
+            claimed: HashMap::new(),
         })
     }
 
@@ -176,6 +184,10 @@ impl Actor {
 
     fn command(&mut self, cmd: Command, reply: Reply) {
         let planned = match cmd {
+            Command::Forwarded { from, kind, ops } => {
+                self.take_forwarded(from, kind, ops, reply);
+                return;
+            }
             Command::List => {
                 let accounts = self.ledger.mapping().entries();
                 let _ = reply.send(Ok(Report {
@@ -224,13 +236,98 @@ impl Actor {
             let _ = reply.send(Err(ControlError::Ledger(std::sync::Arc::new(e))));
             return;
         }
+        for (_, k) in &ops {
+            self.claimed.remove(k);
+        }
         let waits = self.fan_out(&ops, &|_| Some(true), true);
+        let host_waits = self.forward(ChangeKind::Command, &ops, true);
         let report = Report {
             message,
             keys,
             ..Report::default()
         };
-        tokio::spawn(collect(waits, report, reply));
+        tokio::spawn(collect(waits, host_waits, report, reply));
+    }
+
+    /// Queues `ops` for the site's other hosts, if any.
+    fn forward(&self, kind: ChangeKind, ops: &[Op], report: bool) -> Vec<HostWait> {
+        match &self.site {
+            Some(leg) => leg.forward(kind, ops, report),
+            None => Vec::new(),
+        }
+    }
+
+    /// Changes another host of the site took first: into the ledger and to every local
+    /// instance, never forwarded again. What this host already has, echoes of values it
+    /// has since replaced, and a claim that loses to one made here are left out.
+    fn take_forwarded(
+        &mut self,
+        from: String,
+        kind: ChangeKind,
+        ops: Vec<AccountOp>,
+        reply: Reply,
+    ) {
+        let given = ops.len();
+        let mut take: Vec<Op> = Vec::new();
+        for AccountOp { user, key } in ops {
+            if !valid_token(&key)
+                || !valid_token(&user)
+                || is_privileged(&user)
+                || self.is_role_key(&key)
+            {
+                warn!(host = %from, key = %short(&key), "forwarded account change refused: not an account line");
+                continue;
+            }
+            // A later op of the same batch on the same key wins, as in the ledger.
+            take.retain(|(_, k)| *k != key);
+            let now = self.ledger.user(&key);
+            if now == Some(user.as_str()) {
+                continue;
+            }
+            let wanted = match kind {
+                ChangeKind::Command => true,
+                ChangeKind::Claim => match now {
+                    None => true,
+                    Some(v) if v.eq_ignore_ascii_case(UNDEFINED) => true,
+                    // Two claims at once: the host listed first wins on every host.
+                    Some(_) => self.claimed.get(&key).is_some_and(|by| {
+                        self.site
+                            .as_ref()
+                            .is_some_and(|leg| leg.rank(&from) < leg.rank(by))
+                    }),
+                },
+                ChangeKind::Change => !self.ledger.superseded(&key, &user),
+            };
+            if wanted {
+                take.push((user, key));
+            }
+        }
+        if let Err(e) = self.ledger.append(&take) {
+            let _ = reply.send(Err(ControlError::Ledger(std::sync::Arc::new(e))));
+            return;
+        }
+        for (_, k) in &take {
+            match kind {
+                ChangeKind::Claim => self.claimed.insert(k.clone(), from.clone()),
+                _ => self.claimed.remove(k),
+            };
+        }
+        if !take.is_empty() {
+            info!(
+                host = %from,
+                kind = ?kind,
+                changes = take.len(),
+                "account changes from another host of the site; sending them to the instances here"
+            );
+        }
+        // A command goes on to the peer site through every instance's pair, as on the
+        // sending host; claims and other changes reach the peer from where they were made.
+        let replicate = kind == ChangeKind::Command;
+        self.fan_out(&take, &|_| Some(replicate), false);
+        let _ = reply.send(Ok(Report {
+            message: format!("{} of {given} change(s) from host {from} taken", take.len()),
+            ..Report::default()
+        }));
     }
 
     fn check_key(&self, key: &str) -> Result<(), Refusal> {
@@ -525,7 +622,20 @@ impl Actor {
             true => to_origin.then_some(true),
             false => Some(false),
         };
-        self.fan_out(&[op], &targets, false);
+        self.fan_out(std::slice::from_ref(&op), &targets, false);
+        if claim {
+            if let Some(leg) = &self.site {
+                self.claimed.insert(op.1.clone(), leg.me().to_string());
+            }
+        } else {
+            self.claimed.remove(&op.1);
+        }
+        let kind = if claim {
+            ChangeKind::Claim
+        } else {
+            ChangeKind::Change
+        };
+        self.forward(kind, &[op], false);
     }
 
     /// Sends the ledger's value of every pending key to a ready instance.
@@ -637,8 +747,8 @@ fn decide(
     })
 }
 
-/// Waits (bounded) for the instances' answers and sends the report.
-async fn collect(waits: Vec<Wait>, mut report: Report, reply: Reply) {
+/// Waits (bounded) for the instances' and the other hosts' answers and sends the report.
+async fn collect(waits: Vec<Wait>, host_waits: Vec<HostWait>, mut report: Report, reply: Reply) {
     let deadline = Instant::now() + REPORT_WAIT;
     for w in waits {
         let d = match w {
@@ -664,6 +774,7 @@ async fn collect(waits: Vec<Wait>, mut report: Report, reply: Reply) {
         report.instances.push(d);
     }
     report.instances.sort_by_key(|d| d.id);
+    report.hosts = site::collect(host_waits, deadline).await;
     let _ = reply.send(Ok(report));
 }
 
@@ -706,5 +817,70 @@ mod tests {
         assert_eq!(d(Some(Y), Some(X), false, S), format!("adopt {Y}"));
         assert_eq!(d(Some("disabled"), Some(X), false, S), "adopt disabled");
         assert_eq!(d(Some(Y), Some(X), false, R), "push");
+    }
+
+    fn op(user: &str, key: &str) -> AccountOp {
+        AccountOp {
+            user: user.into(),
+            key: key.into(),
+        }
+    }
+
+    /// What `take_forwarded` answered: how many changes it took.
+    fn take(a: &mut Actor, from: &str, kind: ChangeKind, ops: Vec<AccountOp>) -> String {
+        let (tx, mut rx) = oneshot::channel();
+        a.take_forwarded(from.into(), kind, ops, tx);
+        rx.try_recv().unwrap().unwrap().message
+    }
+
+    #[tokio::test]
+    async fn forwarded_changes_leave_out_echoes_and_lost_ties() {
+        use crate::control::site::{HostLink, SiteHosts};
+        const K: &str = "0123456789ABCDEF0123456789ABCDEF01234567";
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("accounts.txt");
+        std::fs::write(&ledger, "# ledger\n").unwrap();
+        let link = |n: &str| HostLink {
+            name: n.into(),
+            // Never called: nothing here forwards.
+            admin: "127.0.0.1:9".into(),
+        };
+        let mut a = Actor::new(Setup {
+            ledger: ledger.clone(),
+            admin_key: "ADMINKEY0123456789".into(),
+            replication_key: None,
+            site: Some(SiteHosts {
+                me: "h2".into(),
+                hosts: vec![link("h1"), link("h2"), link("h3")],
+                token: None,
+            }),
+        })
+        .unwrap();
+        // A free key from a command, then a claim of it on h3.
+        assert!(
+            take(&mut a, "h1", ChangeKind::Command, vec![op("undefined", K)]).starts_with("1 of 1")
+        );
+        assert!(take(&mut a, "h3", ChangeKind::Claim, vec![op(X, K)]).starts_with("1 of 1"));
+        assert_eq!(a.ledger.user(K), Some(X));
+        // The same claim again is nothing new; h1's claim at the same time wins (listed
+        // first), a later one of h3 no longer does.
+        assert!(take(&mut a, "h3", ChangeKind::Claim, vec![op(X, K)]).starts_with("0 of 1"));
+        assert!(take(&mut a, "h1", ChangeKind::Claim, vec![op(Y, K)]).starts_with("1 of 1"));
+        assert!(take(&mut a, "h3", ChangeKind::Claim, vec![op(X, K)]).starts_with("0 of 1"));
+        assert_eq!(a.ledger.user(K), Some(Y));
+        // An old value seen again on another host is an echo; a command is applied as given.
+        assert!(take(&mut a, "h3", ChangeKind::Change, vec![op(X, K)]).starts_with("0 of 1"));
+        assert!(take(&mut a, "h1", ChangeKind::Command, vec![op(X, K)]).starts_with("1 of 1"));
+        // Roles are never accounts.
+        assert!(take(
+            &mut a,
+            "h1",
+            ChangeKind::Command,
+            vec![op("administrator", K)]
+        )
+        .starts_with("0 of 1"));
+        assert_eq!(a.ledger.user(K), Some(X));
+        let text = std::fs::read_to_string(&ledger).unwrap();
+        assert_eq!(text.lines().filter(|l| l.contains(K)).count(), 4, "{text}");
     }
 }

@@ -2,7 +2,8 @@
 //! `<data>/accounts.txt`, the fan-out of every change to each local instance (`LOGIN
 //! administrator` + ADDLOGIN/RMLOGIN on its own port, not through the proxy), retries of the
 //! instances that missed a change, and the propagation of claims (a free key bound by a
-//! first LOGIN on one instance) and of REPLOGIN lines from the peer site.
+//! first LOGIN on one instance) and of REPLOGIN lines from the peer site; with a site over
+//! several hosts, the forwarding of all of these to the other hosts (`site.rs`).
 //!
 //! The supervisor owns one [`Accounts`] actor; the admin API hands it [`Command`]s and it
 //! answers with a [`Report`] (their vocabulary lives in [`crate::control::accounts`]).
@@ -10,6 +11,7 @@
 mod actor;
 mod deliver;
 pub mod ledger;
+mod site;
 mod tail;
 
 use std::net::SocketAddr;
@@ -51,6 +53,9 @@ pub struct Setup {
     pub admin_key: String,
     /// The shared replication key, with `sites`.
     pub replication_key: Option<String>,
+    /// With a site over several hosts: where the other hosts' admin APIs are, which get
+    /// every change this host takes first.
+    pub site: Option<crate::control::site::SiteHosts>,
 }
 
 // The keys stay out of logs and panics.

@@ -12,8 +12,8 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use super::server::Limits;
 use crate::control::accounts::{Command, Report};
+use crate::control::site::SiteStatus;
 use crate::control::{LogsPage, Status};
 
 /// Bound on an answer's size: a status of thousands of instances fits many times over.
@@ -21,6 +21,11 @@ const MAX_ANSWER: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("cannot resolve the admin API address {target}: {source}")]
+    Resolve {
+        target: String,
+        source: std::io::Error,
+    },
     #[error("cannot reach the admin API at {addr}: is `storeherd up` running?")]
     Unreachable {
         addr: SocketAddr,
@@ -81,7 +86,7 @@ impl AdminClient {
             token: token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
             read_timeout: Duration::from_secs(10),
             // Past the server's own bound, so its answer (possibly `202`) arrives first.
-            control_timeout: Limits::default().request_timeout + Duration::from_secs(5),
+            control_timeout: super::REQUEST_TIMEOUT + Duration::from_secs(5),
         }
     }
 
@@ -92,8 +97,53 @@ impl AdminClient {
         self
     }
 
+    /// A client of the API at `target` (`host:port`, the host possibly a name, looked up
+    /// now): how one host of a site reaches another's.
+    pub async fn resolve(target: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let resolve = |source| ClientError::Resolve {
+            target: target.to_string(),
+            source,
+        };
+        let addr = tokio::net::lookup_host(target)
+            .await
+            .map_err(resolve)?
+            .next()
+            .ok_or_else(|| resolve(std::io::ErrorKind::NotFound.into()))?;
+        Ok(AdminClient::new(addr, token))
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `GET /site/status`: every host's status (or why it is missing).
+    pub async fn get_site_status(&self) -> Result<SiteStatus, ClientError> {
+        let body = self.get_site_status_raw().await?;
+        serde_json::from_slice(&body).map_err(|e| self.bad(format!("site status document: {e}")))
+    }
+
+    /// `GET /site/status` as the server sent it.
+    pub async fn get_site_status_raw(&self) -> Result<Bytes, ClientError> {
+        let (status, body) = self
+            .send(Method::GET, "/site/status", None, self.read_timeout)
+            .await?;
+        self.expect_success(status, &body)?;
+        Ok(body)
+    }
+
+    /// `POST /site/accounts`: hands another host of the site a change this one took.
+    pub async fn forward(&self, cmd: &Command) -> Result<(), ClientError> {
+        let json = serde_json::to_value(cmd)
+            .map_err(|e| self.bad(format!("encoding the request: {e}")))?;
+        let (status, body) = self
+            .send(
+                Method::POST,
+                "/site/accounts",
+                Some(json),
+                self.control_timeout,
+            )
+            .await?;
+        self.expect_success(status, &body)
     }
 
     /// `GET /status`, decoded.

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,10 +16,23 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tower::Service;
 
+use super::client::AdminClient;
 use super::response::{error_response, json_response, with_type};
 use super::{layers, logs, metrics};
 use crate::control::accounts::Command as AccountsCommand;
+use crate::control::site::{HostStatus, SiteHosts, SiteStatus};
 use crate::control::{ControlError, Handle, Request as Control};
+
+/// How long `/site/status` waits for another host's `/status`.
+const HOST_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the admin API knows of the site: its other hosts (with `hosts`), and where this
+/// host's own API listens.
+#[derive(Debug)]
+pub struct SiteView {
+    pub hosts: Option<SiteHosts>,
+    pub admin: String,
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -44,14 +58,21 @@ pub struct Router {
     /// `202 Accepted` (the request stays queued; a rolling restart takes minutes).
     control_wait: Duration,
     max_body: usize,
+    site: Arc<SiteView>,
 }
 
 impl Router {
-    pub fn new(handle: Handle, control_wait: Duration, max_body: usize) -> Self {
+    pub fn new(
+        handle: Handle,
+        control_wait: Duration,
+        max_body: usize,
+        site: Arc<SiteView>,
+    ) -> Self {
         Self {
             handle,
             control_wait,
             max_body,
+            site,
         }
     }
 }
@@ -166,11 +187,26 @@ impl Router {
             }
             ["accounts"] if is_get => self.accounts(AccountsCommand::List).await,
             ["accounts"] if is_post => match self.body::<AccountsCommand, B>(req).await {
+                Ok(Some(AccountsCommand::Forwarded { .. })) => error_response(
+                    StatusCode::BAD_REQUEST,
+                    "forwarded changes go to POST /site/accounts",
+                ),
                 Ok(Some(cmd)) => self.accounts(cmd).await,
                 Ok(None) => error_response(StatusCode::BAD_REQUEST, "a JSON body is required"),
                 Err(resp) => resp,
             },
             ["accounts"] => method_not_allowed("GET, HEAD, POST"),
+            ["site", "status"] if is_get => self.site_status().await,
+            ["site", "status"] => method_not_allowed("GET, HEAD"),
+            ["site", "accounts"] if is_post => match self.body::<AccountsCommand, B>(req).await {
+                Ok(Some(cmd @ AccountsCommand::Forwarded { .. })) => self.accounts(cmd).await,
+                Ok(_) => error_response(
+                    StatusCode::BAD_REQUEST,
+                    "expected a forwarded change ({\"action\":\"forwarded\",…}); account commands go to POST /accounts",
+                ),
+                Err(resp) => resp,
+            },
+            ["site", "accounts"] => method_not_allowed("POST"),
             ["instances"] => method_not_allowed("POST"),
             ["instances", _] => method_not_allowed("DELETE"),
             _ => error_response(StatusCode::NOT_FOUND, &format!("no route {path}")),
@@ -187,6 +223,63 @@ impl Router {
             }
             Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
+    }
+
+    /// `GET /site/status`: this host's status and every other host's, asked at once, each
+    /// with its error when it could not be read.
+    async fn site_status(&self) -> Response<Full<Bytes>> {
+        let local = self.handle.status.borrow().clone();
+        let site = local.site.clone();
+        let Some(sh) = &self.site.hosts else {
+            let hosts = vec![HostStatus {
+                name: None,
+                admin: self.site.admin.clone(),
+                status: Some(local),
+                error: None,
+            }];
+            return site_json(&SiteStatus { site, hosts });
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, h) in sh.others().enumerate() {
+            let (admin, token) = (h.admin.clone(), sh.token.clone());
+            asks.spawn(async move {
+                let answer = async {
+                    let client = AdminClient::resolve(&admin, token)
+                        .await?
+                        .with_timeouts(HOST_STATUS_TIMEOUT, HOST_STATUS_TIMEOUT);
+                    client.get_status().await
+                };
+                (i, answer.await.map_err(|e| e.to_string()))
+            });
+        }
+        let mut answers: Vec<Option<Result<crate::control::Status, String>>> =
+            (0..sh.hosts.len()).map(|_| None).collect();
+        while let Some(Ok((i, answer))) = asks.join_next().await {
+            answers[i] = Some(answer);
+        }
+        let mut others = answers.into_iter();
+        let hosts = sh
+            .hosts
+            .iter()
+            .map(|h| {
+                let (status, error) = if h.name == sh.me {
+                    (Some(local.clone()), None)
+                } else {
+                    match others.next().flatten() {
+                        Some(Ok(st)) => (Some(st), None),
+                        Some(Err(e)) => (None, Some(e)),
+                        None => (None, Some("not asked".to_string())),
+                    }
+                };
+                HostStatus {
+                    name: Some(h.name.clone()),
+                    admin: h.admin.clone(),
+                    status,
+                    error,
+                }
+            })
+            .collect();
+        site_json(&SiteStatus { site, hosts })
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {
@@ -319,6 +412,13 @@ fn page() -> Response<Full<Bytes>> {
     resp
 }
 
+fn site_json(doc: &SiteStatus) -> Response<Full<Bytes>> {
+    match serde_json::to_value(doc) {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
 /// The action's name for logs: the command itself carries keys, which stay out of them.
 fn cmd_name(cmd: &AccountsCommand) -> &'static str {
     match cmd {
@@ -327,6 +427,7 @@ fn cmd_name(cmd: &AccountsCommand) -> &'static str {
         AccountsCommand::Rm { .. } => "rm",
         AccountsCommand::Gen { .. } => "gen",
         AccountsCommand::List => "list",
+        AccountsCommand::Forwarded { .. } => "forwarded",
     }
 }
 

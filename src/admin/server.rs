@@ -19,7 +19,8 @@ use tower::ServiceBuilder;
 
 use super::layers::{BearerAuthLayer, BodyLimitLayer};
 use super::response::error_response;
-use super::routes::Router;
+use super::routes::{Router, SiteView};
+use crate::control::site::SiteHosts;
 use crate::control::Handle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,7 +57,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            request_timeout: Duration::from_secs(30),
+            request_timeout: super::REQUEST_TIMEOUT,
             control_wait: Duration::from_secs(25),
             max_concurrent_requests: 16,
             max_connections: 64,
@@ -113,11 +114,34 @@ async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// [`serve`] for one host of a site over several: `/site/status` also asks the other
+/// hosts, and `/site/accounts` takes their forwarded account changes.
+pub async fn serve_site(
+    listener: TcpListener,
+    handle: Handle,
+    token: Option<String>,
+    site: Option<SiteHosts>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AdminError> {
+    serve_inner(listener, handle, token, site, shutdown, Limits::default()).await
+}
+
 /// [`serve`] with explicit limits.
 pub async fn serve_with(
     listener: TcpListener,
     handle: Handle,
     token: Option<String>,
+    shutdown: watch::Receiver<bool>,
+    limits: Limits,
+) -> Result<(), AdminError> {
+    serve_inner(listener, handle, token, None, shutdown, limits).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    handle: Handle,
+    token: Option<String>,
+    site: Option<SiteHosts>,
     mut shutdown: watch::Receiver<bool>,
     limits: Limits,
 ) -> Result<(), AdminError> {
@@ -135,6 +159,10 @@ pub async fn serve_with(
             handle,
             limits.control_wait,
             limits.max_body_bytes,
+            Arc::new(SiteView {
+                hosts: site,
+                admin: local.to_string(),
+            }),
         ));
 
     tracing::info!(%local, auth = token.is_some(), "admin API listening");

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use crate::topology::{format_duration, Overrides, Plan, PlanReport, ServerCommand};
+use crate::topology::{format_duration, Plan, PlanReport, ServerCommand};
 
 use super::{CheckArgs, Outcome};
 
@@ -12,7 +12,7 @@ pub fn run(args: CheckArgs) -> Outcome {
     let plan = Plan::load(
         args.topology.file.as_deref(),
         args.topology.site.as_deref(),
-        &Overrides::default(),
+        &args.topology.overrides(),
     )?;
     let report = plan.report();
     let text = if args.json {
@@ -39,6 +39,15 @@ pub fn run(args: CheckArgs) -> Outcome {
     }
 }
 
+/// `3-4`, or `3` for one id.
+fn id_range(first: u32, last: u32) -> String {
+    if first == last {
+        first.to_string()
+    } else {
+        format!("{first}-{last}")
+    }
+}
+
 /// The plan in readable form.
 pub fn render(r: &PlanReport) -> String {
     let p = &r.plan;
@@ -53,6 +62,26 @@ pub fn render(r: &PlanReport) -> String {
     if let Some(site) = &p.site {
         let host = p.host.as_deref().unwrap_or("-");
         let _ = writeln!(o, "site       {site} (host {host})");
+    }
+    if let Some(me) = p.this_host() {
+        let _ = writeln!(
+            o,
+            "host       {} ({}), instances {} of the site's 1-{}",
+            me.name,
+            me.address,
+            id_range(me.first_id, me.last_id()),
+            p.hosts.last().map_or(me.last_id(), |h| h.last_id())
+        );
+        for h in p.hosts.iter().filter(|h| h.name != me.name) {
+            let _ = writeln!(
+                o,
+                "           other host {} ({}), instances {}, admin API at {}",
+                h.name,
+                h.address,
+                id_range(h.first_id, h.last_id()),
+                h.admin
+            );
+        }
     }
     let _ = writeln!(o, "listen     {}", p.listen);
     let token = match &p.admin.token_file {
@@ -144,7 +173,11 @@ pub fn render(r: &PlanReport) -> String {
     let _ = writeln!(
         o,
         "upkeep     {}",
-        if when.is_empty() {
+        if when.is_empty() && p.first_id() > 1 {
+            // Only the first host has a schedule: the hosts share one store.
+            let first = p.hosts.first().map_or("-", |h| h.name.as_str());
+            format!("no scheduled prune here (the hosts share one store: only the first host, {first}, runs the upkeep schedule)")
+        } else if when.is_empty() {
             "no scheduled prune (run `storeherd prune`)".to_string()
         } else {
             format!("prune once per site {}", when.join(", and "))

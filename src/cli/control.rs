@@ -16,9 +16,6 @@ use crate::control::{InstanceState, Status};
 use crate::store::shards::{Layout, MoveOptions, Progress, ShardError};
 use crate::topology::Plan;
 
-/// Where `storeherd up` puts the admin API when nothing says otherwise.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:8089";
-
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -41,13 +38,13 @@ fn endpoint(args: &ControlArgs) -> anyhow::Result<(SocketAddr, Option<PathBuf>)>
     let from_file = match &args.topology.file {
         // Both flags given: the file has nothing left to say (and need not be readable).
         Some(_) if args.admin.is_some() && args.token_file.is_some() => None,
-        Some(file) => Some(admin_from_topology(file, args.topology.site.as_deref())?),
+        Some(file) => Some(admin_from_topology(file, &args.topology)?),
         None => None,
     };
     let (file_admin, file_token) = from_file.unzip();
     let addr = match args.admin.or(file_admin) {
         Some(addr) => addr,
-        None => DEFAULT_ADMIN.parse().expect("the default address parses"),
+        None => crate::topology::DEFAULT_ADMIN,
     };
     Ok((
         reachable(addr),
@@ -55,13 +52,14 @@ fn endpoint(args: &ControlArgs) -> anyhow::Result<(SocketAddr, Option<PathBuf>)>
     ))
 }
 
-/// `admin.listen` and `admin.token_file` of the topology (after the site's overrides).
+/// `admin.listen` and `admin.token_file` of the topology (after the site's and the host's
+/// overrides).
 fn admin_from_topology(
     file: &Path,
-    site: Option<&str>,
+    t: &TopologyArgs,
 ) -> anyhow::Result<(SocketAddr, Option<PathBuf>)> {
     // The topology error already names the file and the position.
-    let plan = Plan::load_for_control(Some(file), site)?;
+    let plan = Plan::load_for_control(Some(file), t.site.as_deref(), t.host.as_deref())?;
     Ok((plan.admin.listen, plan.admin.token_file))
 }
 
@@ -93,6 +91,9 @@ fn print_reply(reply: ControlReply) -> Outcome {
 pub fn status(args: StatusArgs) -> Outcome {
     let client = client(&args.control)?;
     let rt = runtime()?;
+    if args.all_hosts {
+        return site_status(&client, &rt, args.json);
+    }
     if args.json {
         let raw = rt.block_on(client.get_status_raw())?;
         // Passed on whole (fields this build does not know included), once it is JSON.
@@ -110,6 +111,53 @@ pub fn status(args: StatusArgs) -> Outcome {
         print!("{}", render_upkeep(&status.upkeep));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `status --all-hosts`: every host of the site, asked through this one's `/site/status`.
+fn site_status(client: &AdminClient, rt: &tokio::runtime::Runtime, json: bool) -> Outcome {
+    if json {
+        let raw = rt.block_on(client.get_site_status_raw())?;
+        serde_json::from_slice::<serde_json::Value>(&raw)
+            .context("the admin API's site status is not JSON")?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&raw)?;
+        if !raw.ends_with(b"\n") {
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let site = rt.block_on(client.get_site_status())?;
+    print!("{}", render_site(&site));
+    // A host that could not be read is worth a non-zero exit to a script.
+    if site.hosts.iter().any(|h| h.status.is_none()) {
+        Ok(ExitCode::from(1))
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The readable `status --all-hosts`: per host a heading, then its table (or its error).
+pub fn render_site(site: &crate::control::site::SiteStatus) -> String {
+    let mut out = String::new();
+    for (i, h) in site.hosts.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let name = h.name.as_deref().unwrap_or("(this host)");
+        out.push_str(&format!("host {name} (admin {})\n", h.admin));
+        match (&h.status, &h.error) {
+            (Some(st), _) => {
+                out.push_str(&render_table(st));
+                out.push_str(&render_upkeep(&st.upkeep));
+            }
+            (None, e) => out.push_str(&format!(
+                "  not reachable: {}\n",
+                e.as_deref().unwrap_or("no answer")
+            )),
+        }
+    }
+    out
 }
 
 pub fn scale(args: ScaleArgs) -> Outcome {
@@ -163,6 +211,7 @@ pub fn accounts(args: AccountsArgs) -> Outcome {
         }
         AccountsAction::List => Command::List,
     };
+    let is_change = cmd != Command::List;
     let client = client(&args.control)?;
     let report = runtime()?.block_on(client.accounts(&cmd))?;
     let mut out = std::io::stdout().lock();
@@ -181,6 +230,22 @@ pub fn accounts(args: AccountsArgs) -> Outcome {
         _ => writeln!(out, "{}", report.message)?,
     }
     out.flush()?;
+    let missed_hosts: Vec<_> = report.missed_hosts().collect();
+    for h in &missed_hosts {
+        eprintln!(
+            "host {} ({}) has not taken the change yet: {}; it is sent again until it does",
+            h.host,
+            h.admin,
+            h.error.as_deref().unwrap_or("no reason given")
+        );
+    }
+    if is_change && !report.hosts.is_empty() {
+        eprintln!(
+            "{} of {} other host(s) of the site took the change",
+            report.hosts.len() - missed_hosts.len(),
+            report.hosts.len()
+        );
+    }
     let missed: Vec<_> = report.missed().collect();
     for d in &missed {
         eprintln!(
@@ -191,10 +256,14 @@ pub fn accounts(args: AccountsArgs) -> Outcome {
         );
     }
     if missed.is_empty() {
-        if cmd != Command::List && !report.instances.is_empty() {
+        if is_change && !report.instances.is_empty() {
             eprintln!("{} instance(s) updated", report.instances.len());
         }
-        Ok(ExitCode::SUCCESS)
+        if missed_hosts.is_empty() {
+            Ok(ExitCode::SUCCESS)
+        } else {
+            Ok(ExitCode::from(ACCOUNTS_INCOMPLETE))
+        }
     } else {
         eprintln!(
             "{} of {} instance(s) updated; the ledger has the change",
@@ -215,7 +284,7 @@ pub fn shards(args: ShardsArgs) -> Outcome {
     let plan = Plan::load(
         topology.file.as_deref(),
         topology.site.as_deref(),
-        &crate::topology::Overrides::default(),
+        &topology.overrides(),
     )?;
     refuse_while_running(&plan)?;
     let layout = Layout::new(&plan.store, &plan.shards);
@@ -297,7 +366,7 @@ fn refuse_while_running(plan: &Plan) -> anyhow::Result<()> {
             "storeherd is running (its admin API answers at {addr}): stop it first (SIGTERM to              `storeherd up`), then run `storeherd shards apply` again"
         ),
     }
-    let homes = plan.data.join("homes");
+    let homes = plan.homes();
     let Ok(dir) = std::fs::read_dir(&homes) else {
         return Ok(());
     };

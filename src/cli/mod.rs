@@ -82,6 +82,19 @@ pub struct TopologyArgs {
     /// Which site of a two-site topology this is.
     #[arg(long, global = true)]
     pub site: Option<String>,
+    /// Which host of a site over several hosts (`hosts`) this is.
+    #[arg(long, global = true)]
+    pub host: Option<String>,
+}
+
+impl TopologyArgs {
+    /// The overrides these flags make (`--host`); the other flags of `up` add theirs.
+    pub fn overrides(&self) -> crate::topology::Overrides {
+        crate::topology::Overrides {
+            host: self.host.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +144,9 @@ pub struct StatusArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// Every host of a site over several hosts (`GET /site/status` of this one).
+    #[arg(long)]
+    pub all_hosts: bool,
 }
 
 #[derive(Debug, Args)]
@@ -175,8 +191,10 @@ pub struct RestartArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit status 3: the ledger has the change, but an instance did not answer DONE \
-                  (named on stderr); the supervisor sends it again when that instance is ready."
+    after_help = "Exit status 3: the ledger has the change, but an instance did not answer DONE, \
+                  or another host of the site has not taken it yet (named on stderr); the \
+                  supervisor sends it again when that instance is ready, and to that host until \
+                  it takes it."
 )]
 pub struct AccountsArgs {
     #[command(subcommand)]
@@ -262,7 +280,7 @@ pub struct StoreArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Target address(es), comma-separated; several = the client spreads connections itself.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8081")]
+    #[arg(long, value_delimiter = ',', default_values_t = [crate::topology::DEFAULT_LISTEN])]
     pub target: Vec<SocketAddr>,
     /// Operation.
     #[arg(long, default_value = "ping")]

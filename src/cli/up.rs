@@ -18,6 +18,7 @@ pub fn run(args: UpArgs) -> Outcome {
         listen: args.listen,
         data: args.data,
         admin: args.admin,
+        host: args.topology.host.clone(),
     };
     let plan = Plan::load(
         args.topology.file.as_deref(),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use chrono::Utc;
 
 use super::*;
-use crate::topology::{Overrides, Plan};
+use crate::topology::Plan;
 use crate::upkeep::prune::{Kind, PruneCounts};
 use crate::upkeep::report::{report_tree, TreeReport, AGE_CLASSES};
 use crate::upkeep::{self, RunRecord, SiteLock, Trigger, UpkeepError};
@@ -21,7 +21,7 @@ fn load(t: &TopologyArgs) -> anyhow::Result<Plan> {
     Ok(Plan::load(
         t.file.as_deref(),
         t.site.as_deref(),
-        &Overrides::default(),
+        &t.overrides(),
     )?)
 }
 

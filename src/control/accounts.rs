@@ -45,6 +45,36 @@ pub enum Command {
     Gen { count: u32 },
     /// The ledger's current mapping.
     List,
+    /// Changes another host of the site took first (`POST /site/accounts` only): applied
+    /// to this host's ledger and instances, never forwarded again.
+    Forwarded {
+        /// The sending host's name.
+        from: String,
+        kind: ChangeKind,
+        ops: Vec<AccountOp>,
+    },
+}
+
+/// One account line: the key's new value (a user, `undefined` or `disabled`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountOp {
+    pub user: String,
+    pub key: String,
+}
+
+/// Where a forwarded change started on the sending host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// An administrator's command (add, add-key, rm, gen): applied as given, and this
+    /// host's instances pass it on to their peers as the sender's do.
+    Command,
+    /// A free key bound by a first LOGIN on one of the sender's instances.
+    Claim,
+    /// Another line seen in a sender's instance's auth.txt (a REPLOGIN from the peer site,
+    /// an administrator's own session): applied here only.
+    Change,
 }
 
 /// How one instance took a change.
@@ -73,12 +103,33 @@ pub struct Report {
     /// One entry per local instance the change was sent to.
     #[serde(default)]
     pub instances: Vec<Delivery>,
+    /// With `hosts`, one entry per other host of the site the change was forwarded to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostDelivery>,
+}
+
+/// How another host of the site took a forwarded change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDelivery {
+    pub host: String,
+    /// Its admin API, as this host calls it.
+    pub admin: String,
+    /// Its ledger has the change.
+    pub done: bool,
+    /// Why not yet, when not; the change is sent again until it is taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Report {
     /// The instances that did not answer `DONE`.
     pub fn missed(&self) -> impl Iterator<Item = &Delivery> {
         self.instances.iter().filter(|d| !d.done)
+    }
+
+    /// The other hosts that have not taken the change yet.
+    pub fn missed_hosts(&self) -> impl Iterator<Item = &HostDelivery> {
+        self.hosts.iter().filter(|d| !d.done)
     }
 }
 

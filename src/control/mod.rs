@@ -1,9 +1,11 @@
 //! The supervisor's control vocabulary: instance states, the `/status` document (a contract
 //! other tools read, docs/design.md "Admin API and metrics"), the control requests the
 //! supervisor carries out and their typed errors. The admin API is an HTTP skin over it;
-//! the accounts actor and the supervisor both speak it, so it sits below all three.
+//! the accounts actor and the supervisor both speak it, so it sits below all three. With a
+//! site over several hosts, `site` says where the other hosts are.
 
 pub mod accounts;
+pub mod site;
 
 use std::sync::Arc;
 

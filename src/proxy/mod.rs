@@ -50,14 +50,23 @@ pub enum Balance {
     LeastConn,
 }
 
+/// `proxy.max_connections` when the topology leaves it out.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// `proxy.connect_timeout` when the topology leaves it out.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// `proxy.idle_timeout` when the topology leaves it out.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// `proxy.balance` when the topology leaves it out.
+pub const DEFAULT_BALANCE: Balance = Balance::RoundRobin;
+
 impl Default for ProxyLimits {
     /// The topology file's defaults.
     fn default() -> ProxyLimits {
         ProxyLimits {
-            max_connections: 10_000,
-            connect_timeout: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(600),
-            balance: Balance::RoundRobin,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            balance: DEFAULT_BALANCE,
         }
     }
 }

@@ -76,12 +76,7 @@ const LEDGER_HEADER: &str =
 /// and the ledger. Runs before any instance starts: the original crashes when two instances
 /// race to create the store folder.
 pub fn prepare_data(plan: &Plan) -> Result<Prepared, ProvisionError> {
-    for dir in [
-        &plan.data,
-        &plan.data.join("homes"),
-        &plan.store,
-        &entangled_dir(plan),
-    ] {
+    for dir in [&plan.data, &plan.homes(), &plan.store, &entangled_dir(plan)] {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
     link_shards(plan)?;
@@ -103,7 +98,7 @@ pub fn prepare_data(plan: &Plan) -> Result<Prepared, ProvisionError> {
         }
         None => None,
     };
-    let ledger = plan.data.join("accounts.txt");
+    let ledger = plan.ledger();
     match fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -23,6 +23,7 @@ use super::upkeep::Upkeep;
 use super::watcher;
 use crate::accounts::{self, Accounts};
 use crate::admin::server as admin_server;
+use crate::control::site::SiteHosts;
 use crate::control::{Answer, ControlError, Handle, InstanceState, Request, Status};
 use crate::proxy::{self, Pool, ProxyLimits};
 use crate::topology::{Overrides, Plan};
@@ -160,6 +161,7 @@ pub async fn run(
         ledger: prepared.ledger.clone(),
         admin_key: prepared.admin_key.clone(),
         replication_key: prepared.replication_key.clone(),
+        site: SiteHosts::of(&plan, token.clone()),
     })?;
     let Listeners {
         public: proxy_listener,
@@ -236,10 +238,12 @@ pub async fn run(
     // The admin API starts serving once /status lists the instances, so that no reader sees
     // an empty set that is only a start-up artefact.
     sup.publish(&mut sampler, &status_tx);
-    let admin_task = tokio::spawn(admin_server::serve(
+    let site = SiteHosts::of(&sup.plan(), token.clone());
+    let admin_task = tokio::spawn(admin_server::serve_site(
         admin_listener,
         handle,
         token,
+        site,
         shutdown_rx.clone(),
     ));
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
@@ -402,7 +406,8 @@ impl Supervisor {
     fn scale_to(&mut self, n: u32) {
         let live = self.live_ids();
         if (live.len() as u32) < n {
-            let mut id = 1;
+            // With `hosts`, this host's ids start after the earlier hosts' ones.
+            let mut id = self.plan().first_id();
             let mut missing = n - live.len() as u32;
             while missing > 0 {
                 if !self.slots.contains_key(&id) {

@@ -15,6 +15,7 @@
 //!   original reads `knode` as a repeatable key; every other list is comma-joined;
 //! - with `sites`, exactly two sites, each with a `host`, and `--site` must name one.
 
+pub mod defaults;
 mod error;
 mod instance;
 mod model;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use crate::store::shards::ShardPlan;
+pub use defaults::{DEFAULT_ADMIN, DEFAULT_LISTEN};
 pub use error::TopologyError;
 pub use instance::InstancePlan;
 pub use model::{format_duration, parse_duration};
@@ -43,7 +45,8 @@ pub struct Plan {
     pub site: Option<String>,
     pub listen: SocketAddr,
     pub admin: AdminPlan,
-    /// Instances to run (`auto` resolved to the logical core count).
+    /// Instances to run (`auto` resolved to the logical core count); with `hosts`, this
+    /// host's, whose ids follow the earlier hosts' ([`Plan::first_id`]).
     pub instances: u32,
     pub data: PathBuf,
     pub store: PathBuf,
@@ -55,9 +58,41 @@ pub struct Plan {
     pub shards: Vec<ShardPlan>,
     pub replication: Option<ReplicationPlan>,
     pub admin_key_file: PathBuf,
-    /// This site's host: instances' `listen_address`, and the peer's `replpeer` host.
+    /// This site's host (with `hosts`, this host's address): instances' `listen_address`,
+    /// and the peer's `replpeer` host. Only with `sites`: otherwise instances stay on loopback.
     pub host: Option<String>,
     pub upkeep: UpkeepPlan,
+    /// This host's name, when the site spans several hosts (`--host`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
+    /// Every host of the site in file order, ids running on across them; empty for a site
+    /// on one machine.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostPlan>,
+}
+
+/// One host of a site over several (`hosts`), as every host of the site sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostPlan {
+    pub name: String,
+    /// How the other hosts and the peer site reach it.
+    pub address: String,
+    pub instances: u32,
+    /// Its first instance id: one more than the instances of the hosts before it.
+    pub first_id: u32,
+    /// Its admin API, as the other hosts reach it: `<address>:<its admin port>`.
+    pub admin: String,
+}
+
+impl HostPlan {
+    /// Its last instance id.
+    pub fn last_id(&self) -> u32 {
+        self.first_id + self.instances - 1
+    }
+
+    pub fn holds(&self, id: u32) -> bool {
+        (self.first_id..=self.last_id()).contains(&id)
+    }
 }
 
 /// When the supervisor prunes the site's store (once per site, never per home). Neither
@@ -163,13 +198,22 @@ pub struct ReplicationPlan {
     pub authkey_file: PathBuf,
     /// Pin of the peer's certificate (`repl_cert`), upper-case hex pairs joined by `:`.
     pub peer_cert_sha1: Option<String>,
+    /// The peer site's hosts, when it spans several: its instance k is on the one holding k.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peer_hosts: Vec<HostPlan>,
 }
 
 impl ReplicationPlan {
-    /// `replpeer` of instance `id`: the peer's instance `id`.
+    /// `replpeer` of instance `id`: the peer's instance `id`, at the address of the peer
+    /// host that holds it.
     pub fn peer_addr(&self, id: u32) -> String {
         let port = u32::from(self.peer_ports.server) + id - 1;
-        format!("{}:{}", self.peer_host, port)
+        let host = self
+            .peer_hosts
+            .iter()
+            .find(|h| h.holds(id))
+            .map_or(self.peer_host.as_str(), |h| h.address.as_str());
+        format!("{host}:{port}")
     }
 }
 
@@ -180,6 +224,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data: Option<PathBuf>,
     pub admin: Option<SocketAddr>,
+    /// `--host`: which host of a site over several this is.
+    pub host: Option<String>,
 }
 
 /// Name used in errors for the built-in default topology.
@@ -201,8 +247,13 @@ impl Plan {
     pub fn load_for_control(
         file: Option<&Path>,
         site: Option<&str>,
+        host: Option<&str>,
     ) -> Result<Plan, TopologyError> {
-        Self::load_with(file, site, &Overrides::default(), Disk::Skip)
+        let overrides = Overrides {
+            host: host.map(str::to_string),
+            ..Overrides::default()
+        };
+        Self::load_with(file, site, &overrides, Disk::Skip)
     }
 
     fn load_with(
@@ -246,7 +297,17 @@ impl Plan {
 
     /// The home of instance `id`: `<data>/homes/<id>`.
     pub fn home(&self, id: u32) -> PathBuf {
-        self.data.join("homes").join(id.to_string())
+        self.homes().join(id.to_string())
+    }
+
+    /// Where the homes are: `<data>/homes`.
+    pub fn homes(&self) -> PathBuf {
+        self.data.join(defaults::HOMES_DIR)
+    }
+
+    /// The accounts ledger, `<data>/accounts.txt`.
+    pub fn ledger(&self) -> PathBuf {
+        self.data.join(defaults::LEDGER_FILE)
     }
 
     /// TCP port of instance `id` (id >= 1).
@@ -260,9 +321,32 @@ impl Plan {
     }
 
     /// How many instances fit before their ports clash with each other, with the public or
-    /// admin port, or run past 65535. Live scale-up may go up to this.
+    /// admin port, or run past 65535. Live scale-up may go up to this. With `hosts`, this
+    /// host's count: the next ids belong to the next host.
     pub fn max_instances(&self) -> u32 {
-        resolve::max_instances(self.ports, self.listen.port(), self.admin.listen.port())
+        if self.hosts.is_empty() {
+            resolve::max_instances(self.ports, self.listen.port(), self.admin.listen.port())
+        } else {
+            self.instances
+        }
+    }
+
+    /// This host's entry in `hosts`, if the site spans several.
+    pub fn this_host(&self) -> Option<&HostPlan> {
+        let name = self.host_name.as_deref()?;
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The first instance id on this host: 1, or with `hosts` one more than the earlier
+    /// hosts' instances.
+    pub fn first_id(&self) -> u32 {
+        self.this_host().map_or(1, |h| h.first_id)
+    }
+
+    /// The instance ids this host runs.
+    pub fn ids(&self) -> std::ops::RangeInclusive<u32> {
+        let first = self.first_id();
+        first..=first + self.instances - 1
     }
 
     /// Refuses a reload from `self` to `new` that a running supervisor cannot apply: every

@@ -13,7 +13,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping of topology keys (listen, admin, instances, data, store, ports, server, health, restart, proxy, shards, sites, replication, accounts, upkeep)"
+    expecting = "a mapping of topology keys (listen, admin, instances, data, store, ports, server, health, restart, proxy, shards, sites, replication, accounts, upkeep, hosts)"
 )]
 pub struct FileModel {
     pub listen: Option<Addr>,
@@ -31,6 +31,9 @@ pub struct FileModel {
     pub replication: Option<ReplicationModel>,
     pub accounts: Option<AccountsModel>,
     pub upkeep: Option<UpkeepModel>,
+    /// One site over several hosts sharing one store (last, so the keys above keep their
+    /// order in serde's "expected one of" lists).
+    pub hosts: Option<Vec<HostModel>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -135,10 +138,12 @@ pub struct ShardModel {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with host, listen, admin, data, store, ports and cert_sha1"
+    expecting = "a mapping with host, hosts, listen, admin, data, store, ports and cert_sha1"
 )]
 pub struct SiteModel {
     pub host: Option<String>,
+    /// The site's hosts, when it spans several (instead of `host`).
+    pub hosts: Option<Vec<HostModel>>,
     pub listen: Option<Addr>,
     pub admin: Option<AdminModel>,
     pub data: Option<PathBuf>,
@@ -146,6 +151,61 @@ pub struct SiteModel {
     pub ports: Option<PortsModel>,
     /// SHA-1 pin of this site's certificate; the other site writes it as `repl_cert`.
     pub cert_sha1: Option<String>,
+}
+
+/// One host of a site that spans several: instance ids run on across the list in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with name, address and instances (required), and listen, admin, data and store"
+)]
+pub struct HostModel {
+    /// Unique in the site: `up --host NAME` picks it.
+    pub name: String,
+    /// A host name or IP by which the other hosts and the peer site reach this one.
+    pub address: String,
+    pub instances: HostCount,
+    pub listen: Option<Addr>,
+    pub admin: Option<AdminModel>,
+    /// This host's own data directory (homes, ledger, keys stay local).
+    pub data: Option<PathBuf>,
+    /// The shared store's mount point on this host, if it differs.
+    pub store: Option<PathBuf>,
+}
+
+/// A host's instance count: a number, never `auto`, since every host must compute every
+/// host's ids from the same file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostCount(pub u32);
+
+pub const HOST_COUNT_EXPECTED: &str =
+    "a number of instances from 1 to 1000 (not auto: every host computes every host's ids from the file)";
+
+impl<'de> Deserialize<'de> for HostCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HostCount;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(HOST_COUNT_EXPECTED)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HostCount, E> {
+                match Instances::parse(v) {
+                    Some(Instances::Count(n)) => Ok(HostCount(n)),
+                    _ => Err(E::custom(format_args!(
+                        "bad instance count `{v}` for a host: expected {HOST_COUNT_EXPECTED}"
+                    ))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<HostCount, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<HostCount, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

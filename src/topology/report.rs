@@ -67,8 +67,7 @@ impl From<&InstancePlan> for InstanceReport {
 impl Plan {
     /// The plan as `check` prints it; looks at the disk (read-only) to say what `up` would do.
     pub fn report(&self) -> PlanReport {
-        let instances: Vec<InstancePlan> =
-            (1..=self.instances).map(|id| self.instance(id)).collect();
+        let instances: Vec<InstancePlan> = self.ids().map(|id| self.instance(id)).collect();
         let layout = Layout::new(&self.store, &self.shards);
         let mut conflicts: Vec<String> = match layout.conflicts() {
             Ok(list) => list.iter().map(ToString::to_string).collect(),
@@ -97,7 +96,7 @@ impl Plan {
         for (p, what) in [
             (self.data.clone(), "data directory"),
             (self.store.clone(), "store"),
-            (self.data.join("homes"), "homes directory"),
+            (self.homes(), "homes directory"),
         ] {
             if !p.exists() {
                 changes.push(format!("create {what} {}", p.display()));
@@ -142,7 +141,7 @@ impl Plan {
                 self.admin_key_file.display()
             ));
         }
-        let ledger = self.data.join("accounts.txt");
+        let ledger = self.ledger();
         if !ledger.exists() {
             changes.push(format!("create the accounts ledger {}", ledger.display()));
         }

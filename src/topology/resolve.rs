@@ -1,26 +1,26 @@
 //! From the file model to the [`Plan`]: merge site and command-line overrides, fill in the
 //! defaults, validate, and point every error at the key that causes it.
+//!
+//! [`resolve`] reads the file, picks the site, then resolves one section at a time, in the
+//! order of the plan: listeners, instances, data and store, ports, server, health, restart,
+//! proxy, shards, replication, upkeep, accounts. A section only reads what the earlier ones
+//! settled, so the first error found is the same whatever changes elsewhere.
+
+mod hosts;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use super::defaults::*;
 use super::error::{self, locate, path, Seg, TopologyError};
 use super::model::{
     self, scalar_text, CommandModel, FileModel, Instances, SiteModel, INSTANCES_EXPECTED,
 };
 use super::{
-    AdminPlan, HealthPlan, Plan, Ports, ProxyPlan, ReplicationPlan, RestartPlan, ServerCommand,
-    ServerPlan, ShardPlan, TlsPlan, UpkeepPlan,
-};
-
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8081);
-pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8089);
-pub const DEFAULT_DATA: &str = "storeherd-data";
-pub const DEFAULT_PORTS: Ports = Ports {
-    server: 18101,
-    entangled: 18201,
+    AdminPlan, HealthPlan, Overrides, Plan, Ports, ProxyPlan, ReplicationPlan, RestartPlan,
+    ServerCommand, ServerPlan, ShardPlan, TlsPlan, UpkeepPlan,
 };
 
 /// `config.txt` keys that storeherd writes itself from the topology.
@@ -35,18 +35,6 @@ pub const RESERVED_CONFIG_KEYS: [&str; 7] = [
 ];
 
 pub const PLACEHOLDERS: [&str; 4] = ["home", "id", "port", "eport"];
-
-// Defaults of the topology file's keys (the proxy's limits default in `crate::proxy`).
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
-pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-pub const HEALTH_UNHEALTHY_AFTER: u32 = 3;
-pub const HEALTH_START_GRACE: Duration = Duration::from_secs(60);
-pub const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(200);
-pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
-pub const CRASH_LOOP_RESTARTS: u32 = 5;
-pub const CRASH_LOOP_WITHIN: Duration = Duration::from_secs(60);
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Whether resolving looks at the disk (can data and store be created?).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,13 +107,56 @@ impl Ctx<'_> {
     }
 }
 
-/// Picks the first value present, with its origin: site override, then top level.
-fn pick<T: Clone>(site: Option<(T, Vec<Seg>)>, top: Option<(T, Vec<Seg>)>) -> Option<(T, Origin)> {
-    site.or(top).map(|(v, p)| (v, Origin::File(p)))
+/// Picks the first value present, with its origin: host override (with `hosts`), site
+/// override, then top level.
+fn pick<T: Clone>(
+    host: Option<(T, Vec<Seg>)>,
+    site: Option<(T, Vec<Seg>)>,
+    top: Option<(T, Vec<Seg>)>,
+) -> Option<(T, Origin)> {
+    host.or(site).or(top).map(|(v, p)| (v, Origin::File(p)))
 }
 
 fn segs(parts: &[&str]) -> Vec<Seg> {
     parts.iter().map(|s| Seg::Key(s.to_string())).collect()
+}
+
+/// What every section reads: the file, where its relative paths start, the command line,
+/// and the site this plan is for (with the other one, its peer).
+struct Input<'a> {
+    ctx: Ctx<'a>,
+    model: &'a FileModel,
+    cwd: &'a Path,
+    /// Relative paths in the file start here: the file's directory (else the working one).
+    base: PathBuf,
+    overrides: &'a Overrides,
+    disk: Disk,
+    site: Option<String>,
+    /// The site's overrides (empty without sites).
+    me: SiteModel,
+    peer: Option<(String, SiteModel)>,
+    /// The site's hosts, when it spans several, and which one this is.
+    hosts: Option<hosts::Hosts>,
+}
+
+/// The public and admin listeners, with where each came from.
+struct Listeners {
+    listen: SocketAddr,
+    listen_o: Origin,
+    admin: AdminPlan,
+    admin_o: Origin,
+}
+
+/// The instance count, with where it came from.
+struct Count {
+    n: u32,
+    origin: Origin,
+}
+
+/// The data directory and the store.
+struct Places {
+    data: PathBuf,
+    store: PathBuf,
 }
 
 pub fn resolve(
@@ -134,7 +165,7 @@ pub fn resolve(
     file: Option<&Path>,
     cwd: &Path,
     site: Option<&str>,
-    overrides: &super::Overrides,
+    overrides: &Overrides,
     disk: Disk,
 ) -> Result<Plan, TopologyError> {
     let ctx = Ctx { text, name };
@@ -143,318 +174,74 @@ pub fn resolve(
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_else(|| cwd.to_path_buf());
-    let rel = |p: &Path| absolute(&base, p);
-
-    // --- sites
     let sites = model.sites.clone().unwrap_or_default();
-    let (site_name, site_model, peer) = select_site(&ctx, &model, &sites, site)?;
-    let sp = |k: &str| -> Vec<Seg> {
-        match &site_name {
-            Some(s) => segs(&["sites", s, k]),
-            None => Vec::new(),
-        }
+    let (site, me, peer) = select_site(&ctx, &model, &sites, site)?;
+    let hosts = hosts::select(&ctx, &model, site.as_deref(), &me, peer.as_ref(), overrides)?;
+    let input = Input {
+        ctx,
+        model: &model,
+        cwd,
+        base,
+        overrides,
+        disk,
+        site,
+        me,
+        peer,
+        hosts,
     };
+    let rel = |p: &Path| input.rel(p);
 
-    // --- listen
-    let (listen, listen_o) = match overrides.listen {
-        Some(a) => (a, Origin::Flag("--listen")),
-        None => pick(
-            site_model.listen.map(|a| (a.0, sp("listen"))),
-            model.listen.map(|a| (a.0, path("listen"))),
-        )
-        .unwrap_or((DEFAULT_LISTEN, Origin::Default)),
-    };
-
-    // --- admin
-    let site_admin = site_model.admin.clone().unwrap_or_default();
-    let top_admin = model.admin.clone().unwrap_or_default();
-    let (admin_listen, admin_o) = match overrides.admin {
-        Some(a) => (a, Origin::Flag("--admin")),
-        None => pick(
-            site_admin.listen.map(|a| {
-                let mut p = sp("admin");
-                p.push(Seg::Key("listen".into()));
-                (a.0, p)
-            }),
-            top_admin.listen.map(|a| (a.0, path("admin.listen"))),
-        )
-        .unwrap_or((DEFAULT_ADMIN, Origin::Default)),
-    };
-    let token_file = site_admin
-        .token_file
-        .or(top_admin.token_file)
-        .map(|p| rel(&p));
-    if !admin_listen.ip().is_loopback() && token_file.is_none() {
-        return Err(ctx.blame(
-            &[&admin_o],
-            format!(
-                "admin listener {admin_listen} is not on loopback: expected admin.token_file \
-                 (the bearer token required off loopback), or a loopback address such as 127.0.0.1:8089"
-            ),
-        ));
-    }
-    check_addr_clash(&ctx, listen, &listen_o, admin_listen, &admin_o)?;
-
-    // --- instances
-    let (instances_spec, inst_o) = match &overrides.instances {
-        Some(s) => (
-            Instances::parse(s).ok_or_else(|| TopologyError::CommandLine {
-                flag: "--instances".into(),
-                message: format!("bad instance count `{s}`: expected {INSTANCES_EXPECTED}"),
-            })?,
-            Origin::Flag("--instances"),
-        ),
-        None => match model.instances {
-            Some(i) => (i, Origin::File(path("instances"))),
-            None => (Instances::Auto, Origin::Default),
-        },
-    };
-    if site_name.is_some() && instances_spec == Instances::Auto {
-        return Err(ctx.blame(
-            &[&inst_o, &Origin::File(path("sites"))],
-            "with `sites`, instances must be a number, not auto: instance k of one site pairs \
-             with instance k of the other, so both sites need the same count",
-        ));
-    }
-    let instances = match instances_spec {
-        Instances::Count(n) => n,
-        Instances::Auto => logical_cores(),
-    };
-
-    // --- data, store
-    let data = match &overrides.data {
-        Some(d) => absolute(cwd, d),
-        None => site_model
-            .data
-            .as_ref()
-            .or(model.data.as_ref())
-            .map(|d| rel(d))
-            .unwrap_or_else(|| cwd.join(DEFAULT_DATA)),
-    };
-    let data_o = match (&overrides.data, &site_model.data, &model.data) {
-        (Some(_), _, _) => Origin::Flag("--data"),
-        (None, Some(_), _) => Origin::File(sp("data")),
-        (None, None, Some(_)) => Origin::File(path("data")),
-        _ => Origin::Default,
-    };
-    let (store, store_o) = match pick(
-        site_model.store.as_ref().map(|s| (rel(s), sp("store"))),
-        model.store.as_ref().map(|s| (rel(s), path("store"))),
-    ) {
-        Some(v) => v,
-        None => (data.join("store"), data_o.clone()),
-    };
-    // Control commands (Disk::Skip) only need addresses; they may run as another user.
-    let creatable = |p: &Path| match disk {
-        Disk::Check => creatable(p),
-        Disk::Skip => Ok(()),
-    };
-    if let Err(why) = creatable(&data) {
-        return Err(ctx.blame(
-            &[&data_o],
-            format!(
-                "data directory {} cannot be created: {why}: expected a directory that this user can create or write",
-                data.display()
-            ),
-        ));
-    }
-    if let Err(why) = creatable(&store) {
-        return Err(ctx.blame(
-            &[&store_o],
-            format!(
-                "store path {} cannot be created: {why}: expected a directory that this user can create or write",
-                store.display()
-            ),
-        ));
-    }
-
-    // --- ports
-    let top_ports = model.ports.unwrap_or_default();
-    let site_ports = site_model.ports.unwrap_or_default();
-    let port_field = |name: &str,
-                      s: Option<u16>,
-                      t: Option<u16>,
-                      d: u16|
-     -> Result<(u16, Origin), TopologyError> {
-        let (v, o) = match (s, t) {
-            (Some(v), _) => {
-                let mut p = sp("ports");
-                p.push(Seg::Key(name.into()));
-                (v, Origin::File(p))
-            }
-            (None, Some(v)) => (v, Origin::File(segs(&["ports", name]))),
-            _ => (d, Origin::Default),
-        };
-        if v == 0 {
-            return Err(ctx.blame(
-                &[&o],
-                format!("ports.{name} is 0: expected the first port number, 1 to 65535"),
-            ));
-        }
-        Ok((v, o))
-    };
-    let (server_port, server_o) = port_field(
-        "server",
-        site_ports.server,
-        top_ports.server,
-        DEFAULT_PORTS.server,
+    let listeners = input.listeners()?;
+    input.check_admin_reach(&listeners)?;
+    let count = input.instances()?;
+    let places = input.places()?;
+    input.check_same_address(&listeners, &places.data)?;
+    let ports = input.ports(&count, &listeners)?;
+    let server = server_plan(
+        &input.ctx,
+        model.server.as_ref().unwrap_or(&Default::default()),
+        &rel,
     )?;
-    let (eport, eport_o) = port_field(
-        "entangled",
-        site_ports.entangled,
-        top_ports.entangled,
-        DEFAULT_PORTS.entangled,
+    let health = health_plan(
+        &input.ctx,
+        model.health.as_ref().unwrap_or(&Default::default()),
     )?;
-    let ports = Ports {
-        server: server_port,
-        entangled: eport,
-    };
-    if let Some(why) = port_conflict(ports, instances, listen.port(), admin_listen.port()) {
-        let max = max_instances(ports, listen.port(), admin_listen.port());
-        let blame: Vec<&Origin> = match why.kind {
-            Conflict::Overlap => vec![&eport_o, &server_o, &inst_o],
-            Conflict::Listen => vec![&server_o, &eport_o, &listen_o, &inst_o],
-            Conflict::Admin => vec![&server_o, &eport_o, &admin_o, &inst_o],
-            Conflict::TooHigh => vec![&inst_o, &server_o, &eport_o],
-        };
-        return Err(ctx.blame(
-            &blame,
-            format!(
-                "port clash: {instances} instances need server ports {} and entangled ports {}, \
-                 but {}; at most {max} instances fit: expected instance port ranges that overlap \
-                 neither each other nor the public and admin ports",
-                range_text(ports.server, instances),
-                range_text(ports.entangled, instances),
-                why.text
-            ),
-        ));
+    let restart = restart_plan(
+        &input.ctx,
+        model.restart.as_ref().unwrap_or(&Default::default()),
+    )?;
+    let proxy = proxy_plan(
+        &input.ctx,
+        model.proxy.as_ref().unwrap_or(&Default::default()),
+    )?;
+    let shards = shards(
+        &input.ctx,
+        model.shards.as_deref().unwrap_or(&[]),
+        &places.store,
+        &rel,
+    )?;
+    let replication = input.replication(input.span(count.n), ports, &listeners, &places.data)?;
+    let mut upkeep = upkeep_plan(&input.ctx, model.upkeep.as_ref())?;
+    if input.hosts.as_ref().is_some_and(|h| h.me > 0) {
+        // The hosts share one store: it is pruned once, by the first host's schedule.
+        upkeep = UpkeepPlan::default();
     }
-
-    // --- server
-    let server = server_plan(&ctx, model.server.unwrap_or_default(), &rel)?;
-
-    // --- health, restart, proxy
-    let health = health_plan(&ctx, model.health.unwrap_or_default())?;
-    let restart = restart_plan(&ctx, model.restart.unwrap_or_default())?;
-    let proxy = proxy_plan(&ctx, model.proxy.unwrap_or_default())?;
-
-    // --- shards
-    let shards = shards(&ctx, model.shards.as_deref().unwrap_or(&[]), &store, &rel)?;
-
-    // --- replication
-    let replication = match (&site_name, peer) {
-        (Some(_), Some((peer_name, peer_model))) => {
-            let rm = model.replication.as_ref();
-            let authkey_file = rm
-                .and_then(|r| r.authkey_file.as_ref())
-                .map(|p| rel(p))
-                .ok_or_else(|| {
-                    ctx.blame(
-                        &[
-                            &Origin::File(path("replication")),
-                            &Origin::File(path("sites")),
-                        ],
-                        "with `sites`, replication.authkey_file is required: expected the path of \
-                         the key both sites share (generated by `up` when missing)",
-                    )
-                })?;
-            let (pin, pin_path) = match (
-                &peer_model.cert_sha1,
-                rm.and_then(|r| r.peer_cert_sha1.as_ref()),
-            ) {
-                (Some(p), _) => (Some(p.clone()), segs(&["sites", &peer_name, "cert_sha1"])),
-                (None, Some(p)) => (Some(p.clone()), path("replication.peer_cert_sha1")),
-                _ => (None, Vec::new()),
-            };
-            let peer_cert_sha1 = match pin {
-                Some(p) => Some(normalize_sha1(&p).ok_or_else(|| {
-                    ctx.at(
-                        &pin_path,
-                        format!("bad certificate pin `{p}`: expected a SHA-1 of 20 hex pairs joined by `:` (AB:CD:...)"),
-                    )
-                })?),
-                None => None,
-            };
-            let pp = peer_model.ports.unwrap_or_default();
-            let peer_ports = Ports {
-                server: pp
-                    .server
-                    .or(top_ports.server)
-                    .unwrap_or(DEFAULT_PORTS.server),
-                entangled: pp
-                    .entangled
-                    .or(top_ports.entangled)
-                    .unwrap_or(DEFAULT_PORTS.entangled),
-            };
-            if u32::from(peer_ports.server) + instances - 1 > 65535 {
-                return Err(ctx.at(
-                    &segs(&["sites", &peer_name]),
-                    format!(
-                        "site {peer_name}: {instances} instances need server ports {}: expected them to end at 65535 or below",
-                        range_text(peer_ports.server, instances)
-                    ),
-                ));
-            }
-            if peer_model.host == site_model.host {
-                let peer_listen = peer_model
-                    .listen
-                    .or(model.listen)
-                    .map_or(DEFAULT_LISTEN, |a| a.0);
-                let peer_admin = peer_model
-                    .admin
-                    .as_ref()
-                    .and_then(|a| a.listen)
-                    .or(top_admin.listen)
-                    .map_or(DEFAULT_ADMIN, |a| a.0);
-                let peer_data = peer_model
-                    .data
-                    .as_ref()
-                    .or(model.data.as_ref())
-                    .map(|d| rel(d))
-                    .unwrap_or_else(|| cwd.join(DEFAULT_DATA));
-                same_host_clash(
-                    &ctx,
-                    &peer_name,
-                    [
-                        (ports, listen.port(), admin_listen.port()),
-                        (peer_ports, peer_listen.port(), peer_admin.port()),
-                    ],
-                    instances,
-                    data == peer_data,
-                )?;
-            }
-            Some(ReplicationPlan {
-                peer_site: peer_name.clone(),
-                peer_host: peer_model.host.clone().unwrap_or_default(),
-                peer_ports,
-                authkey_file,
-                peer_cert_sha1,
-            })
-        }
-        _ => None,
+    let admin_key_file = input.admin_key_file(&places.data);
+    // With sites, instances listen where the peer reaches them: this host's address.
+    let host = match (&input.site, input.this_host()) {
+        (Some(_), Some(h)) => Some(h.address.clone()),
+        _ => input.me.host.clone(),
     };
-
-    // --- upkeep
-    let upkeep = upkeep_plan(&ctx, model.upkeep.as_ref())?;
-
-    let admin_key_file = model
-        .accounts
-        .as_ref()
-        .and_then(|a| a.admin_key_file.as_ref())
-        .map(|p| rel(p))
-        .unwrap_or_else(|| data.join("admin.key"));
+    let hosts = input.host_plans(&listeners);
 
     Ok(Plan {
         source: file.map(Path::to_path_buf),
-        site: site_name,
-        listen,
-        admin: AdminPlan {
-            listen: admin_listen,
-            token_file,
-        },
-        instances,
-        data,
-        store,
+        site: input.site.clone(),
+        listen: listeners.listen,
+        admin: listeners.admin,
+        instances: count.n,
+        data: places.data,
+        store: places.store,
         ports,
         server,
         health,
@@ -463,26 +250,395 @@ pub fn resolve(
         shards,
         replication,
         admin_key_file,
-        host: site_model.host.clone(),
+        host,
         upkeep,
+        host_name: input.this_host().map(|h| h.name.clone()),
+        hosts,
     })
+}
+
+impl Input<'_> {
+    fn rel(&self, p: &Path) -> PathBuf {
+        absolute(&self.base, p)
+    }
+
+    /// The path of `sites.<site>.<keys…>`; empty without sites (such a key never exists).
+    fn site_path(&self, keys: &[&str]) -> Vec<Seg> {
+        match &self.site {
+            Some(s) => {
+                let mut p = segs(&["sites", s]);
+                p.extend(segs(keys));
+                p
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// `listen` and `admin`: flag, then site, then top level, then the default; an admin
+    /// listener off loopback needs a token, and the two may not share a port.
+    fn listeners(&self) -> Result<Listeners, TopologyError> {
+        let (model, me, host) = (self.model, &self.me, self.this_host());
+        let (listen, listen_o) = match self.overrides.listen {
+            Some(a) => (a, Origin::Flag("--listen")),
+            None => pick(
+                host.and_then(|h| h.listen)
+                    .map(|a| (a.0, self.host_path(&["listen"]))),
+                me.listen.map(|a| (a.0, self.site_path(&["listen"]))),
+                model.listen.map(|a| (a.0, path("listen"))),
+            )
+            .unwrap_or((DEFAULT_LISTEN, Origin::Default)),
+        };
+        let host_admin = host.and_then(|h| h.admin.clone()).unwrap_or_default();
+        let site_admin = me.admin.clone().unwrap_or_default();
+        let top_admin = model.admin.clone().unwrap_or_default();
+        let (admin_listen, admin_o) = match self.overrides.admin {
+            Some(a) => (a, Origin::Flag("--admin")),
+            None => pick(
+                host_admin
+                    .listen
+                    .map(|a| (a.0, self.host_path(&["admin", "listen"]))),
+                site_admin
+                    .listen
+                    .map(|a| (a.0, self.site_path(&["admin", "listen"]))),
+                top_admin.listen.map(|a| (a.0, path("admin.listen"))),
+            )
+            .unwrap_or((DEFAULT_ADMIN, Origin::Default)),
+        };
+        let token_file = host_admin
+            .token_file
+            .or(site_admin.token_file)
+            .or(top_admin.token_file)
+            .map(|p| self.rel(&p));
+        if !admin_listen.ip().is_loopback() && token_file.is_none() {
+            return Err(self.ctx.blame(
+                &[&admin_o],
+                format!(
+                    "admin listener {admin_listen} is not on loopback: expected admin.token_file \
+                     (the bearer token required off loopback), or a loopback address such as {DEFAULT_ADMIN}"
+                ),
+            ));
+        }
+        check_addr_clash(&self.ctx, listen, &listen_o, admin_listen, &admin_o)?;
+        Ok(Listeners {
+            listen,
+            listen_o,
+            admin: AdminPlan {
+                listen: admin_listen,
+                token_file,
+            },
+            admin_o,
+        })
+    }
+
+    /// `instances`: flag, then file, then `auto` (one per logical core; not with sites);
+    /// with `hosts`, this host's count.
+    fn instances(&self) -> Result<Count, TopologyError> {
+        if let Some(h) = self.this_host() {
+            return Ok(Count {
+                n: h.instances.0,
+                origin: Origin::File(self.host_path(&["instances"])),
+            });
+        }
+        let (spec, origin) = match &self.overrides.instances {
+            Some(s) => (
+                Instances::parse(s).ok_or_else(|| TopologyError::CommandLine {
+                    flag: "--instances".into(),
+                    message: format!("bad instance count `{s}`: expected {INSTANCES_EXPECTED}"),
+                })?,
+                Origin::Flag("--instances"),
+            ),
+            None => match self.model.instances {
+                Some(i) => (i, Origin::File(path("instances"))),
+                None => (Instances::Auto, Origin::Default),
+            },
+        };
+        if self.site.is_some() && spec == Instances::Auto {
+            return Err(self.ctx.blame(
+                &[&origin, &Origin::File(path("sites"))],
+                "with `sites`, instances must be a number, not auto: instance k of one site pairs \
+                 with instance k of the other, so both sites need the same count",
+            ));
+        }
+        let n = match spec {
+            Instances::Count(n) => n,
+            Instances::Auto => logical_cores(),
+        };
+        Ok(Count { n, origin })
+    }
+
+    /// `data` and `store`, both checked to be creatable (unless resolving for a control
+    /// command, which only needs addresses and may run as another user).
+    fn places(&self) -> Result<Places, TopologyError> {
+        let (model, me, host) = (self.model, &self.me, self.this_host());
+        let host_data = host.and_then(|h| h.data.as_ref());
+        let data = match &self.overrides.data {
+            Some(d) => absolute(self.cwd, d),
+            None => host_data
+                .or(me.data.as_ref())
+                .or(model.data.as_ref())
+                .map(|d| self.rel(d))
+                .unwrap_or_else(|| self.cwd.join(DEFAULT_DATA)),
+        };
+        let data_o = match (&self.overrides.data, host_data, &me.data, &model.data) {
+            (Some(_), _, _, _) => Origin::Flag("--data"),
+            (None, Some(_), _, _) => Origin::File(self.host_path(&["data"])),
+            (None, None, Some(_), _) => Origin::File(self.site_path(&["data"])),
+            (None, None, None, Some(_)) => Origin::File(path("data")),
+            _ => Origin::Default,
+        };
+        let (store, store_o) = match pick(
+            host.and_then(|h| h.store.as_ref())
+                .map(|s| (self.rel(s), self.host_path(&["store"]))),
+            me.store
+                .as_ref()
+                .map(|s| (self.rel(s), self.site_path(&["store"]))),
+            model.store.as_ref().map(|s| (self.rel(s), path("store"))),
+        ) {
+            Some(v) => v,
+            None => (data.join(STORE_DIR), data_o.clone()),
+        };
+        let creatable = |p: &Path| match self.disk {
+            Disk::Check => creatable(p),
+            Disk::Skip => Ok(()),
+        };
+        if let Err(why) = creatable(&data) {
+            return Err(self.ctx.blame(
+                &[&data_o],
+                format!(
+                    "data directory {} cannot be created: {why}: expected a directory that this user can create or write",
+                    data.display()
+                ),
+            ));
+        }
+        if let Err(why) = creatable(&store) {
+            return Err(self.ctx.blame(
+                &[&store_o],
+                format!(
+                    "store path {} cannot be created: {why}: expected a directory that this user can create or write",
+                    store.display()
+                ),
+            ));
+        }
+        Ok(Places { data, store })
+    }
+
+    /// `ports`: site, then top level, then the defaults; the instances' two ranges may
+    /// overlap neither each other nor the public and admin ports, and end by 65535.
+    fn ports(&self, count: &Count, l: &Listeners) -> Result<Ports, TopologyError> {
+        let top = self.model.ports.unwrap_or_default();
+        let site = self.me.ports.unwrap_or_default();
+        let field = |name: &str,
+                     s: Option<u16>,
+                     t: Option<u16>,
+                     d: u16|
+         -> Result<(u16, Origin), TopologyError> {
+            let (v, o) = match (s, t) {
+                (Some(v), _) => (v, Origin::File(self.site_path(&["ports", name]))),
+                (None, Some(v)) => (v, Origin::File(segs(&["ports", name]))),
+                _ => (d, Origin::Default),
+            };
+            if v == 0 {
+                return Err(self.ctx.blame(
+                    &[&o],
+                    format!("ports.{name} is 0: expected the first port number, 1 to 65535"),
+                ));
+            }
+            Ok((v, o))
+        };
+        let (server, server_o) = field("server", site.server, top.server, DEFAULT_SERVER_PORT)?;
+        let (entangled, eport_o) = field(
+            "entangled",
+            site.entangled,
+            top.entangled,
+            DEFAULT_ENTANGLED_PORT,
+        )?;
+        let ports = Ports { server, entangled };
+        // Ids run on across the hosts: the ranges hold the whole site's.
+        let (n, inst_o) = (self.span(count.n), &count.origin);
+        let (listen, admin) = (l.listen.port(), l.admin.listen.port());
+        if let Some(why) = port_conflict(ports, n, listen, admin) {
+            let max = max_instances(ports, listen, admin);
+            let blame: Vec<&Origin> = match why.kind {
+                Conflict::Overlap => vec![&eport_o, &server_o, inst_o],
+                Conflict::Listen => vec![&server_o, &eport_o, &l.listen_o, inst_o],
+                Conflict::Admin => vec![&server_o, &eport_o, &l.admin_o, inst_o],
+                Conflict::TooHigh => vec![inst_o, &server_o, &eport_o],
+            };
+            return Err(self.ctx.blame(
+                &blame,
+                format!(
+                    "port clash: {n} instances need server ports {} and entangled ports {}, \
+                     but {}; at most {max} instances fit: expected instance port ranges that overlap \
+                     neither each other nor the public and admin ports",
+                    range_text(ports.server, n),
+                    range_text(ports.entangled, n),
+                    why.text
+                ),
+            ));
+        }
+        Ok(ports)
+    }
+
+    /// `replication` with `sites`: the shared key, the peer's pin and first ports; two
+    /// sites on one host must keep their ports and data apart.
+    fn replication(
+        &self,
+        instances: u32,
+        ports: Ports,
+        l: &Listeners,
+        data: &Path,
+    ) -> Result<Option<ReplicationPlan>, TopologyError> {
+        let (Some(_), Some((peer_name, peer))) = (&self.site, &self.peer) else {
+            return Ok(None);
+        };
+        let (ctx, model) = (&self.ctx, self.model);
+        let rm = model.replication.as_ref();
+        let authkey_file = rm
+            .and_then(|r| r.authkey_file.as_ref())
+            .map(|p| self.rel(p))
+            .ok_or_else(|| {
+                ctx.blame(
+                    &[
+                        &Origin::File(path("replication")),
+                        &Origin::File(path("sites")),
+                    ],
+                    "with `sites`, replication.authkey_file is required: expected the path of \
+                     the key both sites share (generated by `up` when missing)",
+                )
+            })?;
+        let (pin, pin_path) = match (&peer.cert_sha1, rm.and_then(|r| r.peer_cert_sha1.as_ref())) {
+            (Some(p), _) => (Some(p.clone()), segs(&["sites", peer_name, "cert_sha1"])),
+            (None, Some(p)) => (Some(p.clone()), path("replication.peer_cert_sha1")),
+            _ => (None, Vec::new()),
+        };
+        let peer_cert_sha1 = match pin {
+            Some(p) => Some(normalize_sha1(&p).ok_or_else(|| {
+                ctx.at(
+                    &pin_path,
+                    format!("bad certificate pin `{p}`: expected a SHA-1 of 20 hex pairs joined by `:` (AB:CD:...)"),
+                )
+            })?),
+            None => None,
+        };
+        let top_ports = model.ports.unwrap_or_default();
+        let pp = peer.ports.unwrap_or_default();
+        let peer_ports = Ports {
+            server: pp
+                .server
+                .or(top_ports.server)
+                .unwrap_or(DEFAULT_SERVER_PORT),
+            entangled: pp
+                .entangled
+                .or(top_ports.entangled)
+                .unwrap_or(DEFAULT_ENTANGLED_PORT),
+        };
+        if u32::from(peer_ports.server) + instances - 1 > 65535 {
+            return Err(ctx.at(
+                &segs(&["sites", peer_name]),
+                format!(
+                    "site {peer_name}: {instances} instances need server ports {}: expected them to end at 65535 or below",
+                    range_text(peer_ports.server, instances)
+                ),
+            ));
+        }
+        if self.hosts.is_some() {
+            for (peer_listen, peer_admin, peer_data) in self.peer_hosts_here() {
+                same_host_clash(
+                    ctx,
+                    peer_name,
+                    [
+                        (ports, l.listen.port(), l.admin.listen.port()),
+                        (peer_ports, peer_listen, peer_admin),
+                    ],
+                    instances,
+                    data == peer_data,
+                )?;
+            }
+        } else if peer.host == self.me.host {
+            self.peer_on_same_host(peer_name, peer, instances, ports, l, data, peer_ports)?;
+        }
+        let peer_hosts = self.peer_host_plans();
+        Ok(Some(ReplicationPlan {
+            peer_site: peer_name.clone(),
+            peer_host: peer
+                .host
+                .clone()
+                .or_else(|| peer_hosts.first().map(|h| h.address.clone()))
+                .unwrap_or_default(),
+            peer_ports,
+            authkey_file,
+            peer_cert_sha1,
+            peer_hosts,
+        }))
+    }
+
+    /// Two sites on one host (a test or a staging box): the peer's listeners and data as
+    /// the peer resolves them (site, then top level, then defaults), compared with ours.
+    #[allow(clippy::too_many_arguments)]
+    fn peer_on_same_host(
+        &self,
+        peer_name: &str,
+        peer: &SiteModel,
+        instances: u32,
+        ports: Ports,
+        l: &Listeners,
+        data: &Path,
+        peer_ports: Ports,
+    ) -> Result<(), TopologyError> {
+        let model = self.model;
+        let peer_listen = peer.listen.or(model.listen).map_or(DEFAULT_LISTEN, |a| a.0);
+        let top_admin = model.admin.as_ref().and_then(|a| a.listen);
+        let peer_admin = peer
+            .admin
+            .as_ref()
+            .and_then(|a| a.listen)
+            .or(top_admin)
+            .map_or(DEFAULT_ADMIN, |a| a.0);
+        let peer_data = peer
+            .data
+            .as_ref()
+            .or(model.data.as_ref())
+            .map(|d| self.rel(d))
+            .unwrap_or_else(|| self.cwd.join(DEFAULT_DATA));
+        same_host_clash(
+            &self.ctx,
+            peer_name,
+            [
+                (ports, l.listen.port(), l.admin.listen.port()),
+                (peer_ports, peer_listen.port(), peer_admin.port()),
+            ],
+            instances,
+            data == peer_data,
+        )
+    }
+
+    /// `accounts.admin_key_file`, else `<data>/admin.key`.
+    fn admin_key_file(&self, data: &Path) -> PathBuf {
+        self.model
+            .accounts
+            .as_ref()
+            .and_then(|a| a.admin_key_file.as_ref())
+            .map(|p| self.rel(p))
+            .unwrap_or_else(|| data.join(ADMIN_KEY_FILE))
+    }
 }
 
 /// `server:`: the instance command, `config.txt` lines, TLS files and stop grace.
 fn server_plan(
     ctx: &Ctx,
-    server_model: model::ServerModel,
+    server_model: &model::ServerModel,
     rel: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<ServerPlan, TopologyError> {
-    let command = match server_model.command {
+    let command = match &server_model.command {
         None | Some(CommandModel::Builtin) => ServerCommand::Builtin,
         Some(CommandModel::Argv(argv)) => {
-            check_placeholders(ctx, &argv)?;
-            ServerCommand::Argv(argv)
+            check_placeholders(ctx, argv)?;
+            ServerCommand::Argv(argv.clone())
         }
     };
     let config = server_config(ctx, server_model.config.as_ref())?;
-    let tls_model = server_model.tls.unwrap_or_default();
+    let no_tls = model::TlsModel::default();
+    let tls_model = server_model.tls.as_ref().unwrap_or(&no_tls);
     if tls_model.cert.is_some() != tls_model.key.is_some() {
         return Err(ctx.at_key(
             "server.tls",
@@ -490,11 +646,11 @@ fn server_plan(
         ));
     }
     let tls = TlsPlan {
-        cert: tls_model.cert.map(|p| rel(&p)),
-        key: tls_model.key.map(|p| rel(&p)),
-        dhparams: tls_model.dhparams.map(|p| rel(&p)),
+        cert: tls_model.cert.as_deref().map(rel),
+        key: tls_model.key.as_deref().map(rel),
+        dhparams: tls_model.dhparams.as_deref().map(rel),
     };
-    let stop_grace = dur(&server_model.stop_grace, STOP_GRACE);
+    let stop_grace = dur(&server_model.stop_grace, DEFAULT_STOP_GRACE);
     positive(ctx, "server.stop_grace", stop_grace)?;
     let server = ServerPlan {
         command,
@@ -524,12 +680,12 @@ fn upkeep_plan(ctx: &Ctx, u: Option<&model::UpkeepModel>) -> Result<UpkeepPlan, 
 }
 
 /// `health:`, its defaults filled in and checked.
-fn health_plan(ctx: &Ctx, h: model::HealthModel) -> Result<HealthPlan, TopologyError> {
+fn health_plan(ctx: &Ctx, h: &model::HealthModel) -> Result<HealthPlan, TopologyError> {
     let health = HealthPlan {
-        interval: dur(&h.interval, HEALTH_INTERVAL),
-        timeout: dur(&h.timeout, HEALTH_TIMEOUT),
-        unhealthy_after: h.unhealthy_after.unwrap_or(HEALTH_UNHEALTHY_AFTER),
-        start_grace: dur(&h.start_grace, HEALTH_START_GRACE),
+        interval: dur(&h.interval, DEFAULT_HEALTH_INTERVAL),
+        timeout: dur(&h.timeout, DEFAULT_HEALTH_TIMEOUT),
+        unhealthy_after: h.unhealthy_after.unwrap_or(DEFAULT_UNHEALTHY_AFTER),
+        start_grace: dur(&h.start_grace, DEFAULT_START_GRACE),
     };
     positive(ctx, "health.interval", health.interval)?;
     positive(ctx, "health.timeout", health.timeout)?;
@@ -543,13 +699,14 @@ fn health_plan(ctx: &Ctx, h: model::HealthModel) -> Result<HealthPlan, TopologyE
 }
 
 /// `restart:`, its defaults filled in and checked.
-fn restart_plan(ctx: &Ctx, r: model::RestartModel) -> Result<RestartPlan, TopologyError> {
-    let cl = r.crash_loop.unwrap_or_default();
+fn restart_plan(ctx: &Ctx, r: &model::RestartModel) -> Result<RestartPlan, TopologyError> {
+    let no_loop = model::CrashLoopModel::default();
+    let cl = r.crash_loop.as_ref().unwrap_or(&no_loop);
     let restart = RestartPlan {
-        backoff_min: dur(&r.backoff_min, RESTART_BACKOFF_MIN),
-        backoff_max: dur(&r.backoff_max, RESTART_BACKOFF_MAX),
-        crash_loop_restarts: cl.restarts.unwrap_or(CRASH_LOOP_RESTARTS),
-        crash_loop_within: dur(&cl.within, CRASH_LOOP_WITHIN),
+        backoff_min: dur(&r.backoff_min, DEFAULT_BACKOFF_MIN),
+        backoff_max: dur(&r.backoff_max, DEFAULT_BACKOFF_MAX),
+        crash_loop_restarts: cl.restarts.unwrap_or(DEFAULT_CRASH_LOOP_RESTARTS),
+        crash_loop_within: dur(&cl.within, DEFAULT_CRASH_LOOP_WITHIN),
     };
     positive(ctx, "restart.backoff_min", restart.backoff_min)?;
     if restart.backoff_max < restart.backoff_min {
@@ -577,17 +734,15 @@ fn restart_plan(ctx: &Ctx, r: model::RestartModel) -> Result<RestartPlan, Topolo
     Ok(restart)
 }
 
-/// `proxy:`, its defaults (the proxy's own, [`crate::proxy::ProxyLimits::default`]) filled
-/// in and checked.
-fn proxy_plan(ctx: &Ctx, p: model::ProxyModel) -> Result<ProxyPlan, TopologyError> {
-    let d = crate::proxy::ProxyLimits::default();
+/// `proxy:`, its defaults filled in and checked.
+fn proxy_plan(ctx: &Ctx, p: &model::ProxyModel) -> Result<ProxyPlan, TopologyError> {
     let proxy = ProxyPlan {
-        max_connections: p.max_connections.unwrap_or(d.max_connections),
-        connect_timeout: dur(&p.connect_timeout, d.connect_timeout),
-        idle_timeout: dur(&p.idle_timeout, d.idle_timeout),
-        drain_timeout: dur(&p.drain_timeout, DRAIN_TIMEOUT),
+        max_connections: p.max_connections.unwrap_or(DEFAULT_PROXY_MAX_CONNECTIONS),
+        connect_timeout: dur(&p.connect_timeout, DEFAULT_PROXY_CONNECT_TIMEOUT),
+        idle_timeout: dur(&p.idle_timeout, DEFAULT_PROXY_IDLE_TIMEOUT),
+        drain_timeout: dur(&p.drain_timeout, DEFAULT_DRAIN_TIMEOUT),
         balance: match p.balance.as_deref() {
-            None => d.balance,
+            None => DEFAULT_BALANCE,
             Some("roundrobin") => crate::proxy::Balance::RoundRobin,
             Some("leastconn") => crate::proxy::Balance::LeastConn,
             Some(other) => {
@@ -664,14 +819,22 @@ fn select_site(
     }
     for (name, s) in sites {
         let here = segs(&["sites", name]);
+        if s.host.is_some() && s.hosts.is_some() {
+            return Err(ctx.at(
+                &segs(&["sites", name, "hosts"]),
+                format!("site {name} has both host and hosts: expected one of them (`host` for a site on one machine, `hosts` for one over several)"),
+            ));
+        }
         match &s.host {
+            // The hosts list is checked with the hosts (`hosts::select`).
+            None if s.hosts.is_some() => {}
             None => {
                 return Err(ctx.at(
                     &here,
                     format!("site {name} has no host: expected `host`, the address the other site reaches this one at"),
                 ))
             }
-            Some(h) if h.is_empty() || h.contains(':') || h.contains(char::is_whitespace) => {
+            Some(h) if !valid_address(h) => {
                 let mut p = here.clone();
                 p.push(Seg::Key("host".into()));
                 return Err(ctx.at(
@@ -710,6 +873,12 @@ fn select_site(
         me.clone(),
         Some((peer_name, peer)),
     ))
+}
+
+/// A host name or IPv4 address that `replpeer` can carry: `replpeer` is split at its only
+/// colon, so no IPv6 literal.
+fn valid_address(h: &str) -> bool {
+    !(h.is_empty() || h.contains(':') || h.contains(char::is_whitespace))
 }
 
 /// Two sites on one host (a test or a staging box) must not share ports or data.

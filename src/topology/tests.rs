@@ -176,6 +176,7 @@ fn overrides_win_and_instances_beyond_the_count_work() {
         listen: Some("127.0.0.1:9000".parse().unwrap()),
         data: Some(dir.path().join("d")),
         admin: Some("127.0.0.1:9001".parse().unwrap()),
+        host: None,
     };
     let p = Plan::from_str("instances: 8\nlisten: 127.0.0.1:8081\n", "t.yaml", None, &o).unwrap();
     assert_eq!(p.instances, 3);
@@ -338,7 +339,7 @@ fn store_path_must_be_creatable() {
     let topo = dir.path().join("t.yaml");
     std::fs::write(&topo, format!("store: {}/store\n", file.display())).unwrap();
     assert!(Plan::load(Some(&topo), None, &Overrides::default()).is_err());
-    let p = Plan::load_for_control(Some(&topo), None).unwrap();
+    let p = Plan::load_for_control(Some(&topo), None, None).unwrap();
     assert_eq!(p.admin.listen.to_string(), "127.0.0.1:8089");
 }
 
@@ -567,4 +568,272 @@ fn balance_and_accept_proxy_are_read_and_checked() {
     let b =
         plan("instances: 1\nproxy: { balance: leastconn, accept_proxy: [10.0.0.0/8] }\n").unwrap();
     assert!(a.restart_needed(&b).is_ok());
+}
+
+fn plan_host(text: &str, site: Option<&str>, host: Option<&str>) -> Result<Plan, TopologyError> {
+    let o = Overrides {
+        host: host.map(str::to_string),
+        ..Overrides::default()
+    };
+    Plan::from_str(text, "t.yaml", site, &o)
+}
+
+fn host_err(text: &str, site: Option<&str>, host: Option<&str>) -> String {
+    plan_host(text, site, host).unwrap_err().to_string()
+}
+
+/// The multi-host format: two hosts, ids running on across them.
+const TWO_HOSTS: &str = "\
+store: /tmp/shared-store
+admin: { listen: 0.0.0.0:8089, token_file: /etc/storeherd/admin.token }
+hosts:
+  - { name: h1, address: 10.0.0.1, instances: 4 }
+  - { name: h2, address: 10.0.0.2, instances: 3, data: /tmp/h2-data }
+upkeep: { prune_every: 8h }
+";
+
+#[test]
+fn hosts_number_ids_and_ports_across_the_list() {
+    let h1 = plan_host(TWO_HOSTS, None, Some("h1")).unwrap();
+    let h2 = plan_host(TWO_HOSTS, None, Some("h2")).unwrap();
+    assert_eq!((h1.instances, h1.first_id()), (4, 1));
+    assert_eq!((h2.instances, h2.first_id()), (3, 5));
+    assert_eq!(h2.ids().collect::<Vec<_>>(), vec![5, 6, 7]);
+    assert_eq!(h2.host_name.as_deref(), Some("h2"));
+    // Homes stay local, the store is shared, ports follow the id.
+    assert_eq!(h2.data, PathBuf::from("/tmp/h2-data"));
+    assert_eq!(h2.store, PathBuf::from("/tmp/shared-store"));
+    let i = h2.instance(5);
+    assert_eq!((i.port, i.eport), (18105, 18205));
+    assert_eq!(i.home, PathBuf::from("/tmp/h2-data/homes/5"));
+    // Without sites the instances stay on loopback: only this host's proxy reaches them.
+    assert_eq!(h2.host, None);
+    assert_eq!(h2.listen_address(), "127.0.0.1");
+    // Every host knows every host's ids and admin address.
+    for p in [&h1, &h2] {
+        let hosts: Vec<(&str, u32, u32, &str)> = p
+            .hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.first_id, h.last_id(), h.admin.as_str()))
+            .collect();
+        assert_eq!(
+            hosts,
+            vec![("h1", 1, 4, "10.0.0.1:8089"), ("h2", 5, 7, "10.0.0.2:8089")]
+        );
+    }
+    // No live growth into the next host's ids; the shared store is pruned by the first.
+    assert_eq!(h1.max_instances(), 4);
+    assert!(h1.upkeep.prune_every.is_some());
+    assert_eq!(h2.upkeep, UpkeepPlan::default());
+    let ids: Vec<u32> = h2.report().instances.iter().map(|i| i.id).collect();
+    assert_eq!(ids, vec![5, 6, 7]);
+}
+
+#[test]
+fn hosts_per_host_overrides_win() {
+    let text = "\
+listen: 0.0.0.0:8081
+admin: { listen: 0.0.0.0:8089, token_file: /etc/t }
+hosts:
+  - { name: a, address: 127.0.0.1, instances: 1, listen: 127.0.0.1:9081, admin: { listen: 127.0.0.1:9089 }, data: /tmp/a, store: /tmp/mnt-a }
+  - { name: b, address: 127.0.0.1, instances: 1, listen: 127.0.0.1:9082, admin: { listen: 127.0.0.1:9090 }, data: /tmp/b }
+";
+    let a = plan_host(text, None, Some("a")).unwrap();
+    assert_eq!(a.listen.to_string(), "127.0.0.1:9081");
+    assert_eq!(a.admin.listen.to_string(), "127.0.0.1:9089");
+    assert_eq!(a.admin.token_file, Some(PathBuf::from("/etc/t")));
+    assert_eq!(a.store, PathBuf::from("/tmp/mnt-a"));
+    let b = plan_host(text, None, Some("b")).unwrap();
+    assert_eq!(b.store, PathBuf::from("/tmp/b/store"));
+    assert_eq!(b.hosts[0].admin, "127.0.0.1:9089");
+    assert_eq!(b.hosts[1].admin, "127.0.0.1:9090");
+}
+
+#[test]
+fn hosts_selection_errors() {
+    let e = host_err(TWO_HOSTS, None, None);
+    assert!(
+        e.starts_with(
+            "t.yaml:3:1: this site has several hosts (h1, h2): expected --host with one of them"
+        ),
+        "{e}"
+    );
+    let e = host_err(TWO_HOSTS, None, Some("h3"));
+    assert!(
+        e.starts_with(
+            "t.yaml:3:1: --host h3 is not one of the hosts of this site: expected one of h1, h2"
+        ),
+        "{e}"
+    );
+    let e = host_err("instances: 1\n", None, Some("h1"));
+    assert!(
+        e.starts_with("command line: --host: h1 given, but t.yaml names no hosts"),
+        "{e}"
+    );
+    let e = host_err(&format!("instances: 2\n{TWO_HOSTS}"), None, Some("h1"));
+    assert!(
+        e.starts_with("t.yaml:1:1: instances is set, but `hosts` gives each host's count"),
+        "{e}"
+    );
+    let o = Overrides {
+        host: Some("h1".into()),
+        instances: Some("2".into()),
+        ..Overrides::default()
+    };
+    let e = Plan::from_str(TWO_HOSTS, "t.yaml", None, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("command line: --instances: "), "{e}");
+}
+
+#[test]
+fn hosts_list_errors_name_the_entry() {
+    let one = |entries: &str| format!("hosts:\n{entries}");
+    let e = host_err(
+        &one("  - { name: h1, address: 10.0.0.1, instances: auto }\n"),
+        None,
+        Some("h1"),
+    );
+    assert!(
+        e.starts_with("t.yaml:2:47: hosts[0].instances: bad instance count `auto` for a host: expected a number"),
+        "{e}"
+    );
+    let e = host_err(&one("  - { name: h1, instances: 2 }\n"), None, Some("h1"));
+    assert!(e.contains("missing field `address`"), "{e}");
+    assert!(e.starts_with("t.yaml:2:"), "{e}");
+    let e = host_err(
+        &one("  - { name: h1, address: 10.0.0.1, instances: 2, port: 1 }\n"),
+        None,
+        Some("h1"),
+    );
+    assert!(e.contains("unknown field `port`"), "{e}");
+    let e = host_err(
+        &one("  - { name: h1, address: 10.0.0.1, instances: 2 }\n  - { name: h1, address: 10.0.0.2, instances: 2 }\n"),
+        None,
+        Some("h1"),
+    );
+    assert!(
+        e.starts_with("t.yaml:3:7: host name h1 is used twice in this site"),
+        "{e}"
+    );
+    let e = host_err(
+        &one("  - { name: h1, address: \"::1\", instances: 2 }\n"),
+        None,
+        Some("h1"),
+    );
+    assert!(
+        e.starts_with("t.yaml:2:17: bad address `::1` for host h1"),
+        "{e}"
+    );
+    let e = host_err(
+        &one("  - { name: \"h 1\", address: 10.0.0.1, instances: 2 }\n"),
+        None,
+        Some("h 1"),
+    );
+    assert!(e.starts_with("t.yaml:2:7: bad host name `h 1`"), "{e}");
+    let e = host_err("hosts: []\n", None, Some("h1"));
+    assert!(e.starts_with("t.yaml:1:1: hosts is empty"), "{e}");
+}
+
+#[test]
+fn hosts_admin_must_be_reachable_and_hosts_on_one_address_kept_apart() {
+    // Loopback admin, but the other host calls it at 10.0.0.1.
+    let e = host_err(
+        "hosts:\n  - { name: h1, address: 10.0.0.1, instances: 1 }\n  - { name: h2, address: 10.0.0.2, instances: 1 }\n",
+        None,
+        Some("h1"),
+    );
+    assert!(
+        e.starts_with("t.yaml:2:17: host h1's admin listener 127.0.0.1:8089 is not where the other hosts of the site reach it (10.0.0.1:8089)"),
+        "{e}"
+    );
+    // Two hosts on one machine: ports and data must differ.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let clash = format!(
+        "data: {d}/data\nhosts:\n  - {{ name: h1, address: 127.0.0.1, instances: 1 }}\n  - {{ name: h2, address: 127.0.0.1, instances: 1 }}\n"
+    );
+    let e = host_err(&clash, None, Some("h2"));
+    assert!(
+        e.starts_with("t.yaml:4:5: hosts h1 and h2 have the same address 127.0.0.1, but both use 8081 as public port, both use 8089 as admin port, they use the same data directory"),
+        "{e}"
+    );
+    // The site's whole id range counts: h2's listener among h1's instance ports.
+    let within = format!(
+        "hosts:\n  - {{ name: h1, address: 127.0.0.1, instances: 2, data: {d}/1 }}\n  - {{ name: h2, address: 127.0.0.1, instances: 2, data: {d}/2, listen: 127.0.0.1:18102, admin: {{ listen: 127.0.0.1:9090 }} }}\n"
+    );
+    let e = host_err(&within, None, Some("h2"));
+    assert!(
+        e.contains("port clash: 4 instances need server ports 18101-18104"),
+        "{e}"
+    );
+    assert!(
+        e.contains("the public listener port 18102 is among them"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sites_over_hosts_pair_at_the_holding_host() {
+    let text = "\
+admin: { listen: 0.0.0.0:8089, token_file: /etc/t }
+sites:
+  a:
+    hosts:
+      - { name: a1, address: 10.0.0.1, instances: 2 }
+      - { name: a2, address: 10.0.0.2, instances: 2 }
+  b:
+    ports: { server: 19101 }
+    hosts:
+      - { name: b1, address: 10.1.0.1, instances: 3 }
+      - { name: b2, address: 10.1.0.2, instances: 1 }
+replication: { authkey_file: /tmp/k }
+";
+    let a2 = plan_host(text, Some("a"), Some("a2")).unwrap();
+    assert_eq!(a2.host.as_deref(), Some("10.0.0.2"));
+    assert_eq!(a2.listen_address(), "10.0.0.2");
+    assert_eq!(a2.ids().collect::<Vec<_>>(), vec![3, 4]);
+    // Instance 3 pairs with b's instance 3 (on b1), instance 4 with b's 4 (on b2).
+    assert_eq!(a2.instance(3).replpeer(), Some("10.1.0.1:19103"));
+    assert_eq!(a2.instance(4).replpeer(), Some("10.1.0.2:19104"));
+    let b2 = plan_host(text, Some("b"), Some("b2")).unwrap();
+    assert_eq!(b2.first_id(), 4);
+    assert_eq!(b2.instance(4).replpeer(), Some("10.0.0.2:18104"));
+
+    let e = host_err(text, Some("a"), None);
+    assert!(e.contains("expected --host with one of them"), "{e}");
+    let both = text.replace("  b:\n", "  b:\n    host: 10.1.0.9\n");
+    let e = host_err(&both, Some("a"), Some("a1"));
+    assert!(
+        e.starts_with("t.yaml:10:5: site b has both host and hosts"),
+        "{e}"
+    );
+    let uneven = text.replace("instances: 1 }", "instances: 2 }");
+    let e = host_err(&uneven, Some("a"), Some("a1"));
+    assert!(
+        e.starts_with("t.yaml:9:5: site a's hosts run 4 instances and site b's run 5"),
+        "{e}"
+    );
+    let top = format!("hosts: []\n{text}");
+    let e = host_err(&top, Some("a"), Some("a1"));
+    assert!(
+        e.starts_with("t.yaml:1:1: hosts is set at the top level"),
+        "{e}"
+    );
+    let one_sided = "instances: 2\nsites:\n  a: { hosts: [{ name: a1, address: 10.0.0.1, instances: 2 }] }\n  b: { host: 10.1.0.1 }\nreplication: { authkey_file: /tmp/k }\n";
+    let e = host_err(one_sided, Some("b"), None);
+    assert!(
+        e.starts_with("t.yaml:4:3: site a has hosts but site b has none"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_change_of_hosts_needs_a_restart() {
+    let h1 = plan_host(TWO_HOSTS, None, Some("h1")).unwrap();
+    let more = TWO_HOSTS.replace("instances: 3", "instances: 4");
+    let h1b = plan_host(&more, None, Some("h1")).unwrap();
+    let e = h1.restart_needed(&h1b).unwrap_err();
+    assert!(e.0.iter().any(|c| c.field == "hosts"), "{e}");
+    assert!(e.to_string().contains("need a restart"), "{e}");
 }

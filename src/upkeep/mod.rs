@@ -113,7 +113,7 @@ pub fn entangled_trees(plan: &Plan) -> Vec<PathBuf> {
         }
     };
     add(plan.data.join("entangled"));
-    if let Ok(homes) = std::fs::read_dir(plan.data.join("homes")) {
+    if let Ok(homes) = std::fs::read_dir(plan.homes()) {
         let mut homes: Vec<PathBuf> = homes.flatten().map(|e| e.path()).collect();
         homes.sort();
         for h in homes {
