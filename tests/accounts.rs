@@ -12,15 +12,10 @@ use support::eventually;
 use support::up::Up;
 
 const T: Duration = Duration::from_secs(10);
-const USER_X: &str = "00112233445566778899AABBCCDDEEFF00112233";
-const USER_Y: &str = "FFEEDDCCBBAA99887766554433221100FFEEDDCC";
-const KEY: &str = "0123456789ABCDEF0123456789ABCDEF01234567";
+use support::{USER_KEY as KEY, USER_X, USER_Y};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    support::current_thread()
 }
 
 /// `(id, address)` of every instance, from `/status`.

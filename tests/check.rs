@@ -324,10 +324,7 @@ fn provisioned_home_is_served_by_the_builtin_server() {
         .unwrap();
     let pin = cert_sha1(der.as_ref());
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], inst.port));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::current_thread();
     rt.block_on(async {
         let what = "the built-in server answers on the planned port";
         let client = support::eventually_async(Duration::from_secs(20), what, || {

@@ -248,10 +248,7 @@ fn leastconn_reloaded_live_sends_new_clients_past_long_sessions() {
 
 /// A client from `from` (a loopback address) to `to`.
 fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::current_thread();
     let from: SocketAddr = format!("{from}:0").parse().unwrap();
     let s = rt.block_on(async {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();

@@ -17,15 +17,10 @@ use support::up::{Ports, Up};
 use support::{eventually, eventually_async, text};
 
 const T: Duration = Duration::from_secs(20);
-const USER_X: &str = "00112233445566778899AABBCCDDEEFF00112233";
-const USER_Y: &str = "FFEEDDCCBBAA99887766554433221100FFEEDDCC";
-const KEY: &str = "0123456789ABCDEF0123456789ABCDEF01234567";
+use support::{USER_KEY as KEY, USER_X, USER_Y};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    support::current_thread()
 }
 
 /// The one file of both hosts: 2 instances each, the store in `store`.

@@ -534,10 +534,7 @@ fn stored_through_a_real_server_and_read_back() {
         support::store::accounts()
     );
     let server = TestServer::start_with(Options::default().auth(&auth));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::current_thread();
     rt.block_on(async {
         // Anonymous: never stored.
         let mut anon = server.client().await;

@@ -28,6 +28,19 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A runtime on the test's own thread, for a few sequential client calls.
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Two account ids and a key the accounts tests add, claim and remove.
+pub const USER_X: &str = "00112233445566778899AABBCCDDEEFF00112233";
+pub const USER_Y: &str = "FFEEDDCCBBAA99887766554433221100FFEEDDCC";
+pub const USER_KEY: &str = "0123456789ABCDEF0123456789ABCDEF01234567";
+
 /// `NAME=value` from the environment (the full runs) or `default` (the test-suite version).
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
