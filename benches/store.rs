@@ -11,6 +11,10 @@
 //! `STORE_BENCH_BASELINE=BIN`: instead, this build against another `storeherd` binary (built
 //! from an older commit) in one run, round by round, and their ratio (see `compare_mode`).
 //!
+//! `STORE_BENCH_LOCKS=1`: instead, the cost of the publisher's check that a leaf lock is
+//! still held (`LeafLock::verify`, made once per leaf of every batch), in `/dev/shm` and in
+//! the temporary folder (`TMPDIR`), per call and beside taking the lock itself.
+//!
 //! `STORE_BENCH_NOTIFY=1`: instead, message announcements for a recipient that `notify.txt`
 //! subscribes, with 16 connections, on a server without `notify.txt` and on one whose
 //! SMTP server is dead (a loopback port that takes connections and never answers): the
@@ -333,6 +337,10 @@ fn main() {
         notify_mode(&rt, per_conn * 16);
         return;
     }
+    if std::env::var_os("STORE_BENCH_LOCKS").is_some() {
+        lock_mode();
+        return;
+    }
     if let Some(baseline) = std::env::var_os("STORE_BENCH_BASELINE") {
         compare_mode(&rt, per_conn, Path::new(&baseline));
         return;
@@ -441,4 +449,34 @@ fn compare_mode(rt: &tokio::runtime::Runtime, per_conn: usize, baseline: &Path) 
         "STORE conns=16 median of {rounds} rounds: this {a:.0}, baseline {b:.0} processed blocks/s, ratio {:.3}",
         a / b
     );
+}
+
+/// `STORE_BENCH_LOCKS=1`: microseconds per `LeafLock::verify` and per `LeafLock::acquire` of
+/// a fresh lock file (what a new leaf costs anyway), over 2,000 leaves.
+fn lock_mode() {
+    use storeherd::store::lock::LeafLock;
+    const LEAVES: usize = 2000;
+    for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let t = Instant::now();
+        let locks: Vec<LeafLock> = (0..LEAVES)
+            .map(|i| {
+                let leaf = dir.path().join(format!("{:02X}/{:02X}", i % 256, i / 256));
+                std::fs::create_dir_all(&leaf).unwrap();
+                LeafLock::acquire(&leaf.join("LOCKFILE")).unwrap()
+            })
+            .collect();
+        let acquire = t.elapsed().as_secs_f64() * 1e6 / LEAVES as f64;
+        let t = Instant::now();
+        for _ in 0..5 {
+            for l in &locks {
+                l.verify().unwrap();
+            }
+        }
+        let verify = t.elapsed().as_secs_f64() * 1e6 / (5 * LEAVES) as f64;
+        println!(
+            "leaf locks in {}: verify {verify:.1} µs per leaf, mkdir + acquire of a new leaf {acquire:.1} µs",
+            base.display()
+        );
+    }
 }
