@@ -7,8 +7,9 @@
 //! - without `lookupcache=positive` (or `none`) the client caches *missing* names, so a block
 //!   stored through one host stays NOT FOUND through another for up to ~30 s: refused;
 //! - JuiceFS (`fuse.juicefs`) with its attribute, entry, directory-entry or open cache on:
-//!   locked updates are lost: refused. Its cache flags are read from the mounting process's
-//!   command line; when that process is not visible (another PID namespace) this is a warning.
+//!   locked updates are lost: refused. Its cache settings are read from the mount's `.config`
+//!   (root only), else from the mounting process's command line; when neither is readable
+//!   this is a warning.
 
 use std::path::{Path, PathBuf};
 
@@ -127,44 +128,95 @@ pub fn mount_of<'m>(mounts: &'m [Mount], path: &Path) -> Option<&'m Mount> {
         .map(|(_, m)| m)
 }
 
-/// A JuiceFS flag's value in a mount command line (`--attr-cache=0` or `--attr-cache 0`).
-fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    let long = format!("--{name}");
-    let eq = format!("--{name}=");
-    args.iter().enumerate().find_map(|(i, a)| {
-        if let Some(v) = a.strip_prefix(&eq) {
-            Some(v)
-        } else if *a == long {
-            args.get(i + 1).map(String::as_str)
-        } else {
-            None
-        }
-    })
+/// JuiceFS's caches that must be off for the store, in seconds: attribute, entry,
+/// directory-entry and open cache.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JuiceCaches([f64; 4]);
+
+/// The mount flags of [`JuiceCaches`], in order, with JuiceFS's defaults.
+const JUICE_FLAGS: [(&str, f64); 4] = [
+    ("attr-cache", 1.0),
+    ("entry-cache", 1.0),
+    ("dir-entry-cache", 1.0),
+    ("open-cache", 0.0),
+];
+
+impl JuiceCaches {
+    /// From a `juicefs mount` command line (`--attr-cache=0` or `--attr-cache 0`); a flag
+    /// left out has its default, one that cannot be read counts as on.
+    pub fn from_args(args: &[String]) -> JuiceCaches {
+        JuiceCaches(JUICE_FLAGS.map(|(name, default)| {
+            let (long, eq) = (format!("--{name}"), format!("--{name}="));
+            let value = args.iter().enumerate().find_map(|(i, a)| {
+                if let Some(v) = a.strip_prefix(&eq) {
+                    Some(v)
+                } else if *a == long {
+                    args.get(i + 1).map(String::as_str)
+                } else {
+                    None
+                }
+            });
+            value.map_or(default, |v| {
+                v.trim_end_matches('s').parse().unwrap_or(f64::INFINITY)
+            })
+        }))
+    }
+
+    /// From the mount's `.config` (JSON the mount process serves at its root, readable by
+    /// root; durations in nanoseconds), which also works across PID namespaces.
+    pub fn from_config(json: &[u8]) -> Option<JuiceCaches> {
+        let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+        let ns = |v: &serde_json::Value| v.as_f64().map(|n| n / 1e9);
+        Some(JuiceCaches([
+            ns(v.get("AttrTimeout")?)?,
+            ns(v.get("EntryTimeout")?)?,
+            ns(v.get("DirEntryTimeout")?)?,
+            ns(v.get("Meta")?.get("OpenCache")?)?,
+        ]))
+    }
+
+    /// The flags of the caches that are on.
+    fn on(&self) -> Vec<&'static str> {
+        JUICE_FLAGS
+            .iter()
+            .zip(self.0)
+            .filter(|(_, secs)| secs.is_nan() || *secs > 0.0)
+            .map(|((name, _), _)| *name)
+            .collect()
+    }
 }
 
-/// The command line of the process that mounted JuiceFS at `point`, if visible.
-fn juicefs_args(point: &Path) -> Option<Vec<String>> {
-    let point = point.as_os_str().as_encoded_bytes();
+/// The cache settings of the JuiceFS mount at `point`: from its `.config`, else from the
+/// command line of the process that mounted it, if visible.
+fn juicefs_caches(point: &Path) -> Option<JuiceCaches> {
+    if let Some(c) = std::fs::read(point.join(".config"))
+        .ok()
+        .and_then(|j| JuiceCaches::from_config(&j))
+    {
+        return Some(c);
+    }
+    let point = point.to_string_lossy();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
-        let is_juicefs = args.first().is_some_and(|a| a.ends_with(b"juicefs"));
-        if is_juicefs && args.contains(&b"mount".as_slice()) && args.contains(&point) {
-            return Some(
-                args.iter()
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect(),
-            );
+        // JuiceFS rewrites its command line into one space-joined string.
+        let args: Vec<String> = String::from_utf8_lossy(&cmd)
+            .split(['\0', ' '])
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        let is_juicefs = args.first().is_some_and(|a| a.ends_with("juicefs"));
+        if is_juicefs && args.iter().any(|a| a == "mount") && args.iter().any(|a| *a == point) {
+            return Some(JuiceCaches::from_args(&args));
         }
     }
     None
 }
 
-/// The problems of `m` for a store; `juicefs` is the JuiceFS mount command line when known.
+/// The problems of `m` for a store; `juicefs` is the JuiceFS mount's caches when known.
 /// `Err` is a warning: the settings could not be checked.
-pub fn judge(m: &Mount, juicefs: Option<&[String]>) -> Result<Vec<(String, String)>, String> {
+pub fn judge(m: &Mount, juicefs: Option<JuiceCaches>) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     if m.fstype == "nfs" || m.fstype == "nfs4" {
         let vers = m.option("vers").or_else(|| m.option("nfsvers"));
@@ -192,29 +244,15 @@ pub fn judge(m: &Mount, juicefs: Option<&[String]>) -> Result<Vec<(String, Strin
             ));
         }
     } else if m.fstype == "fuse.juicefs" {
-        let Some(args) = juicefs else {
+        let Some(caches) = juicefs else {
             return Err(format!(
-                "{} is JuiceFS and its mount process is not visible here: make sure it runs with \
-                 --attr-cache=0 --entry-cache=0 --dir-entry-cache=0 --open-cache=0",
+                "{} is JuiceFS and neither its .config nor its mount process is readable here: \
+                 make sure it runs with --attr-cache=0 --entry-cache=0 --dir-entry-cache=0 \
+                 --open-cache=0",
                 m.point.display()
             ));
         };
-        // JuiceFS's defaults: 1 s for the first three, open cache off.
-        let on: Vec<&str> = [
-            ("attr-cache", "1"),
-            ("entry-cache", "1"),
-            ("dir-entry-cache", "1"),
-            ("open-cache", "0"),
-        ]
-        .into_iter()
-        .filter(|(name, default)| {
-            let v = flag(args, name).unwrap_or(default);
-            v.trim_end_matches('s')
-                .parse::<f64>()
-                .map_or(true, |n| n > 0.0)
-        })
-        .map(|(name, _)| name)
-        .collect();
+        let on = caches.on();
         if !on.is_empty() {
             out.push((
                 format!(
@@ -246,10 +284,10 @@ pub fn check(paths: &[PathBuf]) -> (Vec<MountProblem>, Vec<String>) {
         let Some(m) = mount_of(&mounts, path) else {
             continue;
         };
-        let args = (m.fstype == "fuse.juicefs")
-            .then(|| juicefs_args(&m.point))
+        let caches = (m.fstype == "fuse.juicefs")
+            .then(|| juicefs_caches(&m.point))
             .flatten();
-        match judge(m, args.as_deref()) {
+        match judge(m, caches) {
             Ok(list) => problems.extend(list.into_iter().map(|(problem, fix)| MountProblem {
                 path: path.clone(),
                 mount: m.point.clone(),
@@ -286,7 +324,7 @@ bad line
             .unwrap()
     }
 
-    fn problems(point: &str, juicefs: Option<&[String]>) -> Vec<String> {
+    fn problems(point: &str, juicefs: Option<JuiceCaches>) -> Vec<String> {
         judge(&mount(point), juicefs)
             .unwrap()
             .into_iter()
@@ -324,18 +362,36 @@ bad line
     }
 
     #[test]
-    fn juicefs_caches_are_judged_from_its_command_line() {
-        let args = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+    fn juicefs_caches_are_judged_from_its_command_line_or_config() {
+        let args = |s: &str| {
+            let a: Vec<String> = s.split(' ').map(str::to_string).collect();
+            Some(JuiceCaches::from_args(&a))
+        };
         assert!(judge(&mount("/srv/jfs"), None).is_err());
-        let default = problems("/srv/jfs", Some(&args("juicefs mount redis://x /srv/jfs")));
+        let default = problems("/srv/jfs", args("juicefs mount redis://x /srv/jfs"));
         assert_eq!(default.len(), 1);
         assert!(default[0].contains("attr-cache, entry-cache, dir-entry-cache"));
         let off = args(
             "juicefs mount --attr-cache=0 --entry-cache 0 --dir-entry-cache=0 redis://x /srv/jfs",
         );
-        assert!(problems("/srv/jfs", Some(&off)).is_empty());
+        assert!(problems("/srv/jfs", off).is_empty());
         let open = args("juicefs mount --attr-cache=0 --entry-cache=0 --dir-entry-cache=0 --open-cache=1s r /srv/jfs");
-        assert_eq!(problems("/srv/jfs", Some(&open)).len(), 1);
+        assert_eq!(problems("/srv/jfs", open).len(), 1);
+        // The shape of a JuiceFS 1.4 mount's .config (other keys left out).
+        let config = |attr: u64, open: u64| {
+            let j = format!(
+                r#"{{"Meta":{{"OpenCache":{open}}},"AttrTimeout":{attr},"EntryTimeout":0,"DirEntryTimeout":0}}"#
+            );
+            JuiceCaches::from_config(j.as_bytes())
+        };
+        assert!(problems("/srv/jfs", config(0, 0)).is_empty());
+        let attr = problems("/srv/jfs", config(1_000_000_000, 0));
+        assert!(
+            attr.len() == 1 && attr[0].contains("(attr-cache)"),
+            "{attr:?}"
+        );
+        assert!(problems("/srv/jfs", config(0, 500_000_000))[0].contains("(open-cache)"));
+        assert_eq!(JuiceCaches::from_config(b"{}"), None);
     }
 
     #[test]
