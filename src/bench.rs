@@ -19,7 +19,9 @@ use crate::wire::{Client, Greeting, WireError};
 
 /// No single operation may take longer than this.
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound on waiting for stored blocks to become readable (`--verify`, `get` setup).
+/// Upper bound on waiting without progress for stored blocks to become readable (`--verify`,
+/// `get` setup): each block that turns up restarts it, so a slow store (a shared file
+/// system) is waited for as long as it keeps merging, a stuck one is not.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Blocks pre-computed per second of run and per core (several times the store rate seen on
 /// 2 cores: ~600 DONE/s per instance), shared out among the connections; one that uses up
@@ -400,7 +402,6 @@ async fn connection(
 
 /// Waits until every key is readable; returns the moment the last one was seen.
 async fn wait_readable(cfg: &Config, keys: &[(String, u64)]) -> Result<Instant, BenchError> {
-    let deadline = Instant::now() + VERIFY_TIMEOUT;
     let conns = cfg.connections.clamp(1, 8);
     let mut tasks = Vec::new();
     for i in 0..conns {
@@ -408,18 +409,33 @@ async fn wait_readable(cfg: &Config, keys: &[(String, u64)]) -> Result<Instant, 
         let cfg = cfg.clone();
         let addr = cfg.targets[i % cfg.targets.len()];
         tasks.push(tokio::spawn(async move {
-            let mut c = open(&cfg, addr).await.map_err(|e| e.to_string())?;
+            let mut deadline = Instant::now() + VERIFY_TIMEOUT;
+            let mut session: Option<Client> = None;
             for (key, n) in chunk {
                 loop {
-                    match c.get(&key, None).await.map_err(|e| e.to_string())? {
-                        Some(bytes) if intact(&bytes, n, cfg.size) => break,
-                        Some(_) => return Err(format!("block {key} read back torn")),
-                        None if Instant::now() > deadline => {
-                            return Err(format!(
-                                "block {key} not readable within {VERIFY_TIMEOUT:?}"
-                            ))
+                    // A session cut (an instance restarted under the run) is opened again.
+                    let got = match session.as_mut() {
+                        Some(c) => c.get(&key, None).await,
+                        None => match open(&cfg, addr).await {
+                            Ok(c) => session.insert(c).get(&key, None).await,
+                            Err(e) => Err(e),
+                        },
+                    };
+                    match got {
+                        Ok(Some(bytes)) if intact(&bytes, n, cfg.size) => {
+                            deadline = Instant::now() + VERIFY_TIMEOUT;
+                            break;
                         }
-                        None => tokio::time::sleep(Duration::from_millis(5)).await,
+                        Ok(Some(_)) => return Err(format!("block {key} read back torn")),
+                        Ok(None) | Err(_) if Instant::now() > deadline => return Err(format!(
+                            "block {key} not readable within {VERIFY_TIMEOUT:?} of the last one{}",
+                            got.err().map(|e| format!(" ({e})")).unwrap_or_default()
+                        )),
+                        Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        Err(_) => {
+                            session = None;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                 }
             }
@@ -435,6 +451,43 @@ async fn wait_readable(cfg: &Config, keys: &[(String, u64)]) -> Result<Instant, 
         last = last.max(at);
     }
     Ok(last)
+}
+
+/// Stores the GET set through one session, opened again when cut (bounded by
+/// [`VERIFY_TIMEOUT`] without progress); a refused block is an error at once.
+async fn store_get_set(cfg: &Config, set: &[Prepared], date: &str) -> Result<(), BenchError> {
+    let setup = |e: WireError| BenchError::Setup(format!("storing the GET set: {e}"));
+    let mut deadline = Instant::now() + VERIFY_TIMEOUT;
+    let mut session: Option<Client> = None;
+    for p in set {
+        loop {
+            let stored = match session.as_mut() {
+                Some(c) => c.store(&p.key, &block_bytes(p, cfg.size, date)).await,
+                None => match open(cfg, cfg.targets[0]).await {
+                    Ok(c) => {
+                        let c = session.insert(c);
+                        c.store(&p.key, &block_bytes(p, cfg.size, date)).await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match stored {
+                Ok(true) => {
+                    deadline = Instant::now() + VERIFY_TIMEOUT;
+                    break;
+                }
+                Ok(false) => {
+                    return Err(BenchError::Setup("the target refused a valid block".into()))
+                }
+                Err(e) if Instant::now() > deadline => return Err(setup(e)),
+                Err(_) => {
+                    session = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs the benchmark; `progress` is updated live for a display.
@@ -491,19 +544,8 @@ pub async fn run(cfg: Config, progress: Arc<Progress>) -> Result<Report, BenchEr
         })
         .await
         .map_err(|e| BenchError::Setup(e.to_string()))?;
-        let mut c = open(&cfg, cfg.targets[0])
-            .await
-            .map_err(|e| BenchError::Setup(format!("storing the GET set: {e}")))?;
-        for p in &set {
-            if !c
-                .store(&p.key, &block_bytes(p, cfg.size, &date))
-                .await
-                .map_err(|e| BenchError::Setup(format!("storing the GET set: {e}")))?
-            {
-                return Err(BenchError::Setup("the target refused a valid block".into()));
-            }
-            get_keys.push((p.key.clone(), p.n));
-        }
+        store_get_set(&cfg, &set, &date).await?;
+        get_keys.extend(set.iter().map(|p| (p.key.clone(), p.n)));
         wait_readable(&cfg, &get_keys).await?;
     }
 
