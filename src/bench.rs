@@ -427,10 +427,11 @@ async fn wait_readable(cfg: &Config, keys: &[(String, u64)]) -> Result<Instant, 
                             break;
                         }
                         Ok(Some(_)) => return Err(format!("block {key} read back torn")),
-                        Ok(None) | Err(_) if Instant::now() > deadline => return Err(format!(
-                            "block {key} not readable within {VERIFY_TIMEOUT:?} of the last one{}",
-                            got.err().map(|e| format!(" ({e})")).unwrap_or_default()
-                        )),
+                        Ok(None) | Err(_) if Instant::now() > deadline => {
+                            let why = got.err().map(|e| format!(" ({e})")).unwrap_or_default();
+                            let wait = format!("{VERIFY_TIMEOUT:?} of the last one");
+                            return Err(format!("block {key} not readable within {wait}{why}"));
+                        }
                         Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
                         Err(_) => {
                             session = None;
