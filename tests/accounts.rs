@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use storeherd::control::InstanceState::Ready;
 use storeherd::wire::Client;
-use support::eventually;
 use support::up::Up;
+use support::{eventually, text};
 
 const T: Duration = Duration::from_secs(10);
 use support::{USER_KEY as KEY, USER_X, USER_Y};
@@ -37,35 +37,9 @@ fn login(addr: SocketAddr, user: &str, key: &str) -> bool {
     })
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Runs `storeherd accounts ARGS…` and returns (exit code, stdout, stderr).
-fn accounts(up: &Up, args: &[&str]) -> (i32, String, String) {
-    let mut all = vec!["accounts"];
-    all.extend_from_slice(args);
-    let out = up.ctl(&all);
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
-
 /// Waits (bounded) until `cond` holds.
 fn wait_for(what: &str, up: &Up, timeout: Duration, cond: impl FnMut() -> bool) {
     eventually(timeout, up.with_log(what), cond);
-}
-
-fn auth_txt(up: &Up, id: u32) -> String {
-    std::fs::read_to_string(
-        up.data()
-            .join("homes")
-            .join(id.to_string())
-            .join("auth.txt"),
-    )
-    .unwrap_or_default()
 }
 
 #[test]
@@ -73,7 +47,7 @@ fn add_reaches_every_instance_and_new_ones_and_rm_disables_everywhere() {
     let up = Up::start(2, "");
     up.wait_ready(2);
 
-    let (code, out, err) = accounts(&up, &["add", USER_X, KEY]);
+    let (code, out, err) = up.accounts(&["add", USER_X, KEY]);
     assert_eq!(code, 0, "stdout {out}\nstderr {err}\n{}", up.log());
     assert!(out.contains("added"), "{out}");
     let addrs = instance_addrs(&up);
@@ -93,7 +67,7 @@ fn add_reaches_every_instance_and_new_ones_and_rm_disables_everywhere() {
     assert!(ledger.starts_with('#'), "{ledger}");
     assert!(ledger.contains(&format!("\n{USER_X} {KEY} ")), "{ledger}");
 
-    let (code, out, _) = accounts(&up, &["list"]);
+    let (code, out, _) = up.accounts(&["list"]);
     assert_eq!(code, 0);
     assert!(
         out.lines()
@@ -112,12 +86,12 @@ fn add_reaches_every_instance_and_new_ones_and_rm_disables_everywhere() {
         "the new instance lacks the account"
     );
 
-    let (code, out, err) = accounts(&up, &["rm", KEY]);
+    let (code, out, err) = up.accounts(&["rm", KEY]);
     assert_eq!(code, 0, "stdout {out}\nstderr {err}");
     for (id, addr) in &addrs {
         assert!(!login(*addr, USER_X, KEY), "instance {id} still accepts it");
     }
-    let (_, out, _) = accounts(&up, &["list"]);
+    let (_, out, _) = up.accounts(&["list"]);
     assert!(
         out.lines()
             .any(|l| l.starts_with(&format!("disabled {KEY} "))),
@@ -125,10 +99,10 @@ fn add_reaches_every_instance_and_new_ones_and_rm_disables_everywhere() {
     );
 
     // Refused before anything is written: reserved names and malformed keys.
-    let (code, _, err) = accounts(&up, &["add", "administrator", KEY]);
+    let (code, _, err) = up.accounts(&["add", "administrator", KEY]);
     assert_ne!(code, 0);
     assert!(err.contains("reserved"), "{err}");
-    let (code, _, err) = accounts(&up, &["add-key", "short"]);
+    let (code, _, err) = up.accounts(&["add-key", "short"]);
     assert_ne!(code, 0);
     assert!(err.contains("8 to 40"), "{err}");
 }
@@ -137,7 +111,7 @@ fn add_reaches_every_instance_and_new_ones_and_rm_disables_everywhere() {
 fn gen_keys_are_claimable_and_a_claim_binds_every_instance() {
     let up = Up::start(2, "");
     up.wait_ready(2);
-    let (code, out, err) = accounts(&up, &["gen", "3"]);
+    let (code, out, err) = up.accounts(&["gen", "3"]);
     assert_eq!(code, 0, "stdout {out}\nstderr {err}\n{}", up.log());
     let keys: Vec<&str> = out.lines().collect();
     assert_eq!(keys.len(), 3, "{out}");
@@ -155,13 +129,13 @@ fn gen_keys_are_claimable_and_a_claim_binds_every_instance() {
     // Key 0: claimed by X on instance 1; Y cannot take it on instance 2.
     assert!(login(a1, USER_X, keys[0]));
     wait_for("the claim reaches the ledger", &up, T, || {
-        accounts(&up, &["list"])
+        up.accounts(&["list"])
             .1
             .lines()
             .any(|l| l.starts_with(&format!("{USER_X} {} ", keys[0])))
     });
     wait_for("the claim reaches instance 2", &up, T, || {
-        auth_txt(&up, 2).contains(&format!("{USER_X} {} ", keys[0]))
+        up.auth_txt(2).contains(&format!("{USER_X} {} ", keys[0]))
     });
     assert!(
         !login(a2, USER_Y, keys[0]),
@@ -174,8 +148,8 @@ fn gen_keys_are_claimable_and_a_claim_binds_every_instance() {
     assert!(login(a2, USER_Y, keys[1]));
     assert!(login(a1, USER_X, keys[2]));
     wait_for("both claims reach the other instance", &up, T, || {
-        auth_txt(&up, 1).contains(&format!("{USER_Y} {} ", keys[1]))
-            && auth_txt(&up, 2).contains(&format!("{USER_X} {} ", keys[2]))
+        up.auth_txt(1).contains(&format!("{USER_Y} {} ", keys[1]))
+            && up.auth_txt(2).contains(&format!("{USER_X} {} ", keys[2]))
     });
     assert!(!login(a1, USER_X, keys[1]));
     assert!(!login(a2, USER_Y, keys[2]));
@@ -191,7 +165,7 @@ fn an_instance_down_during_add_gets_the_account_when_back() {
     let pid = nix::unistd::Pid::from_raw(pid2);
     // Stopped, not dead: it still accepts connections but never answers.
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let (code, out, err) = accounts(&up, &["add", USER_X, KEY]);
+    let (code, out, err) = up.accounts(&["add", USER_X, KEY]);
     // Let it go on whatever happens next (the supervisor may also restart it).
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
     assert_eq!(code, 3, "stdout {out}\nstderr {err}\n{}", up.log());
@@ -205,7 +179,7 @@ fn an_instance_down_during_add_gets_the_account_when_back() {
         Duration::from_secs(60),
         || {
             up.status().instances[1].state == Ready
-                && auth_txt(&up, 2).contains(&format!("{USER_X} {KEY} "))
+                && up.auth_txt(2).contains(&format!("{USER_X} {KEY} "))
         },
     );
     assert!(login(addrs[1].1, USER_X, KEY));
@@ -231,10 +205,10 @@ fn foreign_auth_lines_reach_the_ledger_and_echoes_do_not_undo_changes() {
         let _ = c.quit().await;
     });
     wait_for("the foreign line reaches instance 2", &up, T, || {
-        auth_txt(&up, 2).contains(&format!("{USER_Y} {KEY2} "))
+        up.auth_txt(2).contains(&format!("{USER_Y} {KEY2} "))
     });
     assert!(login(a2, USER_Y, KEY2));
-    let (_, out, _) = accounts(&up, &["list"]);
+    let (_, out, _) = up.accounts(&["list"]);
     assert!(
         out.lines()
             .any(|l| l.starts_with(&format!("{USER_Y} {KEY2} "))),
@@ -243,22 +217,22 @@ fn foreign_auth_lines_reach_the_ledger_and_echoes_do_not_undo_changes() {
 
     // add, rm, then the old binding shows up again on instance 1: the ledger keeps `disabled`
     // and instance 1 is set back.
-    assert_eq!(accounts(&up, &["add", USER_X, KEY]).0, 0);
-    assert_eq!(accounts(&up, &["rm", KEY]).0, 0);
+    assert_eq!(up.accounts(&["add", USER_X, KEY]).0, 0);
+    assert_eq!(up.accounts(&["rm", KEY]).0, 0);
     rt().block_on(async {
         let mut c = up.admin_session(a1).await;
         assert!(c.simple(&format!("ADDLOGIN {USER_X} {KEY}")).await.unwrap());
         let _ = c.quit().await;
     });
     wait_for("instance 1 is set back to disabled", &up, T, || {
-        auth_txt(&up, 1)
+        up.auth_txt(1)
             .lines()
             .last()
             .is_some_and(|l| l.starts_with(&format!("disabled {KEY} ")))
     });
     assert!(!login(a1, USER_X, KEY));
     assert!(!login(a2, USER_X, KEY));
-    let (_, out, _) = accounts(&up, &["list"]);
+    let (_, out, _) = up.accounts(&["list"]);
     assert!(
         out.lines()
             .any(|l| l.starts_with(&format!("disabled {KEY} "))),
@@ -296,13 +270,13 @@ fn with_a_peer_site_replogin_lines_spread_and_claims_go_back_to_their_instance()
         let _ = c.quit().await;
     });
     wait_for("the peer's change reaches instance 2", &up, T, || {
-        auth_txt(&up, 2).contains(&format!("{USER_Y} {KEY2} "))
+        up.auth_txt(2).contains(&format!("{USER_Y} {KEY2} "))
     });
     assert!(login(a2, USER_Y, KEY2));
-    let (_, out, _) = accounts(&up, &["list"]);
+    let (_, out, _) = up.accounts(&["list"]);
     assert!(out.contains(&format!("{USER_Y} {KEY2} ")), "{out}");
 
-    let (code, out, err) = accounts(&up, &["gen", "1"]);
+    let (code, out, err) = up.accounts(&["gen", "1"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let key = out.trim().to_string();
     assert!(login(a1, USER_X, &key));
@@ -311,14 +285,12 @@ fn with_a_peer_site_replogin_lines_spread_and_claims_go_back_to_their_instance()
         "the claim reaches instance 2 and goes back to 1",
         &up,
         T,
-        || auth_txt(&up, 2).contains(&line) && auth_txt(&up, 1).matches(&line).count() == 2,
+        || up.auth_txt(2).contains(&line) && up.auth_txt(1).matches(&line).count() == 2,
     );
     assert!(!login(a2, USER_Y, &key));
     // The REPLOGIN line was not sent back to instance 1.
     assert_eq!(
-        auth_txt(&up, 1)
-            .matches(&format!("{USER_Y} {KEY2} "))
-            .count(),
+        up.auth_txt(1).matches(&format!("{USER_Y} {KEY2} ")).count(),
         1
     );
 }
@@ -329,13 +301,13 @@ fn with_a_peer_site_replogin_lines_spread_and_claims_go_back_to_their_instance()
 fn ledger_and_claims_survive_a_restart_of_the_supervisor() {
     let mut up = Up::start(2, "");
     up.wait_ready(2);
-    let (code, out, err) = accounts(&up, &["gen", "2"]);
+    let (code, out, err) = up.accounts(&["gen", "2"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let keys: Vec<String> = out.lines().map(str::to_string).collect();
     let addrs = instance_addrs(&up);
     assert!(login(addrs[0].1, USER_X, &keys[0]));
     wait_for("the claim reaches instance 2", &up, T, || {
-        auth_txt(&up, 2).contains(&format!("{USER_X} {} ", keys[0]))
+        up.auth_txt(2).contains(&format!("{USER_X} {} ", keys[0]))
     });
     assert!(up
         .terminate(Duration::from_secs(30))
@@ -350,10 +322,10 @@ fn ledger_and_claims_survive_a_restart_of_the_supervisor() {
     assert!(login(addrs[1].1, USER_X, &keys[0]));
     assert!(login(addrs[1].1, USER_Y, &keys[1]));
     wait_for("the new claim reaches instance 1", &up, T, || {
-        auth_txt(&up, 1).contains(&format!("{USER_Y} {} ", keys[1]))
+        up.auth_txt(1).contains(&format!("{USER_Y} {} ", keys[1]))
     });
     assert!(!login(addrs[0].1, USER_X, &keys[1]));
-    let (_, out, _) = accounts(&up, &["list"]);
+    let (_, out, _) = up.accounts(&["list"]);
     assert!(out.contains(&format!("{USER_X} {} ", keys[0])), "{out}");
     assert!(out.contains(&format!("{USER_Y} {} ", keys[1])), "{out}");
 }

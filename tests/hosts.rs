@@ -97,22 +97,6 @@ fn login(addr: SocketAddr, user: &str, key: &str) -> bool {
     })
 }
 
-/// `storeherd accounts ARGS…` against `up`: (exit code, stdout, stderr).
-fn accounts(up: &Up, args: &[&str]) -> (i32, String, String) {
-    let mut all = vec!["accounts"];
-    all.extend_from_slice(args);
-    let out = up.ctl(&all);
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
-
-fn auth_txt(up: &Up, id: u32) -> String {
-    std::fs::read_to_string(up.data().join(format!("homes/{id}/auth.txt"))).unwrap_or_default()
-}
-
 fn ledger(up: &Up) -> String {
     std::fs::read_to_string(up.data().join("accounts.txt")).unwrap_or_default()
 }
@@ -190,7 +174,7 @@ fn two_hosts_of_one_file_serve_one_site() {
     });
 
     // An account added on h1 logs in on h2's instances, and is not echoed back to h1.
-    let (code, out, err) = accounts(h1, &["add", USER_X, KEY]);
+    let (code, out, err) = h1.accounts(&["add", USER_X, KEY]);
     assert_eq!(code, 0, "stdout {out}\nstderr {err}\n{}", h1.log());
     assert!(
         err.contains("1 of 1 other host(s) of the site took the change"),
@@ -198,7 +182,7 @@ fn two_hosts_of_one_file_serve_one_site() {
     );
     for id in [3, 4] {
         eventually(T, h2.with_log("the account reaches host 2"), || {
-            auth_txt(h2, id).contains(&format!("{USER_X} {KEY} "))
+            h2.auth_txt(id).contains(&format!("{USER_X} {KEY} "))
         });
         assert!(login(h2.instance_addr(id), USER_X, KEY), "instance {id}");
         assert!(!login(h2.instance_addr(id), USER_Y, KEY), "instance {id}");
@@ -210,18 +194,18 @@ fn two_hosts_of_one_file_serve_one_site() {
     assert_eq!(ledger(h2).matches(&line).count(), 1, "{}", ledger(h2));
 
     // Free keys made on h2 reach h1; a claim on h1 reaches h2 and binds there too.
-    let (code, out, err) = accounts(h2, &["gen", "2"]);
+    let (code, out, err) = h2.accounts(&["gen", "2"]);
     assert_eq!(code, 0, "stdout {out}\nstderr {err}\n{}", h2.log());
     let keys: Vec<&str> = out.lines().collect();
     assert_eq!(keys.len(), 2, "{out}");
     eventually(T, h1.with_log("the free keys reach host 1"), || {
         keys.iter()
-            .all(|k| auth_txt(h1, 1).contains(&format!("undefined {k} ")))
+            .all(|k| h1.auth_txt(1).contains(&format!("undefined {k} ")))
     });
     assert!(login(h1.instance_addr(1), USER_X, keys[0]));
     let claim = format!("{USER_X} {} ", keys[0]);
     eventually(T, h2.with_log("the claim reaches host 2"), || {
-        ledger(h2).contains(&claim) && auth_txt(h2, 3).contains(&claim)
+        ledger(h2).contains(&claim) && h2.auth_txt(3).contains(&claim)
     });
     assert!(
         !login(h2.instance_addr(3), USER_Y, keys[0]),
@@ -232,7 +216,7 @@ fn two_hosts_of_one_file_serve_one_site() {
     assert!(login(h2.instance_addr(4), USER_Y, keys[1]));
     let claim = format!("{USER_Y} {} ", keys[1]);
     eventually(T, h1.with_log("the claim reaches host 1"), || {
-        ledger(h1).contains(&claim) && auth_txt(h1, 2).contains(&claim)
+        ledger(h1).contains(&claim) && h1.auth_txt(2).contains(&claim)
     });
     assert!(!login(h1.instance_addr(2), USER_X, keys[1]));
 

@@ -247,7 +247,7 @@ impl State {
         if let Some(path) = self.loss.lost() {
             return Some(LockError::Lost { path: path.into() });
         }
-        locks.iter().find_map(|l| l.verify().err())
+        LeafLock::verify_all(locks).err()
     }
 
     /// Makes the earlier batches' renames durable, then settles their uploads.

@@ -150,6 +150,13 @@ impl LeafLock {
         &self.path
     }
 
+    /// [`LeafLock::verify`] of every lock of a batch: the first one no longer held. Checked
+    /// just before a batch's renames, since a rename into a leaf whose lock is gone could
+    /// undo another writer's update.
+    pub fn verify_all(locks: &[LeafLock]) -> Result<(), LockError> {
+        locks.iter().try_for_each(LeafLock::verify)
+    }
+
     /// Checks with the file system that the lock is still ours, with two `F_OFD_GETLK`
     /// tests: from our own descriptor, which sees no conflict while only our lock is there
     /// (a conflict means someone else holds it, so ours is gone); and from a second open of

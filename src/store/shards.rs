@@ -845,13 +845,11 @@ fn publish_locked(
     if batch.is_empty() {
         return Ok(());
     }
-    if let Some(lock) = lock {
-        if let Err(e) = lock.verify() {
-            for (tmp, _) in batch.drain(..) {
-                let _ = fs::remove_file(tmp);
-            }
-            return Err(e.into());
+    if let Err(e) = lock.map_or(Ok(()), LeafLock::verify) {
+        for (tmp, _) in batch.drain(..) {
+            let _ = fs::remove_file(tmp);
         }
+        return Err(e.into());
     }
     publish(batch)
 }

@@ -468,7 +468,7 @@ impl Pruner {
     fn flush(&mut self) -> Result<(), StoreError> {
         if !self.batch.writes.is_empty() {
             // A lock lost on a shared file system: renaming now could undo a server's write.
-            if let Some(e) = self.batch.locks.iter().find_map(|l| l.verify().err()) {
+            if let Err(e) = LeafLock::verify_all(&self.batch.locks) {
                 self.abandon();
                 return Err(e.into());
             }

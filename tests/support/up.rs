@@ -386,6 +386,24 @@ impl Up {
             .unwrap()
     }
 
+    /// `storeherd accounts ARGS…` against this supervisor: (exit code, stdout, stderr).
+    pub fn accounts(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["accounts"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all);
+        (
+            out.status.code().unwrap_or(-1),
+            super::text(&out.stdout),
+            super::text(&out.stderr),
+        )
+    }
+
+    /// Instance `id`'s `auth.txt` ("" while it has none).
+    pub fn auth_txt(&self, id: u32) -> String {
+        std::fs::read_to_string(self.data().join(format!("homes/{id}/auth.txt")))
+            .unwrap_or_default()
+    }
+
     /// Runs a control subcommand that must succeed.
     pub fn ctl_ok(&self, args: &[&str]) -> std::process::Output {
         let out = self.ctl(args);
