@@ -508,6 +508,9 @@ async fn output_lines_reach_tracing_with_the_instance_field() {
         .finish();
     // The current-thread runtime polls the capture tasks on this thread.
     let _default = tracing::subscriber::set_default(subscriber);
+    // Callsites cache their interest process-wide: one first hit by another test's thread,
+    // with no subscriber there, stays "never" for this thread's subscriber too until rebuilt.
+    tracing::callsite::rebuild_interest_cache();
     let home = tempfile::tempdir().unwrap();
     let mut child = spawn(&sh(
         13,
